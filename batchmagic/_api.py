@@ -1,0 +1,487 @@
+"""``batch`` / ``abatch`` / ``submit`` / ``estimate``: plan -> run -> frame.
+
+Everything that can fail before spending (arguments, provider, key, template, columns) fails in
+the caller's thread, before the run starts. The run itself executes on the private loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as _dt
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from . import _kinds, _loop
+from ._backend import Unit
+from ._dispatch import Dispatcher, ItemResults, RetryPolicy
+from ._display import make_display, quiet_logs, summary_line
+from ._errors import ConfigError
+from ._frame import build_frame, check_clash
+from ._inputs import Plan, make_plan
+from ._limits import RateGate, Window
+from ._progress import Progress, Snapshot
+from .providers._openai import OpenAICompatible
+from .providers._target import Target, resolve_target
+from .providers._wire import make_wire
+
+DEFAULT_TIMEOUT = {"chat": 300.0, "completion": 300.0, "embedding": 60.0, "image": 300.0}
+#: servers known to accept ``encoding_format="base64"`` for embeddings
+_BASE64_EMBEDDINGS = {"openai", "simulator", "vllm"}
+#: the adaptive window starts here when no concurrency is given (then slow-starts upward)
+INITIAL_WINDOW = 8
+_REGISTRY_SIZE = 50
+_recent: list[_Run] = []  # recent runs in this process, for listing and cancelling
+
+
+@dataclass
+class _Options:
+    kind: str = "chat"
+    model: str | None = None
+    provider: str | None = None
+    base_url: str | None = None
+    api_key: Any = None
+    engine: str | None = None
+    mode: str | None = None
+    system: str | None = None
+    params: dict | None = None
+    concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    retries: int | None = None
+    timeout: float | None = None
+    budget: float | None = None
+    cache: bool = True
+    progress: bool = True
+    on_missing: str = "error"
+    images: str | None = None
+    allow_private_urls: bool = False
+    http: str = "aiohttp"
+    transport: Any = None
+    headers: dict | None = field(default=None, repr=False)
+
+
+def _positive(name: str, value: Any, *, integer: bool = False) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or value <= 0:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+
+
+def _validate(o: _Options) -> None:
+    if o.kind not in _kinds.KINDS:
+        raise ConfigError(f"kind must be one of {', '.join(_kinds.KINDS)}; got {o.kind!r}")
+    if o.mode not in (None, "online"):
+        if o.mode == "batch-api":
+            raise ConfigError("mode='batch-api' is not available in this version; use mode='online'")
+        raise ConfigError(f"mode must be 'online' or 'batch-api'; got {o.mode!r}")
+    if o.engine is not None:
+        raise ConfigError(
+            f"engine={o.engine!r}: offline engines are not available in this version; "
+            "send the rows to a server with provider= or base_url="
+        )
+    if o.budget is not None:
+        raise ConfigError("budget= needs price tracking, which is not available in this version")
+    _positive("concurrency", o.concurrency, integer=True)
+    _positive("rpm", o.rpm)
+    _positive("tpm", o.tpm)
+    _positive("timeout", o.timeout)
+    if o.retries is not None and (not isinstance(o.retries, int) or isinstance(o.retries, bool)
+                                  or o.retries < 0):
+        raise ConfigError(f"retries must be a whole number >= 0, got {o.retries!r}")
+    if o.params is not None and not isinstance(o.params, dict):
+        raise ConfigError(f"params must be a dict of generation parameters, got {type(o.params).__name__}")
+    if o.concurrency is not None and o.concurrency > 10_000:
+        raise ConfigError("concurrency above 10,000 would exhaust sockets; use at most 10,000")
+
+
+class _Run:
+    """One planned run. Built in the caller's thread; executed on the loop thread."""
+
+    def __init__(self, inputs: Any, prompt: str | None, o: _Options):
+        _validate(o)
+        self.options = o
+        self.id = uuid.uuid4().hex[:12]
+        self.target: Target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
+        endpoint = self.target.base_url + _kinds.path_for(o.kind)
+        self.plan: Plan = make_plan(
+            inputs, prompt, kind=o.kind, endpoint=endpoint, model=o.model, params=o.params,
+            system=o.system, on_missing=o.on_missing, images=o.images,
+            allow_private_urls=o.allow_private_urls,
+        )
+        check_clash(self.plan.frame)
+        if any("model" not in item.body for item in self.plan.items):
+            raise ConfigError(f"model= is required: which {self.target.name} model should answer?")
+        preset = self.target.preset
+        self.max_window = o.concurrency or (preset.default_max_concurrency if preset else 64)
+        self.units = self._units()
+        self.results = ItemResults(len(self.plan.items))
+        self.progress = Progress(
+            title=f"{o.kind} {o.model or ''} @ {self.target.name}".replace("  ", " "),
+            rows=self.plan.n_rows, requests=len(self.plan.items),
+        )
+        self.dispatcher: Dispatcher | None = None
+        self.state = "planned"
+        self.frame: pd.DataFrame | None = None
+        self.started = time.time()
+        self._row_done = len(self.plan.row_errors) + len(self.plan.skipped)
+        self._row_futures: list[concurrent.futures.Future] | None = None
+        self._lock = threading.Lock()
+        self._pending_control: list[str] = []
+        _recent.append(self)
+        del _recent[:-_REGISTRY_SIZE]
+
+    def _units(self) -> list[Unit]:
+        plan = self.plan
+        if plan.kind != "embedding":
+            return [Unit([i], orjson.dumps(item.body), item.prompt_tokens + item.max_output)
+                    for i, item in enumerate(plan.items)]
+        preset = self.target.preset
+        max_inputs = preset.embedding_max_inputs if preset else 256
+        max_tokens = (preset.embedding_max_tokens if preset else None) or 250_000
+        base64_ok = preset is not None and preset.name in _BASE64_EMBEDDINGS
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(plan.items):
+            groups.setdefault(_kinds.pack_signature(item.body), []).append(i)
+        units = []
+        for idxs in groups.values():
+            chunk: list[int] = []
+            tokens = 0
+            for i in idxs:
+                t = plan.items[i].prompt_tokens
+                if chunk and (len(chunk) >= max_inputs or tokens + t > max_tokens):
+                    units.append(self._pack(chunk, tokens, base64_ok))
+                    chunk, tokens = [], 0
+                chunk.append(i)
+                tokens += t
+            if chunk:
+                units.append(self._pack(chunk, tokens, base64_ok))
+        return units
+
+    def _pack(self, chunk: list[int], tokens: int, base64_ok: bool) -> Unit:
+        body = _kinds.pack_embeddings([self.plan.items[i].body for i in chunk], base64_ok)
+        return Unit(chunk, orjson.dumps(body), tokens)
+
+    # -- execution (loop thread) ------------------------------------------------------------------
+
+    async def execute(self) -> pd.DataFrame:
+        o = self.options
+        self.state = "running"
+        wire = make_wire(o.http, self.max_window, o.transport)
+        backend = OpenAICompatible(
+            name=self.target.name, base_url=self.target.base_url, kind=o.kind,
+            api_key=self.target.api_key, dialect=self.target.dialect, wire=wire,
+            timeout=o.timeout or DEFAULT_TIMEOUT[o.kind], headers=o.headers,
+        )
+        window = Window(o.concurrency or INITIAL_WINDOW, self.max_window, adaptive=True)
+        if o.concurrency:
+            window.ssthresh = float(o.concurrency)
+        gate = RateGate(o.rpm, o.tpm)
+        policy = RetryPolicy() if o.retries is None else RetryPolicy(retries=o.retries)
+        self.dispatcher = d = Dispatcher(self.units, len(self.plan.items), backend, window=window,
+                                         gate=gate, policy=policy, progress=self.progress,
+                                         on_item=self._on_item, results=self.results)
+        for action in self._pending_control:
+            getattr(d, action)()
+        display = make_display(o.progress and self.plan.n_rows > 0, self.progress.snapshot())
+        refresher = asyncio.ensure_future(self._refresh(display)) if display else None
+        t0 = time.monotonic()
+        try:
+            with quiet_logs():
+                await d.run()
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+            await backend.aclose()
+            self.progress.finished = time.monotonic()
+            if d.cancelled:
+                self.state = "cancelled"
+            elif d.aborted is not None:
+                self.state = "aborted"
+            else:
+                self.state = "done"
+            self.progress.state = self.state
+            snap = self.progress.snapshot()
+            if display is not None:
+                display.close(snap)
+            elif self.state != "done" and summary_line(snap):
+                import sys
+
+                print(summary_line(snap), file=sys.stderr)
+        self.frame = self._frame(time.monotonic() - t0)
+        return self.frame
+
+    async def _refresh(self, display) -> None:
+        from ._display import MAX_UPDATES_PER_S
+
+        while True:
+            await asyncio.sleep(1.0 / MAX_UPDATES_PER_S)
+            display.update(self.progress.snapshot())
+
+    def _attrs(self, wall: float | None) -> dict:
+        p, d = self.progress, self.dispatcher
+        return {
+            "run_id": self.id,
+            "kind": self.options.kind,
+            "model": self.options.model,
+            "provider": self.target.name,
+            "state": self.state,
+            "rows": self.plan.n_rows,
+            "requests": len(self.plan.items),
+            "http_requests": len(self.units),
+            "ok": p.ok,
+            "failed": p.failed + len(self.plan.row_errors),
+            "skipped": len(self.plan.skipped),
+            "cached": p.cached,
+            "retries": p.retries,
+            "rate_limited": p.rate_limited,
+            "possibly_billed": d.possibly_billed if d else 0,
+            "input_tokens": p.input_tokens,
+            "output_tokens": p.output_tokens,
+            "cost": None,
+            "stopped_by": str(d.aborted) if d is not None and d.aborted is not None else None,
+            "started": _dt.datetime.fromtimestamp(self.started, _dt.timezone.utc).isoformat(),
+            "wall_s": wall,
+            "learned_rpm": d.gate.rpm if d else None,
+            "learned_tpm": d.gate.tpm if d else None,
+            "final_concurrency": d.window.current if d else None,
+        }
+
+    def _frame(self, wall: float | None = None) -> pd.DataFrame:
+        return build_frame(self.plan, self.results, attrs=self._attrs(wall))
+
+    # -- per-row completion and control (thread-safe) ----------------------------------------------
+
+    def _on_item(self, item: int) -> None:
+        rows = self.plan.items[item].rows
+        self._row_done += len(rows)
+        if self._row_futures is not None:
+            with self._lock:
+                for pos in rows:
+                    self._settle(pos)
+
+    def _settle(self, pos: int) -> None:
+        fut = self._row_futures[pos]  # type: ignore[index]
+        if fut.done():
+            return
+        item = self.plan.row_item[pos]
+        if pos in self.plan.row_errors:
+            fut.set_exception(self.plan.row_errors[pos])
+        elif pos in self.plan.skipped:
+            fut.set_result(None)
+        elif item >= 0 and self.results.done[item]:
+            err = self.results.error[item]
+            if err is not None:
+                fut.set_exception(err.for_row(self.plan.index[pos]))
+            else:
+                fut.set_result(self.results.output[item])
+
+    def row_futures(self) -> list[concurrent.futures.Future]:
+        with self._lock:
+            if self._row_futures is None:
+                self._row_futures = [concurrent.futures.Future() for _ in range(self.plan.n_rows)]
+                for pos in range(self.plan.n_rows):
+                    self._settle(pos)
+        return self._row_futures
+
+    def control(self, action: str) -> None:
+        def apply() -> None:
+            if self.dispatcher is None:
+                self._pending_control.append(action)
+            else:
+                getattr(self.dispatcher, action)()
+
+        _loop.call(apply)
+
+    @property
+    def finished_rows(self) -> int:
+        return self._row_done
+
+
+def _options(kw: dict) -> _Options:
+    return _Options(**kw)
+
+
+def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: str | None = None,
+          provider: str | None = None, base_url: str | None = None, api_key: str | None = None,
+          engine: str | None = None, mode: str | None = None, system: str | None = None,
+          params: dict | None = None, concurrency: int | None = None, rpm: float | None = None,
+          tpm: float | None = None, retries: int | None = None, timeout: float | None = None,
+          budget: float | None = None, cache: bool = True, progress: bool = True,
+          on_missing: str = "error", images: str | None = None, allow_private_urls: bool = False,
+          http: str = "aiohttp", transport: Any = None,
+          headers: dict | None = None) -> pd.DataFrame:
+    """Run every row through a model and return the rows with the answers, in input order.
+
+    ``inputs`` is a DataFrame (``prompt`` is a template over its columns, ``{column}``), a Series
+    or list of texts (each is the prompt, or fills the template's one field), a list of chat
+    message lists, or a list of whole request bodies (dicts). Where to send: ``provider=`` (a
+    preset: openai, dashscope, ark, qianfan, deepseek, vllm, ollama, llamacpp, simulator) or
+    ``base_url=`` (any OpenAI-compatible server). ``params`` pass through to the request
+    (temperature, max_tokens, ...). ``concurrency`` caps requests in flight (adaptive below it),
+    ``rpm`` / ``tpm`` cap requests and tokens per minute (learned from the provider's
+    ``x-ratelimit-*`` headers when not given). ``on_missing`` decides rows with a missing value:
+    "error" (default), "skip", or "empty". ``images`` names a column of image URLs or paths for
+    vision chat. ``http`` picks the wire ("aiohttp", "httpx", "httpx2"); ``transport`` takes any
+    httpx transport (e.g. ``httpx.MockTransport``).
+
+    Failed rows stay in the frame with their exception in ``error``; ``bm.raise_for_errors(df)``
+    escalates. Ctrl-C stops the run and returns the rows finished so far.
+    """
+    run = _Run(inputs, prompt, _options(_locals(locals())))
+    return _loop.run_sync(run.execute(), on_interrupt=lambda: run.control("cancel"))
+
+
+async def abatch(inputs: Any, prompt: str | None = None, **kwargs: Any) -> pd.DataFrame:
+    """``batch`` for async code: ``df = await bm.abatch(...)``. Cancelling the await cancels the run."""
+    run = _Run(inputs, prompt, _options(kwargs))
+    fut = _loop.submit(run.execute())
+    try:
+        return await asyncio.wrap_future(fut)
+    except asyncio.CancelledError:
+        run.control("cancel")
+        raise
+
+
+def submit(inputs: Any, prompt: str | None = None, **kwargs: Any) -> BatchTask:
+    """Start a run in the background and return a ``BatchTask`` at once."""
+    return BatchTask(_Run(inputs, prompt, _options(kwargs)))
+
+
+def _locals(scope: dict) -> dict:
+    return {k: v for k, v in scope.items() if k not in ("inputs", "prompt")}
+
+
+class BatchTask:
+    """A run in the background (in the style of Qianfan's ``batch_do``).
+
+    ``finished_count()`` / ``task_count()`` count rows; ``wait()`` returns the result frame;
+    ``results()`` lists each row's output, or its exception, in input order; iterating yields one
+    ``concurrent.futures.Future`` per row in input order; ``pause()``, ``resume()``, ``cancel()``
+    control the run; ``frame`` is the result frame as it stands now.
+    """
+
+    def __init__(self, run: _Run):
+        self._run = run
+        self._future = _loop.submit(run.execute())
+
+    def task_count(self) -> int:
+        return self._run.plan.n_rows
+
+    def finished_count(self) -> int:
+        return self._run.finished_rows
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> pd.DataFrame:
+        """Wait for the run to finish and return the result frame (``TimeoutError`` on timeout)."""
+        return self._future.result(timeout)
+
+    result = wait
+
+    def results(self, timeout: float | None = None) -> list:
+        df = self.wait(timeout)
+        return [err if err is not None else out for out, err in zip(df["output"], df["error"])]
+
+    def __iter__(self):
+        return iter(self._run.row_futures())
+
+    def __len__(self) -> int:
+        return self.task_count()
+
+    def cancel(self) -> None:
+        self._run.control("cancel")
+
+    def pause(self) -> None:
+        self._run.control("pause")
+
+    def resume(self) -> None:
+        self._run.control("resume")
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The result frame as it stands: finished rows filled in, the rest still empty."""
+        if self._future.done() and self._run.frame is not None:
+            return self._run.frame
+        return self._run._frame()
+
+    @property
+    def progress(self) -> Snapshot:
+        return self._run.progress.snapshot()
+
+    @property
+    def run_id(self) -> str:
+        return self._run.id
+
+    def __repr__(self) -> str:
+        return (f"<BatchTask {self._run.id} {self.finished_count()}/{self.task_count()} rows, "
+                f"{self._run.state}>")
+
+
+@dataclass
+class Estimate:
+    """What a run would send, before sending anything."""
+
+    rows: int
+    requests: int  # unique requests after de-duplication
+    http_requests: int  # requests on the wire (embeddings are packed)
+    input_errors: int  # rows that fail pre-flight
+    skipped: int
+    input_tokens: int  # estimated, tokenizer-free (see _tokens)
+    max_output_tokens: int  # worst case
+    endpoint: str
+    model: str | None
+    first_request: dict | None
+    cost: float | None = None  # USD, when prices are known
+    eta_s: float | None = None  # lower bound from the given limits
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.rows} rows -> {self.requests} unique requests ({self.http_requests} HTTP calls) "
+            f"to {self.endpoint} ({self.model})",
+            f"input tokens ~{self.input_tokens:,}, output tokens <= {self.max_output_tokens:,}",
+            f"cost: {'unknown (no price data)' if self.cost is None else f'${self.cost:,.4f}'}",
+        ]
+        if self.input_errors or self.skipped:
+            lines.append(f"{self.input_errors} rows fail pre-flight, {self.skipped} skipped")
+        if self.eta_s is not None:
+            lines.append(f"at least {self.eta_s:,.0f} s at the given limits")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+
+def estimate(inputs: Any, prompt: str | None = None, **kwargs: Any) -> Estimate:
+    """Plan a run and say what it would send, without sending anything."""
+    o = _options(kwargs)
+    run = _Run(inputs, prompt, o)
+    _recent.remove(run)
+    items = run.plan.items
+    in_tok = sum(i.prompt_tokens for i in items)
+    out_tok = sum(i.max_output for i in items)
+    eta = None
+    if o.rpm:
+        eta = len(run.units) / (o.rpm / 60)
+    if o.tpm:
+        eta = max(eta or 0, (in_tok + out_tok) / (o.tpm / 60))
+    return Estimate(
+        rows=run.plan.n_rows, requests=len(items), http_requests=len(run.units),
+        input_errors=len(run.plan.row_errors), skipped=len(run.plan.skipped),
+        input_tokens=in_tok, max_output_tokens=out_tok,
+        endpoint=run.plan.endpoint, model=o.model,
+        first_request=items[0].body if items else None, eta_s=eta,
+    )
+
+
+def recent_runs() -> list[_Run]:
+    return list(_recent)

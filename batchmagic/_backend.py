@@ -1,0 +1,62 @@
+"""The one small contract between the dispatcher and whatever answers requests.
+
+A backend (an OpenAI-compatible HTTP endpoint, an offline engine, a Batch API client) implements::
+
+    class Backend(Protocol):
+        name: str                                   # shown in errors: "dashscope", "llama.cpp"
+        async def call(self, unit: Unit) -> Outcome  # one attempt at one unit; never raises for
+                                                     # a request problem, it returns an Outcome
+        async def aclose(self) -> None
+
+A *unit* is what one call sends: one item (chat, completion, image) or many packed items
+(embeddings). The backend classifies failures into the categories below; the dispatcher decides
+what to do with them (retry, slow down, stop the run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._errors import RowError
+
+# outcome categories
+OK = "ok"
+FATAL = "fatal"  # applies to every row: stop the run
+RATE_LIMIT = "rate_limit"  # throttled: wait, slow the run, retry
+TRANSIENT = "transient"  # retry with backoff
+CONTEXT = "context"  # this row's prompt is too long: row error
+ROW = "row"  # anything else wrong with this row: row error
+
+
+@dataclass(slots=True, eq=False)
+class Unit:
+    items: list[int]  # indexes into the plan's items
+    body: Any  # the wire body (bytes for HTTP backends, request dicts for engines)
+    tokens: int  # estimated prompt tokens + worst-case output, for TPM pacing and budgets
+    attempts: int = 0
+    billed_failures: int = 0  # failures after which the provider may have charged
+    rate_limited: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    category: str
+    results: list | None = None  # one kinds.Parsed per item, when category == OK
+    error_type: type[RowError] | None = None
+    message: str = ""
+    status: int | None = None
+    code: str | None = None
+    possibly_billed: bool = False
+    retry_after: float | None = None  # seconds the provider asked us to wait
+    overloaded: bool = False  # a congestion signal (503, 529, "overloaded") even if transient
+    rate_info: Any = None  # limits.RateInfo from the answer's headers
+    extra: dict = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    async def call(self, unit: Unit) -> Outcome: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,355 @@
+"""The scheduler: a sliding window of requests in flight, limits, retries, cancel / pause / resume.
+
+One feeder coroutine hands units to the backend: it takes the next ready unit (retries first),
+waits for a slot in the window and for the rate gate, and starts the attempt as a task. A slot
+frees the moment an answer arrives, so the window stays full (no chunks waiting for their slowest
+row). Retries sleep off the window: a unit that must wait is parked with ``call_later`` and comes
+back through the ready queue.
+
+What happens after an attempt depends on its outcome's category:
+
+    ok          results recorded, the window grows (AIMD)
+    rate_limit  the whole run pauses for Retry-After (capped) or a backoff, the window is cut, retry
+    transient   retry with exponential backoff and full jitter; overload also cuts the window;
+                a possibly billed failure is retried at most ``billed_retries`` times
+    context/row this row's error, no retry
+    fatal       the run stops dispatching; finished rows are kept, the rest become NotSentError
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Backend, Outcome, Unit
+from ._errors import CancelledRowError, NotSentError, RowError
+from ._limits import RateGate, Window
+from ._progress import Progress
+
+log = logging.getLogger("batchmagic")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries (nothing retries forever)."""
+
+    retries: int = 5  # transient failures (5xx, connection, deadline, bad answers)
+    rate_limit_retries: int = 30  # 429s are expected while riding a limit
+    billed_retries: int = 1  # failures that may already have been billed
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    max_wait: float = 120.0  # cap on any one Retry-After the provider asks for
+
+
+class ItemResults:
+    """Per unique request: parallel lists, cheap to fill and to turn into columns."""
+
+    __slots__ = ("output", "error", "finish_reason", "input_tokens", "output_tokens", "latency",
+                 "attempts", "reasoning", "done")
+
+    def __init__(self, n: int):
+        self.output: list = [None] * n
+        self.error: list[RowError | None] = [None] * n
+        self.finish_reason: list = [None] * n
+        self.input_tokens: list = [None] * n
+        self.output_tokens: list = [None] * n
+        self.latency: list = [None] * n
+        self.attempts: list = [0] * n
+        self.reasoning: list = [None] * n
+        self.done = bytearray(n)
+
+
+class Dispatcher:
+    def __init__(self, units: list[Unit], n_items: int, backend: Backend, *, window: Window,
+                 gate: RateGate, policy: RetryPolicy, progress: Progress,
+                 on_item: Callable[[int], None] | None = None, results: ItemResults | None = None):
+        self.units = units
+        self.backend = backend
+        self.window = window
+        self.gate = gate
+        self.policy = policy
+        self.progress = progress
+        self.results = results if results is not None else ItemResults(n_items)
+        self.on_item = on_item  # called with the item index as each item finishes
+        self.aborted: RowError | None = None  # the fatal error that stopped the run
+        self.cancelled = False
+        self.possibly_billed = 0  # attempts that failed after the provider may have charged
+        self._ready: collections.deque[Unit] = collections.deque(units)
+        self._retry_ready: collections.deque[Unit] = collections.deque()
+        self._parked: set[asyncio.TimerHandle] = set()
+        self._parked_units: set[Unit] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._outstanding = len(units)
+        self._wake = asyncio.Event()
+        self._running = asyncio.Event()
+        self._running.set()
+        self._stop = False
+        self._rng = random.Random()
+        self._feeder: asyncio.Task | None = None
+
+    # -- control (call on the loop thread) ----------------------------------------------------
+
+    def pause(self) -> None:
+        self._running.clear()
+        self.progress.state = "paused"
+
+    def resume(self) -> None:
+        self._running.set()
+        if self.progress.state == "paused":
+            self.progress.state = "running"
+
+    def cancel(self) -> None:
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self._halt()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._feeder is not None:
+            self._feeder.cancel()  # it may be asleep in the rate gate
+
+    def _halt(self) -> None:
+        self._stop = True
+        self._running.set()
+        self._wake.set()
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> ItemResults:
+        self.progress.state = "running"
+        self.progress.concurrency = self.window.current
+        self._feeder = asyncio.ensure_future(self._feed())
+        try:
+            await asyncio.wait({self._feeder})  # returns when the feeder ends, cancelled or not
+            if not self._feeder.cancelled() and self._feeder.exception() is not None:
+                raise self._feeder.exception()
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        except asyncio.CancelledError:
+            self.cancel()
+            if self._feeder is not None and not self._feeder.done():
+                await asyncio.wait({self._feeder})
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
+            self._finish_unsent()
+            raise
+        self._finish_unsent()
+        return self.results
+
+    async def _feed(self) -> None:
+        window, gate = self.window, self.gate
+        while not self._stop:
+            unit = self._next()
+            if unit is None:
+                if self._outstanding == 0:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if not self._running.is_set():
+                await self._running.wait()
+            await window.acquire()
+            try:
+                await gate.acquire(unit.tokens)
+            except BaseException:
+                window.release()
+                raise
+            if self._stop:
+                window.release()
+                self._ready.appendleft(unit)
+                return
+            task = asyncio.ensure_future(self._attempt(unit))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _next(self) -> Unit | None:
+        if self._retry_ready:
+            return self._retry_ready.popleft()
+        if self._ready:
+            return self._ready.popleft()
+        return None
+
+    async def _attempt(self, unit: Unit) -> None:
+        progress = self.progress
+        unit.attempts += 1
+        progress.in_flight += 1
+        progress.concurrency = self.window.current
+        sent_at = time.monotonic()
+        try:
+            outcome = await self.backend.call(unit)
+        except asyncio.CancelledError:
+            self.window.release()
+            progress.in_flight -= 1
+            self._fail(unit, CancelledRowError(
+                "the run was cancelled while this row was in flight", attempts=unit.attempts,
+                provider=self.backend.name, possibly_billed=True))
+            raise
+        except Exception as exc:  # a backend bug must not kill the run: it is this row's error
+            log.debug("backend raised", exc_info=True)
+            outcome = Outcome(ROW, error_type=RowError,
+                              message=f"internal error in {self.backend.name}: {type(exc).__name__}: {exc}")
+        latency = time.monotonic() - sent_at
+        self.window.release()
+        progress.in_flight -= 1
+        if outcome.rate_info is not None:
+            self.gate.learn(outcome.rate_info)
+        if outcome.category == OK:
+            self._succeed(unit, outcome, latency)
+        else:
+            self._failed(unit, outcome, sent_at)
+        progress.concurrency = self.window.current
+        progress.rate_waits = self.gate.waits
+
+    def _succeed(self, unit: Unit, outcome: Outcome, latency: float) -> None:
+        r, progress = self.results, self.progress
+        used = 0
+        for item, parsed in zip(unit.items, outcome.results or ()):
+            r.output[item] = parsed.output
+            r.finish_reason[item] = parsed.finish_reason
+            r.input_tokens[item] = parsed.input_tokens
+            r.output_tokens[item] = parsed.output_tokens
+            r.reasoning[item] = parsed.reasoning
+            r.latency[item] = latency
+            r.attempts[item] = unit.attempts
+            r.done[item] = 1
+            used += (parsed.input_tokens or 0) + (parsed.output_tokens or 0)
+        progress.input_tokens += sum((p.input_tokens or 0) for p in outcome.results or ())
+        progress.output_tokens += sum((p.output_tokens or 0) for p in outcome.results or ())
+        self.gate.settle_tokens(unit.tokens, used or unit.tokens)
+        out_tokens = sum((p.output_tokens or 0) for p in outcome.results or ()) / max(1, len(unit.items))
+        # queueing shows as latency per answer; normalise by output length so long answers are not
+        # mistaken for a congested server
+        norm = latency / (1.0 + out_tokens / 32.0)
+        self.window.on_success(norm)
+        self.window.latency_congested(time.monotonic() - latency)
+        progress.ok += len(unit.items)
+        self._finished(unit)
+
+    def _failed(self, unit: Unit, outcome: Outcome, sent_at: float) -> None:
+        policy, progress = self.policy, self.progress
+        if outcome.possibly_billed:
+            unit.billed_failures += 1
+            self.possibly_billed += 1
+        category = outcome.category
+        if outcome.overloaded:
+            self.window.on_congestion(sent_at)
+        if category == FATAL:
+            err = self._error(unit, outcome)
+            if self.aborted is None:
+                self.aborted = err
+                self.progress.message = f"stopped: {err}"
+                self._halt()
+            self._fail(unit, err)
+            return
+        retry = False
+        delay = 0.0
+        if not self._stop:
+            if category == RATE_LIMIT:
+                unit.rate_limited += 1
+                progress.rate_limited += 1
+                if unit.rate_limited <= policy.rate_limit_retries:
+                    retry = True
+                    delay = self._rate_limit_wait(unit, outcome)
+                    self.gate.pause_for(delay)  # the whole run slows, not just this request
+            elif category == TRANSIENT:
+                transient_tries = unit.attempts - unit.rate_limited
+                if outcome.possibly_billed and unit.billed_failures > policy.billed_retries:
+                    retry = False
+                elif transient_tries <= policy.retries:
+                    retry = True
+                    delay = self._backoff(transient_tries)
+                    if outcome.retry_after is not None:
+                        delay = max(delay, min(outcome.retry_after, policy.max_wait))
+        if retry:
+            progress.retries += 1
+            progress.retrying += 1
+            self._park(unit, delay)
+            return
+        self._fail(unit, self._error(unit, outcome))
+
+    def _rate_limit_wait(self, unit: Unit, outcome: Outcome) -> float:
+        if outcome.retry_after is not None:
+            return min(outcome.retry_after, self.policy.max_wait)
+        return self._backoff(unit.rate_limited, base=1.0)
+
+    def _backoff(self, attempt: int, base: float | None = None) -> float:
+        base = self.policy.backoff_base if base is None else base
+        cap = min(self.policy.backoff_max, base * (2 ** (attempt - 1)))
+        return cap / 2 + self._rng.uniform(0, cap / 2)  # "equal jitter": never a zero wait
+
+    def _park(self, unit: Unit, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._parked_units.add(unit)
+
+        def ready() -> None:
+            self._parked.discard(handle)
+            self._parked_units.discard(unit)
+            self.progress.retrying -= 1
+            self._retry_ready.append(unit)
+            self._wake.set()
+
+        handle = loop.call_later(delay, ready)
+        self._parked.add(handle)
+
+    def _error(self, unit: Unit, outcome: Outcome) -> RowError:
+        cls = outcome.error_type or RowError
+        return cls(outcome.message or outcome.category, attempts=unit.attempts, status=outcome.status,
+                   provider=self.backend.name, code=outcome.code,
+                   possibly_billed=unit.billed_failures > 0)
+
+    def _fail(self, unit: Unit, err: RowError) -> None:
+        r = self.results
+        for item in unit.items:
+            if r.done[item]:
+                continue
+            r.error[item] = err
+            r.attempts[item] = unit.attempts
+            r.done[item] = 1
+        self.progress.failed += len(unit.items)
+        self.progress.error(err, len(unit.items))
+        self._finished(unit)
+
+    def _finished(self, unit: Unit) -> None:
+        self._outstanding -= 1
+        self.progress.done += len(unit.items)
+        self.progress.version += 1
+        if self.on_item is not None:
+            for item in unit.items:
+                self.on_item(item)
+        if self._outstanding == 0:
+            self._wake.set()
+
+    def _finish_unsent(self) -> None:
+        """After a stop: every unit not yet finished becomes NotSentError (parked ones too)."""
+        for handle in self._parked:
+            handle.cancel()
+        self._parked.clear()
+        pending = list(self._parked_units) + list(self._retry_ready) + list(self._ready)
+        self.progress.retrying = 0
+        self._parked_units.clear()
+        self._retry_ready.clear()
+        self._ready.clear()
+        if not pending:
+            return
+        if self.aborted is not None:
+            why = f"not sent: the run stopped after {type(self.aborted).__name__}: {self.aborted.message}"
+        else:
+            why = "not sent: the run was cancelled"
+        for unit in pending:
+            err = NotSentError(why, attempts=unit.attempts, provider=self.backend.name,
+                               possibly_billed=unit.billed_failures > 0)
+            r = self.results
+            for item in unit.items:
+                if not r.done[item]:
+                    r.error[item] = err
+                    r.attempts[item] = unit.attempts
+                    r.done[item] = 1
+            self._outstanding -= 1
+            self.progress.done += len(unit.items)
+            self.progress.failed += len(unit.items)
+            self.progress.error(err, len(unit.items))

@@ -1,0 +1,205 @@
+"""Per kind: the endpoint path, the request body for one row, and how to read the answer.
+
+One row becomes one *item* body. The dispatcher sends *units*: for chat, completion and image a unit
+is one item; for embeddings many items are packed into one request (``input: [...]``) and the
+answer is mapped back by each vector's ``index``, never by position.
+
+``parse`` raises ``ShapeError`` when a 2xx answer does not have the shape the kind expects; the
+dispatcher turns that into a retryable ``ResponseError``.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+KINDS = ("chat", "completion", "embedding", "image")
+
+
+class ShapeError(Exception):
+    """A successful HTTP answer whose JSON is not what the kind expects."""
+
+
+@dataclass(slots=True)
+class Parsed:
+    output: Any
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    image_url: str | None = None  # image answers given as a URL: fetched by the dispatcher
+    reasoning: str | None = None
+
+
+def path_for(kind: str) -> str:
+    return {
+        "chat": "/chat/completions",
+        "completion": "/completions",
+        "embedding": "/embeddings",
+        "image": "/images/generations",
+    }[kind]
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def chat_messages(prompt: str | list, system: str | None, images: list[str] | None = None) -> list:
+    if isinstance(prompt, list):  # already a message list
+        messages = list(prompt)
+        if system and not (messages and messages[0].get("role") in ("system", "developer")):
+            messages.insert(0, {"role": "system", "content": system})
+        return messages
+    messages = [{"role": "system", "content": system}] if system else []
+    if images:
+        content: Any = [{"type": "text", "text": prompt}]
+        content += [{"type": "image_url", "image_url": {"url": url}} for url in images]
+    else:
+        content = prompt
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def build_body(kind: str, prompt: Any, model: str | None, params: dict, system: str | None,
+               images: list[str] | None = None) -> dict:
+    """The request body of one row. ``prompt`` is text, or a message list for chat."""
+    body: dict[str, Any] = {}
+    if model:
+        body["model"] = model
+    if kind == "chat":
+        body["messages"] = chat_messages(prompt, system, images)
+    elif kind == "completion":
+        body["prompt"] = prompt
+    elif kind == "embedding":
+        body["input"] = prompt
+    elif kind == "image":
+        body["prompt"] = prompt
+        body["n"] = 1
+    for k, v in params.items():
+        body.setdefault(k, v)
+    if kind == "image":
+        body.setdefault("response_format", "b64_json")
+    return body
+
+
+def pack_embeddings(bodies: list[dict], base64_ok: bool) -> dict:
+    """One request body for many embedding items that share model and parameters."""
+    packed = {k: v for k, v in bodies[0].items() if k != "input"}
+    packed["input"] = [b["input"] for b in bodies]
+    if base64_ok and "encoding_format" not in packed:
+        packed["encoding_format"] = "base64"  # 4x smaller and far cheaper to decode than JSON floats
+    return packed
+
+
+def pack_signature(body: dict) -> tuple:
+    """Items can share one embeddings request only when everything but the input is equal."""
+    return tuple(sorted((k, repr(v)) for k, v in body.items() if k != "input"))
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+def _usage(payload: dict) -> tuple[int | None, int | None]:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    inp = usage.get("prompt_tokens", usage.get("input_tokens"))
+    out = usage.get("completion_tokens", usage.get("output_tokens"))
+    return (inp if isinstance(inp, int) else None, out if isinstance(out, int) else None)
+
+
+def _first_choice(payload: Any) -> dict:
+    if not isinstance(payload, dict):
+        raise ShapeError(f"expected a JSON object, got {type(payload).__name__}")
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ShapeError("the answer has no choices")
+    return choices[0]
+
+
+def parse_chat(payload: Any) -> Parsed:
+    choice = _first_choice(payload)
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise ShapeError("the first choice has no message")
+    content = message.get("content")
+    if content is None and not message.get("tool_calls") and not message.get("refusal"):
+        raise ShapeError("the message has no content")
+    if isinstance(content, list):  # some servers answer with content parts
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if content is None:
+        content = message.get("refusal") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    inp, out = _usage(payload)
+    return Parsed(content, choice.get("finish_reason"), inp, out,
+                  reasoning=reasoning if isinstance(reasoning, str) else None)
+
+
+def parse_completion(payload: Any) -> Parsed:
+    choice = _first_choice(payload)
+    text = choice.get("text")
+    if not isinstance(text, str):
+        raise ShapeError("the first choice has no text")
+    inp, out = _usage(payload)
+    return Parsed(text, choice.get("finish_reason"), inp, out)
+
+
+def _vector(item: dict) -> np.ndarray:
+    emb = item.get("embedding")
+    if isinstance(emb, str):
+        try:
+            raw = base64.b64decode(emb, validate=True)
+        except ValueError as exc:
+            raise ShapeError(f"an embedding is not valid base64: {exc}") from None
+        if len(raw) % 4:
+            raise ShapeError("a base64 embedding is not a whole number of float32 values")
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    if isinstance(emb, list) and emb and all(isinstance(x, (int, float)) for x in emb[:4]):
+        try:
+            return np.asarray(emb, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ShapeError("an embedding holds something other than numbers") from None
+    raise ShapeError("an embedding is missing or empty")
+
+
+def parse_embeddings(payload: Any, n: int) -> tuple[list[np.ndarray], int | None]:
+    """The ``n`` vectors of a packed request in input order, and the request's prompt tokens."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ShapeError("the answer has no data list")
+    data = payload["data"]
+    if len(data) != n:
+        raise ShapeError(f"asked for {n} embeddings, got {len(data)}")
+    out: list[np.ndarray | None] = [None] * n
+    for pos, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ShapeError("an embedding entry is not an object")
+        idx = item.get("index", pos)
+        if not isinstance(idx, int) or not 0 <= idx < n or out[idx] is not None:
+            raise ShapeError(f"embedding index {idx!r} is out of range or repeated")
+        out[idx] = _vector(item)
+    inp, _ = _usage(payload)
+    return out, inp  # type: ignore[return-value]
+
+
+def parse_image(payload: Any) -> Parsed:
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list) or not payload["data"]:
+        raise ShapeError("the answer has no image data")
+    item = payload["data"][0]
+    if not isinstance(item, dict):
+        raise ShapeError("the image entry is not an object")
+    inp, out = _usage(payload)
+    if isinstance(item.get("b64_json"), str):
+        try:
+            data = base64.b64decode(item["b64_json"], validate=True)
+        except ValueError as exc:
+            raise ShapeError(f"the image is not valid base64: {exc}") from None
+        from ._image import GeneratedImage
+
+        return Parsed(GeneratedImage(data, prompt=item.get("revised_prompt")), "stop", inp, out)
+    if isinstance(item.get("url"), str):
+        return Parsed(None, "stop", inp, out, image_url=item["url"])
+    raise ShapeError("the image entry has neither b64_json nor url")
+
+
+PARSERS = {"chat": parse_chat, "completion": parse_completion, "image": parse_image}

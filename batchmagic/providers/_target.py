@@ -1,0 +1,111 @@
+"""Where a run's requests go: a preset, or any OpenAI-compatible base URL, and the key for it.
+
+Keys come from ``api_key=``, then the preset's usual environment variable, then an interactive
+prompt. A bare ``base_url=`` (no preset) only ever gets ``api_key=`` or ``BATCHMAGIC_API_KEY``:
+another provider's key is never sent to an arbitrary URL.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .._errors import ConfigError
+from .._secrets import Secret
+from ._presets import Preset, get_preset
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # shown in errors and the display
+    base_url: str
+    api_key: Secret | None
+    preset: Preset | None
+    dialect: str
+
+    def __repr__(self) -> str:
+        return f"Target({self.name!r}, {self.base_url!r})"
+
+
+def resolve_target(provider: str | None, base_url: str | None, api_key: str | Secret | None,
+                   kind: str, *, interactive: bool | None = None) -> Target:
+    if provider is None and base_url is None:
+        provider = os.environ.get("BATCHMAGIC_PROVIDER") or None
+        base_url = os.environ.get("BATCHMAGIC_BASE_URL") or None
+    if provider is None and base_url is None:
+        raise ConfigError(
+            "say where to send the rows: provider='openai' (or dashscope, ark, qianfan, deepseek, "
+            "vllm, ollama, llamacpp), base_url='http://host/v1' for any OpenAI-compatible server, "
+            "or set BATCHMAGIC_PROVIDER / BATCHMAGIC_BASE_URL"
+        )
+    preset = None
+    if provider is not None:
+        try:
+            preset = get_preset(provider)
+        except KeyError as exc:
+            raise ConfigError(str(exc.args[0]) if exc.args else str(exc)) from None
+        if kind not in preset.kinds:
+            raise ConfigError(
+                f"{preset.name}'s OpenAI-compatible API does not serve kind={kind!r} "
+                f"(it serves {', '.join(sorted(preset.kinds))})"
+            )
+        if base_url is None:
+            for env in preset.base_url_env:
+                if os.environ.get(env):
+                    base_url = os.environ[env]
+                    break
+        base_url = base_url or preset.base_url
+    assert base_url is not None
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"base_url must be an http(s) URL like 'https://host/v1', got {base_url!r}")
+    if parts.username or parts.password:
+        raise ConfigError("put credentials in api_key=, not in base_url")
+    name = preset.name if preset is not None else parts.hostname
+    key = _find_key(api_key, preset, name, interactive)
+    return Target(name, base_url.rstrip("/"), key, preset, preset.dialect if preset else "openai")
+
+
+def _find_key(api_key, preset: Preset | None, name: str, interactive: bool | None) -> Secret | None:
+    if isinstance(api_key, Secret):
+        return api_key
+    if api_key is not None:
+        try:
+            return Secret(api_key)
+        except ValueError:
+            raise ConfigError("api_key is empty") from None
+    envs = preset.key_env if preset is not None else ("BATCHMAGIC_API_KEY",)
+    for env in envs:
+        value = os.environ.get(env, "").strip()
+        if value:
+            return Secret(value)
+    if preset is not None and not preset.needs_key:
+        return None
+    if preset is None:
+        return None  # a bare base URL may well be an open local server
+    if interactive is None:
+        interactive = _interactive()
+    if interactive:
+        import getpass
+
+        value = getpass.getpass(f"API key for {name} (not echoed, not stored): ").strip()
+        if value:
+            return Secret(value)
+    raise ConfigError(
+        f"no API key for {name}: set {' or '.join(envs)} or pass api_key= "
+        "(the key is never printed, logged or stored)"
+    )
+
+
+def _interactive() -> bool:
+    if "ipykernel" in sys.modules:
+        try:
+            from IPython import get_ipython
+
+            ip = get_ipython()
+            return ip is not None and getattr(ip, "kernel", None) is not None
+        except Exception:
+            return False
+    return sys.stdin is not None and sys.stdin.isatty()

@@ -1,0 +1,268 @@
+"""The wire: send one HTTP request under a hard deadline and return status, headers and body.
+
+Two implementations meet one small contract (``post``, ``get``, ``aclose``):
+
+* ``AiohttpWire`` (the default): aiohttp's connector does constant work per request, so 200+ requests
+  in flight cost little client CPU (see ``benchmarks/http_stack.py``).
+* ``HttpxWire``: the httpx API over any httpx transport (``httpx.MockTransport`` in tests, a custom
+  transport, a proxy) or over httpx2, Pydantic's maintained fork with the same API.
+
+Foreign exceptions are translated here, in one place per library, into ``WireFailure`` with a plain
+message and whether the request may have reached the server (``possibly_billed``). They are never
+chained: aiohttp and httpx exceptions can hold the request, and the request holds the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class WireResponse:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    body: bytes | None  # None when the body could not be read completely
+    body_problem: str | None = None
+
+
+class WireFailure(Exception):
+    """No HTTP answer arrived. ``kind`` is connect | deadline | lost | protocol."""
+
+    def __init__(self, kind: str, message: str, possibly_billed: bool):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.possibly_billed = possibly_billed
+
+
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def _deadline(seconds: float):
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        fired = False
+
+        def fire():
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        handle = loop.call_later(seconds, fire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
+
+
+class AiohttpWire:
+    name = "aiohttp"
+
+    def __init__(self, pool_size: int, *, connect_timeout: float = 15.0):
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._session: Any = None
+        self._timeouts: dict[float, Any] = {}
+
+    def _get_session(self):
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(
+                limit=self.pool_size, limit_per_host=0, ttl_dns_cache=300,
+                keepalive_timeout=15,  # below common server idle timeouts: fewer idle-close races
+                enable_cleanup_closed=sys.version_info < (3, 12, 7),
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, trust_env=True,
+                skip_auto_headers=("User-Agent",),
+                headers={"User-Agent": "batchmagic"},
+            )
+        return self._session
+
+    def _timeout(self, deadline: float):
+        t = self._timeouts.get(deadline)
+        if t is None:
+            import aiohttp
+
+            t = self._timeouts[deadline] = aiohttp.ClientTimeout(
+                total=deadline, connect=min(deadline, self.connect_timeout))
+        return t
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   deadline: float) -> WireResponse:
+        return await self._request("POST", url, body, headers, deadline, MAX_BODY_BYTES)
+
+    async def get(self, url: str, deadline: float, max_bytes: int) -> WireResponse:
+        return await self._request("GET", url, None, {}, deadline, max_bytes)
+
+    async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
+        import aiohttp
+
+        session = self._get_session()
+        status = None
+        try:
+            async with session.request(method, url, data=body, headers=headers,
+                                       timeout=self._timeout(deadline), allow_redirects=False) as resp:
+                status = resp.status
+                length = resp.content_length
+                if length is not None and length > max_bytes:
+                    return WireResponse(status, resp.headers, None,
+                                        f"the answer is {length:,} bytes, over the {max_bytes:,} cap")
+                try:
+                    data = await resp.content.read(max_bytes + 1) if length is None else await resp.read()
+                except aiohttp.ClientPayloadError as exc:
+                    return WireResponse(status, resp.headers, None,
+                                        f"the answer body was cut off ({_short(exc)})")
+                if len(data) > max_bytes:
+                    return WireResponse(status, resp.headers, None,
+                                        f"the answer is over the {max_bytes:,} byte cap")
+                return WireResponse(status, resp.headers, data)
+        except aiohttp.ConnectionTimeoutError:
+            raise WireFailure("connect", "timed out connecting", False) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise WireFailure("connect", f"could not connect: {_short(exc.os_error)}", False) from None
+        except (asyncio.TimeoutError, TimeoutError):
+            raise WireFailure("deadline", f"no complete answer within {deadline:g} s", True) from None
+        except aiohttp.ServerDisconnectedError:
+            raise WireFailure("lost", "the server closed the connection without answering", True) from None
+        except aiohttp.ClientOSError as exc:
+            raise WireFailure("lost", f"the connection failed: {_short(exc)}", True) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise WireFailure("protocol", f"the answer body was cut off ({_short(exc)})", True) from None
+        except aiohttp.ClientResponseError as exc:
+            raise WireFailure("protocol", f"malformed HTTP answer: {exc.message}", True) from None
+        except aiohttp.InvalidURL:
+            raise WireFailure("connect", "invalid URL", False) from None
+        except aiohttp.ClientError as exc:
+            raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+class HttpxWire:
+    """The httpx API. ``module`` is ``httpx`` or ``httpx2``; ``transport`` any of its transports."""
+
+    def __init__(self, pool_size: int, *, module: Any = None, transport: Any = None,
+                 connect_timeout: float = 15.0):
+        if module is None:
+            import httpx as module  # noqa: N813
+        self.mod = module
+        self.name = module.__name__
+        self.pool_size = pool_size
+        self.transport = transport
+        self.connect_timeout = connect_timeout
+        self._client: Any = None
+
+    def _get_client(self):
+        if self._client is None:
+            mod = self.mod
+            self._client = mod.AsyncClient(
+                transport=self.transport,
+                limits=mod.Limits(max_connections=self.pool_size,
+                                  max_keepalive_connections=self.pool_size),
+                timeout=mod.Timeout(None, connect=self.connect_timeout),
+                headers={"User-Agent": "batchmagic"},
+                follow_redirects=False,
+            )
+        return self._client
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   deadline: float) -> WireResponse:
+        return await self._request("POST", url, body, headers, deadline, MAX_BODY_BYTES)
+
+    async def get(self, url: str, deadline: float, max_bytes: int) -> WireResponse:
+        return await self._request("GET", url, None, {}, deadline, max_bytes)
+
+    async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
+        mod = self.mod
+        client = self._get_client()
+        try:
+            async with _deadline(deadline):
+                request = client.build_request(method, url, content=body, headers=headers)
+                resp = await client.send(request, stream=True)
+                try:
+                    length = resp.headers.get("content-length")
+                    if length and length.isdigit() and int(length) > max_bytes:
+                        return WireResponse(resp.status_code, resp.headers, None,
+                                            f"the answer is {int(length):,} bytes, over the cap")
+                    chunks, size = [], 0
+                    try:
+                        async for chunk in resp.aiter_bytes():
+                            size += len(chunk)
+                            if size > max_bytes:
+                                return WireResponse(resp.status_code, resp.headers, None,
+                                                    f"the answer is over the {max_bytes:,} byte cap")
+                            chunks.append(chunk)
+                    except (mod.RemoteProtocolError, mod.ReadError) as exc:
+                        return WireResponse(resp.status_code, resp.headers, None,
+                                            f"the answer body was cut off ({_short(exc)})")
+                    return WireResponse(resp.status_code, resp.headers, b"".join(chunks))
+                finally:
+                    await resp.aclose()
+        except TimeoutError:
+            raise WireFailure("deadline", f"no complete answer within {deadline:g} s", True) from None
+        except (mod.ConnectError, mod.ConnectTimeout) as exc:
+            raise WireFailure("connect", f"could not connect: {_short(exc)}", False) from None
+        except mod.PoolTimeout:
+            raise WireFailure("connect", "no free connection in the pool", False) from None
+        except mod.TimeoutException:
+            raise WireFailure("deadline", "timed out waiting for the answer", True) from None
+        except mod.WriteError as exc:
+            raise WireFailure("lost", f"the connection failed while sending: {_short(exc)}", True) from None
+        except (mod.RemoteProtocolError, mod.ReadError) as exc:
+            raise WireFailure("lost", f"the connection dropped: {_short(exc)}", True) from None
+        except mod.UnsupportedProtocol:
+            raise WireFailure("connect", "unsupported URL scheme", False) from None
+        except mod.HTTPError as exc:
+            raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+def _short(exc: object) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+def make_wire(http: str, pool_size: int, transport: Any = None):
+    """The wire for ``http=`` ("aiohttp", "httpx", "httpx2"); a transport forces httpx."""
+    if transport is not None:
+        module = None
+        if http == "httpx2":
+            import httpx2 as module  # noqa: N813
+        return HttpxWire(pool_size, module=module, transport=transport)
+    if http == "aiohttp":
+        return AiohttpWire(pool_size)
+    if http == "httpx":
+        return HttpxWire(pool_size)
+    if http == "httpx2":
+        try:
+            import httpx2
+        except ImportError:
+            from .._errors import ConfigError
+
+            raise ConfigError("http='httpx2' needs the httpx2 package: pip install httpx2") from None
+        return HttpxWire(pool_size, module=httpx2)
+    from .._errors import ConfigError
+
+    raise ConfigError(f"http must be 'aiohttp', 'httpx' or 'httpx2'; got {http!r}")
