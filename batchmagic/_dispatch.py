@@ -9,7 +9,8 @@ back through the ready queue.
 What happens after an attempt depends on its outcome's category:
 
     ok          results recorded, the window grows (AIMD)
-    rate_limit  the whole run pauses for Retry-After (capped) or a backoff, the window is cut, retry
+    rate_limit  the row waits out Retry-After (capped) or a backoff, the window halves; when a tenth
+                of recent answers were throttled the whole run pauses for it (not for a stray 429)
     transient   retry with exponential backoff and full jitter; overload also cuts the window;
                 a possibly billed failure is retried at most ``billed_retries`` times
     context/row this row's error, no retry
@@ -90,6 +91,7 @@ class Dispatcher:
         self._running.set()
         self._stop = False
         self._rng = random.Random()
+        self._recent: collections.deque[bool] = collections.deque(maxlen=32)  # throttled or not
         self._feeder: asyncio.Task | None = None
 
     # -- control (call on the loop thread) ----------------------------------------------------
@@ -151,13 +153,18 @@ class Dispatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._running.is_set():
-                await self._running.wait()
-            await window.acquire()
+            try:
+                if not self._running.is_set():
+                    await self._running.wait()
+                await window.acquire()
+            except BaseException:  # cancelled while waiting: the unit goes back, never lost
+                self._ready.appendleft(unit)
+                raise
             try:
                 await gate.acquire(unit.tokens)
             except BaseException:
                 window.release()
+                self._ready.appendleft(unit)
                 raise
             if self._stop:
                 window.release()
@@ -198,6 +205,7 @@ class Dispatcher:
         progress.in_flight -= 1
         if outcome.rate_info is not None:
             self.gate.learn(outcome.rate_info)
+        self._recent.append(outcome.category == RATE_LIMIT)
         if outcome.category == OK:
             self._succeed(unit, outcome, latency)
         else:
@@ -237,7 +245,8 @@ class Dispatcher:
             self.possibly_billed += 1
         category = outcome.category
         if outcome.overloaded:
-            self.window.on_congestion(sent_at)
+            # throttling halves the window; a 503 / 529 "overloaded" trims it
+            self.window.on_congestion(sent_at, 0.5 if category == RATE_LIMIT else 0.8)
         if category == FATAL:
             err = self._error(unit, outcome)
             if self.aborted is None:
@@ -255,7 +264,8 @@ class Dispatcher:
                 if unit.rate_limited <= policy.rate_limit_retries:
                     retry = True
                     delay = self._rate_limit_wait(unit, outcome)
-                    self.gate.pause_for(delay)  # the whole run slows, not just this request
+                    if self._storm():
+                        self.gate.pause_for(delay)  # many are throttled: the whole run waits
             elif category == TRANSIENT:
                 transient_tries = unit.attempts - unit.rate_limited
                 if outcome.possibly_billed and unit.billed_failures > policy.billed_retries:
@@ -271,6 +281,12 @@ class Dispatcher:
             self._park(unit, delay)
             return
         self._fail(unit, self._error(unit, outcome))
+
+    def _storm(self) -> bool:
+        """Throttling is general, not a stray 429: a tenth of the recent answers were throttled.
+        Then the whole run waits out the Retry-After; a stray 429 only delays its own row."""
+        recent = self._recent
+        return len(recent) >= 4 and sum(recent) >= max(2, len(recent) // 10)
 
     def _rate_limit_wait(self, unit: Unit, outcome: Outcome) -> float:
         if outcome.retry_after is not None:

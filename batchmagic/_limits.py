@@ -276,6 +276,9 @@ class Window:
         else:
             self._lat_fast += 0.1 * (latency - self._lat_fast)
         self._lat_base = min(self._lat_base, self._lat_fast)
+        if self.ssthresh < self.maximum and \
+                time.monotonic() - self._last_cut > max(1.0, 10.0 * self._lat_fast):
+            self.ssthresh = float(self.maximum)  # quiet for a while: an isolated signal, grow fast again
         if self.limit < self.ssthresh:
             self.limit = min(self.maximum, self.limit + 1.0)  # slow start: doubles per round trip
         else:
@@ -287,7 +290,7 @@ class Window:
         return (self.adaptive and self._lat_base < math.inf and self._lat_base > 0.005
                 and self._lat_fast > 3.0 * self._lat_base and self.on_congestion(sent_at, 0.8))
 
-    def on_congestion(self, sent_at: float, factor: float = 0.5) -> bool:
+    def on_congestion(self, sent_at: float, factor: float) -> bool:
         """Cut the window, at most once per round trip (only for requests sent after the last cut)."""
         if not self.adaptive or sent_at < self._last_cut:
             return False

@@ -1,0 +1,160 @@
+"""Real processes: Ctrl-C in plain Python, and a real IPython kernel (sync call inside the kernel's
+running loop, ``await``, and a kernel interrupt mid-run)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from batchmagic.simulator import SimulatorProcess
+
+
+@pytest.fixture(scope="module")
+def slow_sim():
+    with SimulatorProcess(latency=0.4) as s:
+        yield s
+
+
+def test_ctrl_c_returns_finished_rows(slow_sim, tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, time
+        import batchmagic as bm
+        t0 = time.monotonic()
+        df = bm.batch([f"row {{i}}" for i in range(60)], provider="simulator",
+                      base_url={slow_sim.base_url!r}, model="m", concurrency=4, progress=False)
+        kinds = [type(e).__name__ if e is not None else "ok" for e in df["error"]]
+        print(json.dumps({{"n": len(df), "kinds": kinds, "state": df.attrs["batchmagic"]["state"],
+                          "t": time.monotonic() - t0}}))
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # a few waves of 4 rows have finished
+    t_int = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - t_int < 4.0
+    result = json.loads(out.strip().splitlines()[-1])
+    kinds = result["kinds"]
+    assert result["n"] == 60 and result["state"] == "cancelled"
+    assert kinds.count("ok") >= 8
+    assert kinds.count("NotSentError") >= 30
+    assert set(kinds) <= {"ok", "NotSentError", "CancelledRowError"}
+    assert "batch cancelled" in err
+
+
+jupyter_client = pytest.importorskip("jupyter_client")
+
+
+class Kernel:
+    def __init__(self):
+        from jupyter_client.manager import start_new_kernel
+
+        self.km, self.kc = start_new_kernel(kernel_name="python3")
+
+    def run(self, code: str, timeout: float = 60.0) -> dict:
+        msg_id = self.kc.execute(code)
+        out: dict = {"stdout": "", "stderr": "", "result": None, "error": None}
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out[content["name"]] += content["text"]
+            elif kind == "execute_result":
+                out["result"] = content["data"].get("text/plain")
+            elif kind == "error":
+                out["error"] = f"{content['ename']}: {content['evalue']}"
+            elif kind == "status" and content["execution_state"] == "idle":
+                return out
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    k = Kernel()
+    yield k
+    k.close()
+
+
+def test_sync_batch_inside_running_kernel(kernel, slow_sim):
+    slow_sim.configure(latency=0.05)
+    r = kernel.run(textwrap.dedent(f"""
+        import asyncio, batchmagic as bm
+        assert asyncio.get_event_loop().is_running()   # we are inside the kernel's loop
+        df = bm.batch(["a", "b", "c"], provider="simulator", base_url={slow_sim.base_url!r},
+                      model="m", progress=False)
+        df["output"].tolist()
+    """))
+    assert r["error"] is None, r
+    assert r["result"] == "['echo: a', 'echo: b', 'echo: c']"
+    r = kernel.run(textwrap.dedent(f"""
+        df2 = await bm.abatch(["x"], provider="simulator", base_url={slow_sim.base_url!r},
+                              model="m", progress=False)
+        df2["output"].iloc[0]
+    """))
+    assert r["error"] is None, r
+    assert r["result"] == "'echo: x'"
+    slow_sim.configure(latency=0.4)
+
+
+def test_kernel_interrupt_keeps_finished_rows(kernel, slow_sim):
+    code = textwrap.dedent(f"""
+        import batchmagic as bm
+        df = bm.batch([f"k {{i}}" for i in range(80)], provider="simulator",
+                      base_url={slow_sim.base_url!r}, model="m", concurrency=4, progress=False)
+    """)
+    msg_id = kernel.kc.execute(code)
+    time.sleep(2.5)
+    t_int = time.monotonic()
+    kernel.km.interrupt_kernel()
+    # the cell finishes (no traceback: the run returns its partial frame) within the grace period
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=10)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"):
+            break
+    assert time.monotonic() - t_int < 5.0
+    r = kernel.run("import collections; (len(df), df.attrs['batchmagic']['state'], "
+                   "dict(collections.Counter(type(e).__name__ for e in df['error'])))")
+    assert r["error"] is None, r
+    n, state, counts = eval(r["result"])  # noqa: S307 - our own kernel's repr of plain values
+    assert n == 80 and state == "cancelled"
+    assert counts.get("NoneType", 0) >= 8  # finished rows kept
+    assert counts.get("NotSentError", 0) >= 40
+    t0 = time.monotonic()
+    r = kernel.run("1 + 1", timeout=10)
+    assert r["result"] == "2" and time.monotonic() - t0 < 2.0  # the kernel is usable afterwards
+
+
+def test_background_task_survives_kernel_interrupt(kernel, slow_sim):
+    slow_sim.configure(latency=0.1)
+    msg_id = kernel.kc.execute(textwrap.dedent(f"""
+        import batchmagic as bm, time
+        task = bm.submit([f"bg {{i}}" for i in range(40)], provider="simulator",
+                         base_url={slow_sim.base_url!r}, model="m", concurrency=4, progress=False)
+        time.sleep(30)
+    """))
+    time.sleep(1.0)
+    kernel.km.interrupt_kernel()
+    while True:
+        msg = kernel.kc.get_iopub_msg(timeout=10)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"):
+            break
+    r = kernel.run("df = task.wait(30); (len(df), int(df['error'].isna().sum()))", timeout=40)
+    assert r["error"] is None, r
+    assert eval(r["result"]) == (40, 40)  # noqa: S307
+    slow_sim.configure(latency=0.4)
