@@ -87,7 +87,9 @@ class AiohttpWire:
                 enable_cleanup_closed=sys.version_info < (3, 12, 7),
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, trust_env=True,
+                # trust_env makes aiohttp read netrc in a worker thread on every request: only
+                # pay for it when a proxy is configured
+                connector=connector, auto_decompress=True, trust_env=_proxy_configured(),
                 skip_auto_headers=("User-Agent",),
                 headers={"User-Agent": "batchmagic"},
             )
@@ -237,6 +239,13 @@ class HttpxWire:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+
+def _proxy_configured() -> bool:
+    import os
+
+    return any(os.environ.get(name) for name in
+               ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))
 
 
 def _short(exc: object) -> str:
