@@ -46,7 +46,7 @@ class _Options:
     model: str | None = None
     provider: str | None = None
     base_url: str | None = None
-    api_key: Any = None
+    api_key: Any = field(default=None, repr=False)  # the raw key: never shown
     engine: str | None = None
     mode: str | None = None
     system: str | None = None
@@ -118,6 +118,10 @@ class _Run:
             allow_private_urls=o.allow_private_urls,
         )
         check_clash(self.plan.frame)
+        if o.kind == "image":
+            from ._image import register_html_formatter
+
+            register_html_formatter()
         if any("model" not in item.body for item in self.plan.items):
             raise ConfigError(f"model= is required: which {self.target.name} model should answer?")
         preset = self.target.preset

@@ -79,3 +79,62 @@ class GeneratedImage:
 
     def __hash__(self) -> int:
         return hash(self.data)
+
+
+def frame_html(df) -> str | None:
+    """HTML for a result frame holding images: thumbnails in place of image cells, every other
+    cell escaped as pandas would, and the notebook's usual row / column truncation."""
+    import html as _html
+
+    import pandas as pd
+
+    def cell(value) -> str:
+        if isinstance(value, GeneratedImage):
+            return value.thumbnail_html()
+        return _html.escape(str(value))
+
+    image_cols = [c for c in df.columns if df[c].dtype == object
+                  and any(isinstance(v, GeneratedImage) for v in df[c].head(50))]
+    if not image_cols:
+        return None
+    from pandas.api import types
+
+    # everything that is not a number, bool or date goes through ``cell`` (escaped): with
+    # escape=False, a text column left to pandas would be raw HTML
+    formatters = {c: cell for c in df.columns
+                  if not (types.is_numeric_dtype(df[c]) or types.is_bool_dtype(df[c])
+                          or types.is_datetime64_any_dtype(df[c]))}
+    return df.to_html(
+        escape=False, formatters=formatters, notebook=True,
+        max_rows=pd.get_option("display.max_rows"), max_cols=pd.get_option("display.max_columns"),
+        show_dimensions=pd.get_option("display.show_dimensions"),
+    )
+
+
+_registered = False
+
+
+def register_html_formatter() -> None:
+    """In IPython, show result frames that hold images with thumbnails. Other frames keep their
+    own HTML: the formatter hands them straight back to pandas."""
+    global _registered
+    if _registered:
+        return
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    import pandas as pd
+
+    def html(df):
+        if "batchmagic" in getattr(df, "attrs", {}):
+            out = frame_html(df)
+            if out is not None:
+                return out
+        return df._repr_html_()
+
+    ip.display_formatter.formatters["text/html"].for_type(pd.DataFrame, html)
+    _registered = True
