@@ -9,7 +9,8 @@ The whole public surface is here; every other module is private.
 
 from __future__ import annotations
 
-from ._api import BatchTask, Estimate, abatch, batch, estimate, submit
+from typing import TYPE_CHECKING
+
 from ._errors import (
     BadRequestError,
     BatchError,
@@ -32,10 +33,37 @@ from ._errors import (
     TemplateError,
     TransportError,
 )
-from ._frame import RESULT_COLUMNS, raise_for_errors
-from ._image import GeneratedImage
+
+if TYPE_CHECKING:
+    from ._api import BatchTask, Estimate, abatch, batch, estimate, submit
+    from ._frame import RESULT_COLUMNS, raise_for_errors
+    from ._image import GeneratedImage
 
 __version__ = "0.1.0"
+
+# pandas, numpy and the HTTP stack load on first use, so ``import batchmagic`` (and the
+# simulator, which needs none of them) stays light
+_LAZY = {
+    "batch": "_api", "abatch": "_api", "submit": "_api", "estimate": "_api",
+    "BatchTask": "_api", "Estimate": "_api",
+    "raise_for_errors": "_frame", "RESULT_COLUMNS": "_frame",
+    "GeneratedImage": "_image",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchmagic' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "__version__",

@@ -90,6 +90,8 @@ def _validate(o: _Options) -> None:
         )
     if o.budget is not None:
         raise ConfigError("budget= needs price tracking, which is not available in this version")
+    if o.http not in ("aiohttp", "httpx", "httpx2"):
+        raise ConfigError(f"http must be 'aiohttp', 'httpx' or 'httpx2'; got {o.http!r}")
     _positive("concurrency", o.concurrency, integer=True)
     _positive("rpm", o.rpm)
     _positive("tpm", o.tpm)
@@ -111,6 +113,7 @@ class _Run:
         self.options = o
         self.id = uuid.uuid4().hex[:12]
         self.target: Target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
+        o.api_key = None  # the Secret in the target is the only copy kept
         endpoint = self.target.base_url + _kinds.path_for(o.kind)
         self.plan: Plan = make_plan(
             inputs, prompt, kind=o.kind, endpoint=endpoint, model=o.model, params=o.params,
@@ -216,7 +219,7 @@ class _Run:
             snap = self.progress.snapshot()
             if display is not None:
                 display.close(snap)
-            elif self.state != "done" and summary_line(snap):
+            elif self.state != "done" and summary_line(snap):  # a stop is said once, even unasked
                 import sys
 
                 print(summary_line(snap), file=sys.stderr)

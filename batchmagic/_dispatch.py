@@ -369,3 +369,6 @@ class Dispatcher:
             self.progress.done += len(unit.items)
             self.progress.failed += len(unit.items)
             self.progress.error(err, len(unit.items))
+            if self.on_item is not None:  # settle per-row futures and counts, as _finished does
+                for item in unit.items:
+                    self.on_item(item)

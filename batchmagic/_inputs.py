@@ -100,12 +100,15 @@ def make_plan(
     if shape == "frame":
         tmpl = _frame_template(template, frame)
         fields = tmpl.fields
-        missing_cols = [f for f in fields if f not in frame.columns]
+        # template fields are strings; column labels may not be (pd.DataFrame(list) has column 0)
+        by_str = {str(c): c for c in frame.columns}
+        missing_cols = [f for f in fields if f not in frame.columns and f not in by_str]
         if missing_cols:
             raise TemplateError(_missing_columns_message(missing_cols, frame.columns))
         if images is not None and images not in frame.columns:
             raise TemplateError(_missing_columns_message([images], frame.columns, what="images="))
-        sub = frame[list(fields)] if fields else frame.iloc[:, :0]
+        labels = [f if f in frame.columns else by_str[f] for f in fields]
+        sub = frame[labels] if fields else frame.iloc[:, :0]
         na = sub.isna().to_numpy() if fields else None
         columns = list(fields)
         image_values = frame[images].tolist() if images is not None else None
@@ -123,7 +126,12 @@ def make_plan(
                     )
                     continue
                 values = tuple("" if m else v for v, m in zip(values, na[pos]))
-            prompt = tmpl.render(dict(zip(columns, values)))
+            try:
+                prompt = tmpl.render(dict(zip(columns, values)))
+            except (ValueError, TypeError) as exc:
+                row_errors[pos] = InputError(f"the template cannot format this row: {exc}",
+                                             row=index[pos])
+                continue
             builder.add(pos, prompt, image_values[pos] if image_values is not None else None,
                         allow_private_urls, row_errors, index)
         return builder.plan(index, frame, len(rows) if rows is not None else len(frame),
@@ -157,8 +165,13 @@ def make_plan(
                     )
                     continue
                 value = ""
-            prompt = tmpl.render({name: value}) if tmpl is not None else (
-                value if isinstance(value, str) else str(value))
+            try:
+                prompt = tmpl.render({name: value}) if tmpl is not None else (
+                    value if isinstance(value, str) else str(value))
+            except (ValueError, TypeError) as exc:
+                row_errors[pos] = InputError(f"the template cannot format this row: {exc}",
+                                             row=index[pos])
+                continue
             builder.add(pos, prompt, None, allow_private_urls, row_errors, index)
         return builder.plan(index, frame, len(rows), row_errors, skipped,
                             tmpl.source if tmpl else None)

@@ -294,7 +294,8 @@ class Window:
         """Cut the window, at most once per round trip (only for requests sent after the last cut)."""
         if not self.adaptive or sent_at < self._last_cut:
             return False
-        self.limit = max(1.0, min(self.limit, self.active) * factor)
+        # the failing request has already released its slot: count it as still in flight
+        self.limit = max(1.0, min(self.limit, self.active + 1) * factor)
         self.ssthresh = max(2.0, self.limit)
         self._last_cut = time.monotonic()
         self.cuts += 1

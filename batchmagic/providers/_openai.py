@@ -126,7 +126,8 @@ class OpenAICompatible:
         retry_after = parse_retry_after(headers) if category in (RATE_LIMIT, TRANSIENT) else None
         overloaded = status in (503, 529) or category == RATE_LIMIT
         return Outcome(category, error_type=_ERROR_TYPES[category], message=message,
-                       status=status, code=found.code, retry_after=retry_after,
+                       status=status, code=self._clean(found.code) if found.code else None,
+                       retry_after=retry_after,
                        overloaded=overloaded, rate_info=info)
 
     async def _results(self, payload: Any, n: int) -> list:

@@ -1,0 +1,355 @@
+"""SimState: the per-server state and the POST /v1 request flow (limits, faults, latency, log).
+
+Handlers stay lean (one sha256, one orjson parse/dump, no per-request logging) so one core
+serves thousands of requests per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import os
+import random
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ._config import SimConfig
+from ._endpoints import BUILD, PATHS, PREPARE, call_tag
+from ._faults import (
+    IMMEDIATE,
+    FaultPicker,
+    body_fault_response,
+    immediate_response,
+)
+from ._http import (
+    ApiError,
+    abort_connection,
+    error_obj,
+    json_response,
+    send_trickle,
+    send_truncated,
+)
+from ._limits import RateLimiter, retry_after_headers
+
+DEFAULT_MODELS = ("sim-chat", "sim-embed", "sim-image")
+
+
+def draw_latency(cfg: SimConfig, rng: random.Random) -> float:
+    """Base latency of one request.
+
+    * fixed: ``latency``;
+    * uniform: ``latency`` +/- ``latency_jitter`` (uniform, floored at 0);
+    * exponential: ``latency`` + an exponential draw of mean ``latency_jitter``;
+    * lognormal: ``latency`` x lognormal(mu=0, sigma=``latency_jitter``) (median ``latency``).
+    """
+    base, jitter, dist = cfg.latency, cfg.latency_jitter, cfg.latency_dist
+    if dist == "fixed" or jitter <= 0:
+        return base
+    if dist == "uniform":
+        return max(0.0, base + rng.uniform(-jitter, jitter))
+    if dist == "exponential":
+        return base + rng.expovariate(1.0 / jitter)
+    return base * rng.lognormvariate(0.0, jitter)
+
+
+class SimState:
+    """Everything the simulator keeps between requests (one per application)."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.t0 = time.monotonic()
+        self.limiter = RateLimiter()
+        self.limiter.configure(cfg.rpm, cfg.tpm, cfg.burst, self.t0)
+        self.faults = FaultPicker()
+        self.faults.configure(cfg)
+        self.rng = random.Random(cfg.seed)
+        self.missing = frozenset(cfg.missing_models)
+        self.calls: list[dict[str, Any]] = []
+        self.by_status: dict[Any, int] = {}
+        self.by_fault: dict[str, int] = {}
+        self.by_path: dict[str, int] = {}
+        self.total = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._rps_stamps = [-1] * 20
+        self._rps_counts = [0] * 20
+        self.models: dict[str, None] = dict.fromkeys(DEFAULT_MODELS)
+        self.images: OrderedDict[str, bytes] = OrderedDict()
+        self.ids = itertools.count(1)
+        self._log_fh: Any = None
+        self._log_path: str | None = None
+        self._schedule_task: asyncio.Task[None] | None = None
+        self._auth: tuple[bytes, bytes] | None = None
+        self._set_auth(cfg.api_key)
+        self._open_log(cfg.call_log_path)
+
+    # ------------------------------------------------------------------ config
+    def _set_auth(self, key: str | None) -> None:
+        if key is None:
+            self._auth = None
+        else:
+            k = key.encode("utf-8", "surrogateescape")
+            self._auth = (b"Bearer " + k, k)
+
+    def _open_log(self, path: str | None) -> None:
+        if path == self._log_path:
+            return
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        self._log_path = path
+        if path:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with contextlib.suppress(OSError, AttributeError):
+                os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+            self._log_fh = os.fdopen(fd, "ab", buffering=0)  # unbuffered: one write per line
+
+    def apply_patch(self, patch: dict[str, Any]) -> SimConfig:
+        """Apply a live config change (raises ValueError on a bad patch)."""
+        old = self.cfg
+        new = old.patched(patch)
+        self.cfg = new
+        now = time.monotonic()
+        if (new.rpm, new.tpm, new.burst) != (old.rpm, old.tpm, old.burst):
+            self.limiter.configure(new.rpm, new.tpm, new.burst, now)
+        self.faults.configure(new)
+        if new.seed != old.seed:
+            self.rng = random.Random(new.seed)
+        self.missing = frozenset(new.missing_models)
+        self._set_auth(new.api_key)
+        self._open_log(new.call_log_path)
+        if "schedule" in patch:
+            self.start_schedule()
+        return new
+
+    def start_schedule(self) -> None:
+        if self._schedule_task is not None:
+            self._schedule_task.cancel()
+            self._schedule_task = None
+        if self.cfg.schedule:
+            self._schedule_task = asyncio.get_running_loop().create_task(
+                self._run_schedule(list(self.cfg.schedule)))
+
+    async def _run_schedule(self, entries: list[tuple[float, dict[str, Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for at, update in entries:
+            delay = start + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.apply_patch(update)
+
+    def reset(self) -> None:
+        self.calls = []
+        self.by_status.clear()
+        self.by_fault.clear()
+        self.by_path.clear()
+        self.total = 0
+        self.max_in_flight = self.in_flight
+        self._rps_stamps = [-1] * 20
+        self._rps_counts = [0] * 20
+        self.faults.seen.clear()
+        self.limiter.refill_all()
+
+    async def close(self) -> None:
+        if self._schedule_task is not None:
+            self._schedule_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._schedule_task
+            self._schedule_task = None
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def stats(self) -> dict[str, Any]:
+        slot = int(time.monotonic() * 10)
+        pairs = zip(self._rps_stamps, self._rps_counts, strict=True)
+        rps = sum(c for s, c in pairs if slot - 10 < s <= slot)
+        return {
+            "total": self.total,
+            "by_status": {str(k): v for k, v in self.by_status.items()},
+            "by_fault": dict(self.by_fault),
+            "by_path": dict(self.by_path),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "rps_last_second": rps,
+            "uptime_s": round(time.monotonic() - self.t0, 3),
+            "calls_logged": len(self.calls),
+        }
+
+    def _record(self, now: float, path: str, model: str | None, digest: bytes, tag: str | None,
+                n_inputs: int | None, status: int | None, fault: str | None,
+                prompt_tokens: int | None, attempt: int | None) -> None:
+        """Count and log one request once its outcome is decided (before any latency).
+
+        ``status`` is None when no response is sent (resets, hang); ``attempt`` is None while
+        no faults are configured (arrivals are only counted then).
+        """
+        key: Any = status if status is not None else "none"
+        self.by_status[key] = self.by_status.get(key, 0) + 1
+        if fault is not None:
+            self.by_fault[fault] = self.by_fault.get(fault, 0) + 1
+        cfg = self.cfg
+        if not cfg.log_calls and self._log_fh is None:
+            return
+        rec = {
+            "t": round(now - self.t0, 6), "path": path, "model": model,
+            "hash": digest[:8].hex(), "tag": tag, "n_inputs": n_inputs, "status": status,
+            "fault": fault, "prompt_tokens": prompt_tokens, "attempt": attempt,
+        }
+        if cfg.log_calls:
+            self.calls.append(rec)
+        if self._log_fh is not None:
+            self._log_fh.write(orjson.dumps(rec) + b"\n")
+
+    def authorized(self, request: web.BaseRequest) -> bool:
+        auth = self._auth
+        if auth is None:
+            return True
+        got = request.headers.get("Authorization")
+        if got is not None:
+            return hmac.compare_digest(got.encode("utf-8", "surrogateescape"), auth[0])
+        got = request.headers.get("api-key")  # Azure-style clients
+        return got is not None and hmac.compare_digest(
+            got.encode("utf-8", "surrogateescape"), auth[1])
+
+    # ------------------------------------------------------------------ /v1 POST handlers
+    async def handle(self, request: web.BaseRequest, kind: str) -> web.StreamResponse:
+        now = time.monotonic()
+        self.in_flight += 1
+        inflight = self.in_flight
+        if inflight > self.max_in_flight:
+            self.max_in_flight = inflight
+        self.total += 1
+        slot = int(now * 10)
+        i = slot % 20
+        if self._rps_stamps[i] != slot:
+            self._rps_stamps[i] = slot
+            self._rps_counts[i] = 0
+        self._rps_counts[i] += 1
+        try:
+            return await self._serve(request, kind, now, inflight)
+        finally:
+            self.in_flight -= 1
+
+    async def _serve(self, request: web.BaseRequest, kind: str, now: float,
+                     inflight: int) -> web.StreamResponse:
+        path = PATHS[kind]
+        self.by_path[path] = self.by_path.get(path, 0) + 1
+        body = await request.read()
+        digest = hashlib.sha256(body).digest()
+        picker = self.faults
+        if picker.table:
+            attempt: int | None
+            attempt, fault = picker.pick(digest)
+        else:
+            attempt, fault = None, None
+        cfg = self.cfg
+        if self._auth is not None and not self.authorized(request):
+            self._record(now, path, None, digest, None, None, 401, None, None, attempt)
+            return json_response(401, error_obj("Incorrect API key provided.",
+                                                "invalid_request_error", "invalid_api_key"))
+        try:
+            payload = orjson.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError
+        except ValueError:
+            self._record(now, path, None, digest, None, None, 400, None, None, attempt)
+            return json_response(400, error_obj(
+                "We could not parse the JSON body of your request. (HINT: This likely means you"
+                " aren't using your HTTP library correctly.)", "invalid_request_error"))
+        model = payload.get("model")
+        model = model if isinstance(model, str) else None
+
+        if fault is not None and fault in IMMEDIATE:
+            if fault == "reset_before":
+                self._record(now, path, model, digest, call_tag(kind, payload), None, None, fault,
+                             None, attempt)
+                abort_connection(request)
+                return web.Response()  # aiohttp finds the transport closed and drops it
+            headers: dict[str, str] = {}
+            if cfg.ratelimit_headers and self.limiter.active:
+                self.limiter.headers(headers)
+            resp = immediate_response(fault, model, cfg, headers)
+            self._record(now, path, model, digest, call_tag(kind, payload), None, resp.status, fault,
+                         None, attempt)
+            return resp
+
+        try:
+            job = PREPARE[kind](self, payload, cfg)
+        except ApiError as e:
+            self._record(now, path, model, digest, call_tag(kind, payload), None, e.status, None,
+                         None, attempt)
+            return json_response(e.status, e.body)
+
+        headers = {}
+        if fault is None:
+            limiter = self.limiter
+            if limiter.active:
+                refusal = limiter.acquire(job.charge, now)
+                if cfg.ratelimit_headers:
+                    limiter.headers(headers)
+                if refusal is not None:
+                    what, wait = refusal
+                    retry_after_headers(cfg.retry_after_format, wait, headers)
+                    self._record(now, path, job.model, digest, job.tag, job.n_inputs, 429, None,
+                                 job.prompt_tokens, attempt)
+                    return json_response(429, _rate_limit_body(what, limiter, job.charge, wait),
+                                         headers)
+            over = cfg.effective_overload
+            if over is not None and inflight > over:
+                self._record(now, path, job.model, digest, job.tag, job.n_inputs, 503, None,
+                             job.prompt_tokens, attempt)
+                return json_response(503, error_obj("server overloaded", "server_error"),
+                                     headers)
+            status: int | None = 200
+        else:
+            status = None if fault in ("reset_after", "hang") else 200
+        self._record(now, path, job.model, digest, job.tag, job.n_inputs, status, fault,
+                     job.prompt_tokens, attempt)
+
+        if fault == "hang":
+            delay = cfg.hang_seconds
+        else:
+            delay = draw_latency(cfg, self.rng) if cfg.latency or cfg.latency_jitter else 0.0
+            if cfg.per_token_latency:
+                delay += cfg.per_token_latency * job.ctoks
+            if cfg.capacity is not None and inflight > cfg.capacity:
+                delay *= inflight / cfg.capacity
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        if fault is None or fault == "hang":
+            return json_response(200, BUILD[kind](self, job, request), headers)
+        if fault == "reset_after":
+            abort_connection(request)
+            return web.Response()
+        if fault == "trickle":
+            body_out = orjson.dumps(BUILD[kind](self, job, request))
+            return await send_trickle(request, body_out, cfg.trickle_interval)
+        if fault == "truncated":
+            await send_truncated(request, orjson.dumps(BUILD[kind](self, job, request)))
+            return web.Response()  # the transport is closing: aiohttp drops this
+        return body_fault_response(fault, kind, cfg)
+
+
+def _rate_limit_body(what: str, limiter: RateLimiter, charge: int, wait: float) -> dict:
+    bucket = limiter.requests if what == "requests" else limiter.tokens
+    assert bucket is not None
+    unit = "RPM" if what == "requests" else "TPM"
+    used = max(0, int(bucket.capacity - bucket.level))
+    asked = 1 if what == "requests" else charge
+    return error_obj(
+        f"Rate limit reached for {what} per min ({unit}) on the batchmagic simulator: Limit "
+        f"{int(bucket.per_minute)}, Used {used}, Requested {asked}. Please try again in "
+        f"{wait:.3f}s.", what, "rate_limit_exceeded")
+
+

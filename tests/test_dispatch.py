@@ -1,0 +1,618 @@
+"""Retries, error classes, stops, deadlines (through MockTransport) and the scheduler itself
+(through a fake backend, with fast backoff)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import httpx
+import pytest
+from conftest import AsyncServer, Server, chat_answer, echo_chat, run
+
+import batchmagic as bm
+from batchmagic._backend import OK, RATE_LIMIT, TRANSIENT, Outcome, Unit
+from batchmagic._dispatch import Dispatcher, RetryPolicy
+from batchmagic._errors import RateLimitError, ServerError
+from batchmagic._kinds import Parsed
+from batchmagic._limits import RateGate, Window
+from batchmagic._progress import Progress
+
+# -- through the httpx wire -------------------------------------------------------------------------
+
+
+def _sequence(*responses):
+    """A handler answering with ``responses`` in turn (callables get the request), then echo."""
+    queue = list(responses)
+
+    def answer(req, body):
+        if queue:
+            item = queue.pop(0)
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        return echo_chat(req, body)
+
+    return answer
+
+
+def test_400_is_a_bad_request_error_without_retry():
+    s = Server(lambda req, body: httpx.Response(
+        400, json={"error": {"message": "temperature must be <= 2", "type": "invalid_request_error",
+                             "param": "temperature", "code": None}}))
+    df = run(["a"], server=s, retries=3)
+    err = df["error"][0]
+    assert isinstance(err, bm.BadRequestError)
+    assert s.count == 1
+    assert err.status == 400 and err.attempts == 1 and not err.possibly_billed
+    assert "temperature must be <= 2" in str(err)
+    assert err.provider == "test"
+    assert df["attempts"][0] == 1
+
+
+def test_400_context_length_exceeded():
+    s = Server(lambda req, body: httpx.Response(400, json={"error": {
+        "message": "This model's maximum context length is 8192 tokens.",
+        "type": "invalid_request_error", "code": "context_length_exceeded"}}))
+    df = run(["a"], server=s, retries=3)
+    err = df["error"][0]
+    assert isinstance(err, bm.ContextLengthError)
+    assert err.code == "context_length_exceeded"
+    assert s.count == 1
+
+
+def test_500_then_200_succeeds_on_the_second_attempt():
+    s = Server(_sequence(httpx.Response(500, json={"error": {"message": "boom"}})))
+    df = run(["a"], server=s, retries=2)
+    assert df["output"][0] == "echo:a"
+    assert df["error"][0] is None
+    assert df["attempts"][0] == 2
+    assert s.count == 2
+    assert df.attrs["batchmagic"]["retries"] == 1
+
+
+def test_500_every_time_is_a_server_error_after_retries():
+    s = Server(lambda req, body: httpx.Response(502, text="bad gateway"))
+    df = run(["a"], server=s, retries=1)
+    err = df["error"][0]
+    assert isinstance(err, bm.ServerError)
+    assert err.status == 502 and err.attempts == 2
+    assert s.count == 2
+
+
+def test_429_with_retry_after_ms_then_200():
+    s = Server(_sequence(httpx.Response(429, json={"error": {"message": "Rate limit reached"}},
+                                        headers={"retry-after-ms": "50"})))
+    t0 = time.monotonic()
+    df = run(["a"], server=s)
+    elapsed = time.monotonic() - t0
+    assert df["output"][0] == "echo:a"
+    assert df["attempts"][0] == 2
+    assert s.count == 2
+    assert df.attrs["batchmagic"]["rate_limited"] == 1
+    assert 0.04 <= elapsed < 2.0  # it waited about what it was told, not a long backoff
+
+
+def test_401_stops_the_run():
+    s = Server(lambda req, body: httpx.Response(401, json={"error": {
+        "message": "Incorrect API key provided", "type": "invalid_request_error",
+        "code": "invalid_api_key"}}))
+    rows = [f"r{i}" for i in range(10)]
+    df = run(rows, server=s, concurrency=1, retries=3)
+    assert s.count < len(rows)
+    assert s.count == 1
+    errors = list(df["error"])
+    fatal = [e for e in errors if isinstance(e, bm.FatalProviderError)]
+    unsent = [e for e in errors if isinstance(e, bm.NotSentError)]
+    assert len(fatal) == s.count
+    assert len(fatal) + len(unsent) == len(rows)
+    for e in unsent:
+        assert e.attempts == 0 and not e.possibly_billed
+        assert "FatalProviderError" in str(e)
+    assert [e.row for e in errors] == list(range(10))
+    attrs = df.attrs["batchmagic"]
+    assert attrs["stopped_by"] and "Incorrect API key" in attrs["stopped_by"]
+    assert attrs["state"] == "aborted"
+    assert df["output"].isna().all()
+
+
+def test_429_insufficient_quota_is_fatal_without_retry():
+    s = Server(lambda req, body: httpx.Response(429, json={"error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota", "code": "insufficient_quota"}}))
+    df = run(["a", "b", "c"], server=s, concurrency=1)
+    assert s.count == 1
+    assert isinstance(df["error"][0], bm.FatalProviderError)
+    assert all(isinstance(e, bm.NotSentError) for e in df["error"][1:])
+    assert df.attrs["batchmagic"]["rate_limited"] == 0
+
+
+def test_qianfan_error_inside_http_200_is_a_rate_limit_and_retried():
+    throttled = httpx.Response(200, json={"error_code": 336501,
+                                          "error_msg": "Rate limit reached for RPM"},
+                               headers={"retry-after-ms": "20"})
+    s = Server(_sequence(throttled))
+    df = run(["a"], server=s, provider="qianfan", api_key="k")
+    assert s.count == 2
+    assert df["output"][0] == "echo:a"
+    assert df.attrs["batchmagic"]["rate_limited"] == 1
+    assert df.attrs["batchmagic"]["provider"] == "qianfan"
+
+
+def test_qianfan_rate_limit_every_time_is_a_rate_limit_error():
+    s = Server(lambda req, body: httpx.Response(
+        200, json={"error_code": 336502, "error_msg": "Rate limit reached for TPM"},
+        headers={"retry-after-ms": "1"}))
+    df = asyncio.run(_abatch_rl(s))
+    err = df["error"][0]
+    assert isinstance(err, bm.RateLimitError)
+    assert err.code == "336502"
+
+
+async def _abatch_rl(s):
+    # rate-limit retries are bounded by RetryPolicy.rate_limit_retries (30): 31 quick answers
+    return await bm.abatch(["a"], base_url="http://test/v1", model="m", provider="qianfan",
+                           api_key="k", transport=s.transport, progress=False)
+
+
+def test_read_timeout_is_possibly_billed_and_retried_once():
+    s = Server(lambda req, body: (_ for _ in ()).throw(httpx.ReadTimeout("read timed out")))
+    df = run(["a", "b"], server=s, retries=4)
+    assert s.count == 4  # two rows, two attempts each
+    for err in df["error"]:
+        assert isinstance(err, bm.TransportError)
+        assert isinstance(err, bm.DeadlineError)
+        assert err.possibly_billed is True
+        assert err.attempts == 2
+    assert df.attrs["batchmagic"]["possibly_billed"] == 4
+
+
+def test_connect_error_is_retried_and_not_billed():
+    s = Server(lambda req, body: (_ for _ in ()).throw(httpx.ConnectError("refused")))
+    df = run(["a"], server=s, retries=2)
+    err = df["error"][0]
+    assert isinstance(err, bm.ConnectError)
+    assert err.possibly_billed is False
+    assert s.count == 3
+    assert err.attempts == 3
+    assert df.attrs["batchmagic"]["possibly_billed"] == 0
+
+
+def test_connect_error_then_success():
+    s = Server(_sequence(httpx.ConnectError("refused")))
+    df = run(["a"], server=s, retries=1)
+    assert df["output"][0] == "echo:a" and df["attempts"][0] == 2
+
+
+def test_remote_protocol_error_is_connection_lost():
+    s = Server(lambda req, body: (_ for _ in ()).throw(httpx.RemoteProtocolError("dropped")))
+    df = run(["a"], server=s, retries=0)
+    err = df["error"][0]
+    assert isinstance(err, bm.ConnectionLostError) and err.possibly_billed
+
+
+def test_hard_deadline():
+    async def slow(req, body):
+        await asyncio.sleep(5)
+        return httpx.Response(200, json=chat_answer("late"))
+
+    s = AsyncServer(slow)
+    t0 = time.monotonic()
+    df = run(["a"], server=s, timeout=0.2, retries=0)
+    elapsed = time.monotonic() - t0
+    err = df["error"][0]
+    assert isinstance(err, bm.DeadlineError)
+    assert err.possibly_billed
+    assert "0.2" in str(err)
+    assert elapsed < 2.0
+
+
+def test_async_handler_success():
+    async def answer(req, body):
+        await asyncio.sleep(0.01)
+        return echo_chat(req, body)
+
+    df = run(["a", "b"], server=AsyncServer(answer))
+    assert list(df["output"]) == ["echo:a", "echo:b"]
+
+
+def test_bad_arguments_are_config_errors():
+    s = Server()
+    for kw in ({"concurrency": 0}, {"concurrency": 1.5}, {"rpm": -1}, {"timeout": 0},
+               {"retries": -1}, {"retries": True}, {"params": ["x"]}, {"mode": "later"},
+               {"mode": "batch-api"}, {"engine": "vllm"}, {"budget": 1.0}):
+        with pytest.raises(bm.ConfigError):
+            run(["a"], server=s, **kw)
+    assert s.count == 0
+
+
+def test_raise_for_errors():
+    df = run(["a", "b"], server=Server(echo_chat))
+    assert bm.raise_for_errors(df) is df
+
+    def answer(req, body):
+        text = body["messages"][-1]["content"]
+        if text == "bad":
+            return httpx.Response(400, json={"error": {"message": "nope"}})
+        return echo_chat(req, body)
+
+    df = run(["a", "bad", "bad2", None], server=Server(answer))
+    # "bad2" succeeds; "bad" is a BadRequestError; None is an InputError
+    with pytest.raises(bm.RunError) as info:
+        bm.raise_for_errors(df)
+    msg = str(info.value)
+    assert "2 of 4 rows failed" in msg
+    assert "BadRequestError x1" in msg and "InputError x1" in msg
+    assert len(info.value.errors) == 2
+    with pytest.raises(TypeError):
+        bm.raise_for_errors(df.drop(columns=["error"]))
+
+
+# -- the dispatcher with a fake backend ----------------------------------------------------------------
+
+FAST = RetryPolicy(retries=3, rate_limit_retries=5, billed_retries=1, backoff_base=0.01,
+                   backoff_max=0.05, max_wait=1.0)
+
+
+def ok(unit: Unit, prefix: str = "out") -> Outcome:
+    return Outcome(OK, results=[Parsed(f"{prefix}{i}", "stop", 1, 1) for i in unit.items])
+
+
+class FakeBackend:
+    """``script(unit, n_call) -> Outcome`` after ``latency(unit)`` seconds; tracks concurrency."""
+
+    name = "fake"
+
+    def __init__(self, script=None, latency=None):
+        self.script = script or (lambda unit, n: ok(unit))
+        self.latency = latency or (lambda unit: 0)
+        self.calls: list[tuple[float, Unit]] = []
+        self.active = 0
+        self.max_active = 0
+        self.closed = False
+
+    async def call(self, unit: Unit) -> Outcome:
+        self.calls.append((time.monotonic(), unit))
+        n = len(self.calls)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(self.latency(unit))
+            return self.script(unit, n)
+        finally:
+            self.active -= 1
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def make_dispatcher(n: int, backend: FakeBackend, *, window: int = 4, maximum: int | None = None,
+                    adaptive: bool = False, policy: RetryPolicy = FAST, rpm=None) -> Dispatcher:
+    units = [Unit([i], body=i, tokens=1) for i in range(n)]
+    return Dispatcher(units, n, backend, window=Window(window, maximum or window, adaptive=adaptive),
+                      gate=RateGate(rpm, None), policy=policy, progress=Progress(requests=n))
+
+
+def test_results_land_on_their_items_whatever_the_completion_order():
+    rng = random.Random(7)
+    delays = {i: rng.uniform(0, 0.02) for i in range(60)}
+    backend = FakeBackend(latency=lambda unit: delays[unit.items[0]])
+    done_order: list[int] = []
+
+    async def main():
+        d = make_dispatcher(60, backend, window=16)
+        d.on_item = done_order.append
+        return await d.run()
+
+    results = asyncio.run(main())
+    assert results.output == [f"out{i}" for i in range(60)]
+    assert all(results.done)
+    assert all(e is None for e in results.error)
+    assert sorted(done_order) == list(range(60))
+    assert done_order != list(range(60))  # they really did finish out of order
+
+
+def test_packed_units_map_each_item():
+    units = [Unit([0, 2, 4], body="a", tokens=3), Unit([1, 3], body="b", tokens=2)]
+
+    async def main():
+        d = Dispatcher(units, 5, FakeBackend(), window=Window(2, 2, adaptive=False),
+                       gate=RateGate(None, None), policy=FAST, progress=Progress())
+        return await d.run()
+
+    assert asyncio.run(main()).output == [f"out{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("limit", [1, 3, 8])
+def test_window_never_exceeds_its_limit(limit):
+    rng = random.Random(limit)
+    backend = FakeBackend(latency=lambda unit: rng.uniform(0, 0.01))
+
+    async def main():
+        d = make_dispatcher(50, backend, window=limit)
+        await d.run()
+        return d
+
+    d = asyncio.run(main())
+    assert backend.max_active <= limit
+    assert backend.max_active == limit  # and it is used in full
+    assert d.window.active == 0
+    assert len(backend.calls) == 50
+
+
+def test_adaptive_window_never_exceeds_its_maximum():
+    backend = FakeBackend(latency=lambda unit: 0.002)
+
+    async def main():
+        d = make_dispatcher(200, backend, window=2, maximum=10, adaptive=True)
+        await d.run()
+        return d
+
+    d = asyncio.run(main())
+    assert backend.max_active <= 10
+    assert d.window.current <= 10
+    assert backend.max_active > 2  # slow start grew it
+
+
+def test_cancel_mid_run():
+    backend = FakeBackend(latency=lambda unit: 0.01 if unit.items[0] < 4 else 5.0)
+
+    async def main():
+        d = make_dispatcher(20, backend, window=4)
+        task = asyncio.ensure_future(d.run())
+        while sum(d.results.done) < 4 or backend.active < 4:
+            await asyncio.sleep(0.005)
+        d.cancel()
+        results = await asyncio.wait_for(task, 2)
+        return d, results
+
+    t0 = time.monotonic()
+    d, r = asyncio.run(main())
+    assert time.monotonic() - t0 < 2
+    assert d.cancelled
+    finished = [i for i in range(20) if r.output[i] is not None]
+    in_flight = [i for i in range(20) if isinstance(r.error[i], bm.CancelledRowError)]
+    unsent = [i for i in range(20) if isinstance(r.error[i], bm.NotSentError)]
+    assert finished == [0, 1, 2, 3]
+    assert len(in_flight) == 4
+    assert all(r.error[i].possibly_billed for i in in_flight)
+    assert len(unsent) == 20 - 8
+    assert not any(r.error[i].possibly_billed for i in unsent)
+    assert sorted(finished + in_flight + unsent) == list(range(20))
+    assert all(r.done)
+    assert len(backend.calls) == 8
+
+
+def test_cancel_while_a_retry_is_parked():
+    backend = FakeBackend(script=lambda unit, n: Outcome(TRANSIENT, error_type=ServerError,
+                                                          message="503"))
+    slow = RetryPolicy(retries=3, backoff_base=5.0, backoff_max=5.0)
+
+    async def main():
+        d = make_dispatcher(1, backend, window=1, policy=slow)
+        task = asyncio.ensure_future(d.run())
+        while not backend.calls:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        d.cancel()
+        return await asyncio.wait_for(task, 2)
+
+    r = asyncio.run(main())
+    assert isinstance(r.error[0], bm.NotSentError)
+    assert r.error[0].attempts == 1
+
+
+def test_cancelling_the_run_task_cancels_the_dispatcher():
+    backend = FakeBackend(latency=lambda unit: 5.0)
+
+    async def main():
+        d = make_dispatcher(5, backend, window=2)
+        task = asyncio.ensure_future(d.run())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
+        return d
+
+    d = asyncio.run(main())
+    assert d.cancelled
+    assert all(d.results.done)
+    assert sum(isinstance(e, bm.CancelledRowError) for e in d.results.error) == 2
+    assert sum(isinstance(e, bm.NotSentError) for e in d.results.error) == 3
+
+
+def test_pause_and_resume():
+    backend = FakeBackend(latency=lambda unit: 0.01)
+
+    async def main():
+        d = make_dispatcher(40, backend, window=2)
+        task = asyncio.ensure_future(d.run())
+        while len(backend.calls) < 5:
+            await asyncio.sleep(0.002)
+        d.pause()
+        assert d.progress.state == "paused"
+        await asyncio.sleep(0.05)  # let what was already past the pause check finish
+        frozen = len(backend.calls)
+        await asyncio.sleep(0.3)
+        assert len(backend.calls) == frozen, "a call started while paused"
+        assert backend.active == 0
+        assert frozen < 40
+        d.resume()
+        assert d.progress.state == "running"
+        results = await asyncio.wait_for(task, 5)
+        return results, frozen
+
+    r, frozen = asyncio.run(main())
+    assert all(e is None for e in r.error)
+    assert r.output == [f"out{i}" for i in range(40)]
+    assert len(backend.calls) == 40
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_retries_are_bounded(retries):
+    backend = FakeBackend(script=lambda unit, n: Outcome(TRANSIENT, error_type=ServerError,
+                                                          message="overloaded", status=503))
+    policy = RetryPolicy(retries=retries, backoff_base=0.001, backoff_max=0.01)
+
+    async def main():
+        d = make_dispatcher(1, backend, window=1, policy=policy)
+        return await d.run(), d
+
+    r, d = asyncio.run(main())
+    assert len(backend.calls) == retries + 1
+    err = r.error[0]
+    assert isinstance(err, bm.ServerError)
+    assert err.attempts == retries + 1
+    assert d.progress.retries == retries
+
+
+def test_possibly_billed_transient_failures_are_retried_once():
+    backend = FakeBackend(script=lambda unit, n: Outcome(TRANSIENT, error_type=bm.DeadlineError,
+                                                          message="late", possibly_billed=True))
+
+    async def main():
+        d = make_dispatcher(1, backend, window=1)
+        return await d.run(), d
+
+    r, d = asyncio.run(main())
+    assert len(backend.calls) == 2
+    assert r.error[0].possibly_billed
+    assert d.possibly_billed == 2
+
+
+def test_rate_limit_retries_are_bounded_too():
+    backend = FakeBackend(script=lambda unit, n: Outcome(RATE_LIMIT, error_type=RateLimitError,
+                                                          message="429", retry_after=0.001))
+
+    async def main():
+        d = make_dispatcher(1, backend, window=1)
+        return await d.run()
+
+    r = asyncio.run(main())
+    assert len(backend.calls) == FAST.rate_limit_retries + 1
+    assert isinstance(r.error[0], bm.RateLimitError)
+
+
+def test_backend_exception_is_a_row_error_not_a_crash():
+    def script(unit, n):
+        if unit.items[0] == 1:
+            raise KeyError("bug")
+        return ok(unit)
+
+    async def main():
+        return await make_dispatcher(3, FakeBackend(script=script)).run()
+
+    r = asyncio.run(main())
+    assert r.output[0] == "out0" and r.output[2] == "out2"
+    assert isinstance(r.error[1], bm.RowError) and "KeyError" in str(r.error[1])
+
+
+def test_rate_limit_storm_with_retry_after_pauses_the_whole_run():
+    """When throttling is general (here: the first six answers), the whole run waits out the
+    Retry-After: no call starts during the pause, not just no retry of the throttled row."""
+    pause = 0.3
+    returned: list[float] = []
+
+    def script(unit, n):
+        if n <= 6:
+            returned.append(time.monotonic())
+            return Outcome(RATE_LIMIT, error_type=RateLimitError, message="429", retry_after=pause,
+                           overloaded=True)
+        return ok(unit)
+
+    backend = FakeBackend(script=script, latency=lambda unit: 0.01)
+
+    async def main():
+        d = make_dispatcher(30, backend, window=4)
+        return await d.run(), d
+
+    r, d = asyncio.run(main())
+    assert all(e is None for e in r.error)
+    assert d.progress.rate_limited == 6
+    t_429 = returned[-1]
+    starts = [t for t, _ in backend.calls]
+    # requests already past the gate when the 429 came back may still start a moment later;
+    # nothing else starts until the pause is over
+    during = [round(t - t_429, 3) for t in starts if t_429 + 0.02 < t < t_429 + pause - 0.02]
+    assert during == []
+    after = [t for t in starts if t > t_429 + 0.02]
+    assert after and min(after) >= t_429 + pause - 0.02
+    assert len(backend.calls) == 36
+
+
+def test_aimd_window_drops_on_rate_limit_then_grows():
+    seen: list[float] = []
+    d_ref: list[Dispatcher] = []
+
+    def script(unit, n):
+        seen.append(d_ref[0].window.limit)
+        if n == 20:
+            return Outcome(RATE_LIMIT, error_type=RateLimitError, message="429", retry_after=0.01,
+                           overloaded=True)
+        return ok(unit)
+
+    backend = FakeBackend(script=script, latency=lambda unit: 0.001)
+
+    async def main():
+        d = make_dispatcher(120, backend, window=8, maximum=16, adaptive=True)
+        d_ref.append(d)
+        await d.run()
+        return d
+
+    d = asyncio.run(main())
+    assert d.window.cuts >= 1
+    before = seen[19]
+    after_cut = min(seen[20:])
+    assert after_cut < before  # multiplicative decrease
+    assert d.window.limit > after_cut  # additive increase afterwards
+    assert d.window.limit <= 16
+
+
+def test_window_cut_is_once_per_round_trip():
+    w = Window(16, 16, adaptive=True)
+    w.active = 10
+    sent = time.monotonic()
+    assert w.on_congestion(sent, 0.5)
+    first = w.limit
+    assert first == 5.5  # min(limit, in flight + the failing request) * factor
+    assert not w.on_congestion(sent, 0.5)  # sent before the cut: does not cut again
+    assert w.limit == first
+    assert w.on_congestion(time.monotonic() + 1, 0.5)
+    assert w.limit < first
+
+
+def test_fatal_outcome_stops_the_dispatcher():
+    def script(unit, n):
+        if n == 3:
+            return Outcome("fatal", error_type=bm.FatalProviderError, message="no key", status=401)
+        return ok(unit)
+
+    backend = FakeBackend(script=script)
+
+    async def main():
+        d = make_dispatcher(20, backend, window=1)
+        await d.run()
+        return d
+
+    d = asyncio.run(main())
+    r = d.results
+    assert isinstance(d.aborted, bm.FatalProviderError)
+    assert r.output[:2] == ["out0", "out1"]
+    assert isinstance(r.error[2], bm.FatalProviderError)
+    assert all(isinstance(e, bm.NotSentError) for e in r.error[3:])
+    assert len(backend.calls) == 3
+
+
+def test_rpm_gate_paces_the_dispatcher():
+    backend = FakeBackend()
+
+    async def main():
+        # 600 rpm = 10/s with a burst of 10: 14 requests need about 0.4 s
+        d = make_dispatcher(14, backend, window=4, rpm=600)
+        t0 = time.monotonic()
+        await d.run()
+        return time.monotonic() - t0
+
+    elapsed = asyncio.run(main())
+    assert 0.3 <= elapsed < 1.5
