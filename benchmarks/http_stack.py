@@ -77,8 +77,16 @@ def _bm(url: str, n: int, c: int | None, http: str) -> int:
 
 
 def run_one(name: str, url: str, n: int, c: int | None) -> dict:
+    # imports are not part of the measurement: load every contender's modules first
+    import aiohttp  # noqa: F401
+    import orjson  # noqa: F401
+
     if name.startswith("bm.batch"):
-        import batchmagic  # noqa: F401  (import cost is not part of the measurement)
+        import batchmagic._api  # noqa: F401  (pandas, numpy, the dispatcher)
+    if "httpx2" in name:
+        import httpx2  # noqa: F401
+    if name == "httpx":
+        import httpx  # noqa: F401
     t_cpu, t0 = time.process_time(), time.perf_counter()
     if name == "aiohttp":
         ok = asyncio.run(_raw_aiohttp(url, n, c))
