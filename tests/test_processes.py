@@ -77,6 +77,13 @@ class Kernel:
             elif kind == "status" and content["execution_state"] == "idle":
                 return out
 
+    def wait_idle(self, msg_id: str, timeout: float = 10.0) -> None:
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                    and msg["content"]["execution_state"] == "idle"):
+                return
+
     def close(self):
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
@@ -121,11 +128,7 @@ def test_kernel_interrupt_keeps_finished_rows(kernel, slow_sim):
     t_int = time.monotonic()
     kernel.km.interrupt_kernel()
     # the cell finishes (no traceback: the run returns its partial frame) within the grace period
-    while True:
-        msg = kernel.kc.get_iopub_msg(timeout=10)
-        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                and msg["content"]["execution_state"] == "idle"):
-            break
+    kernel.wait_idle(msg_id)
     assert time.monotonic() - t_int < 5.0
     r = kernel.run("import collections; (len(df), df.attrs['batchmagic']['state'], "
                    "dict(collections.Counter(type(e).__name__ for e in df['error'])))")
@@ -149,11 +152,7 @@ def test_background_task_survives_kernel_interrupt(kernel, slow_sim):
     """))
     time.sleep(1.0)
     kernel.km.interrupt_kernel()
-    while True:
-        msg = kernel.kc.get_iopub_msg(timeout=10)
-        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                and msg["content"]["execution_state"] == "idle"):
-            break
+    kernel.wait_idle(msg_id)
     r = kernel.run("df = task.wait(30); (len(df), int(df['error'].isna().sum()))", timeout=40)
     assert r["error"] is None, r
     assert eval(r["result"]) == (40, 40)  # noqa: S307

@@ -14,6 +14,7 @@ chained: aiohttp and httpx exceptions can hold the request, and the request hold
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import sys
 from collections.abc import Mapping
@@ -68,7 +69,22 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
-class AiohttpWire:
+class _Wire(abc.ABC):
+    """``post`` a JSON body, ``get`` a download; subclasses implement ``_request``."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
+                   deadline: float) -> WireResponse:
+        return await self._request("POST", url, body, headers, deadline, MAX_BODY_BYTES)
+
+    async def get(self, url: str, deadline: float, max_bytes: int) -> WireResponse:
+        return await self._request("GET", url, None, {}, deadline, max_bytes)
+
+    @abc.abstractmethod
+    async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
+        """Send one request and read the whole answer under ``deadline`` seconds."""
+
+
+class AiohttpWire(_Wire):
     name = "aiohttp"
 
     def __init__(self, pool_size: int, *, connect_timeout: float = 15.0):
@@ -103,13 +119,6 @@ class AiohttpWire:
             t = self._timeouts[deadline] = aiohttp.ClientTimeout(
                 total=deadline, connect=min(deadline, self.connect_timeout))
         return t
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   deadline: float) -> WireResponse:
-        return await self._request("POST", url, body, headers, deadline, MAX_BODY_BYTES)
-
-    async def get(self, url: str, deadline: float, max_bytes: int) -> WireResponse:
-        return await self._request("GET", url, None, {}, deadline, max_bytes)
 
     async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
         import aiohttp
@@ -158,7 +167,7 @@ class AiohttpWire:
             await session.close()
 
 
-class HttpxWire:
+class HttpxWire(_Wire):
     """The httpx API. ``module`` is ``httpx`` or ``httpx2``; ``transport`` any of its transports."""
 
     def __init__(self, pool_size: int, *, module: Any = None, transport: Any = None,
@@ -184,13 +193,6 @@ class HttpxWire:
                 follow_redirects=False,
             )
         return self._client
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   deadline: float) -> WireResponse:
-        return await self._request("POST", url, body, headers, deadline, MAX_BODY_BYTES)
-
-    async def get(self, url: str, deadline: float, max_bytes: int) -> WireResponse:
-        return await self._request("GET", url, None, {}, deadline, max_bytes)
 
     async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
         mod = self.mod
