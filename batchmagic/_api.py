@@ -20,11 +20,14 @@ import pandas as pd
 
 from . import _kinds, _loop
 from ._backend import Unit
+from ._cost import BudgetGuard, resolve_price
 from ._dispatch import Dispatcher, ItemResults, RetryPolicy
 from ._display import make_display, quiet_logs, summary_line
-from ._errors import ConfigError
+from ._durable import Durable
+from ._errors import ConfigError, NotSentError
 from ._frame import build_frame, check_clash
 from ._inputs import Plan, make_plan
+from ._journal import folder_for, open_journal
 from ._limits import RateGate, Window
 from ._progress import Progress, Snapshot
 from .providers._openai import OpenAICompatible
@@ -57,7 +60,8 @@ class _Options:
     retries: int | None = None
     timeout: float | None = None
     budget: float | None = None
-    cache: bool = True
+    cache: Any = True
+    prices: dict | None = None
     progress: bool = True
     on_missing: str = "error"
     images: str | None = None
@@ -88,8 +92,7 @@ def _validate(o: _Options) -> None:
             f"engine={o.engine!r}: offline engines are not available in this version; "
             "send the rows to a server with provider= or base_url="
         )
-    if o.budget is not None:
-        raise ConfigError("budget= needs price tracking, which is not available in this version")
+    _positive("budget", o.budget)
     if o.http not in ("aiohttp", "httpx", "httpx2"):
         raise ConfigError(f"http must be 'aiohttp', 'httpx' or 'httpx2'; got {o.http!r}")
     _positive("concurrency", o.concurrency, integer=True)
@@ -129,17 +132,33 @@ class _Run:
             raise ConfigError(f"model= is required: which {self.target.name} model should answer?")
         preset = self.target.preset
         self.max_window = o.concurrency or (preset.default_max_concurrency if preset else 64)
-        self.units = self._units()
         self.results = ItemResults(len(self.plan.items))
+        self.price = resolve_price(o.model, self.target.name, o.prices)
+        if o.budget is not None and self.price is None:
+            raise ConfigError(
+                f"budget= needs the price of {o.model!r} at {self.target.name}, which is not known: "
+                "pass prices={'input': USD per 1M tokens, 'output': USD per 1M tokens}")
+        self.durable: Durable | None = None
+        cached_rows = 0
+        try:
+            folder = folder_for(o.cache)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+        if folder is not None and self.plan.items:
+            self.durable = Durable(open_journal(folder), self.id, self.plan, self.results,
+                                   model=o.model)
+            cached_rows = self.durable.fill_from_journal()
+        self.units = self._units()
         self.progress = Progress(
             title=f"{o.kind} {o.model or ''} @ {self.target.name}".replace("  ", " "),
-            rows=self.plan.n_rows, requests=len(self.plan.items),
+            rows=self.plan.n_rows, requests=sum(len(u.items) for u in self.units),
+            cached=cached_rows,
         )
         self.dispatcher: Dispatcher | None = None
         self.state = "planned"
         self.frame: pd.DataFrame | None = None
         self.started = time.time()
-        self._row_done = len(self.plan.row_errors) + len(self.plan.skipped)
+        self._row_done = len(self.plan.row_errors) + len(self.plan.skipped) + cached_rows
         self._row_futures: list[concurrent.futures.Future] | None = None
         self._lock = threading.Lock()
         self._pending_control: list[str] = []
@@ -147,17 +166,27 @@ class _Run:
         del _recent[:-_REGISTRY_SIZE]
 
     def _units(self) -> list[Unit]:
+        units = self._build_units()
+        if self.price is not None:
+            for u in units:
+                items = [self.plan.items[i] for i in u.items]
+                u.worst_cost = self.price.cost(sum(i.prompt_tokens for i in items),
+                                               sum(i.max_output for i in items))
+        return units
+
+    def _build_units(self) -> list[Unit]:
         plan = self.plan
+        todo = [i for i in range(len(plan.items)) if not self.results.done[i]]
         if plan.kind != "embedding":
-            return [Unit([i], orjson.dumps(item.body), item.prompt_tokens + item.max_output)
-                    for i, item in enumerate(plan.items)]
+            return [Unit([i], orjson.dumps(plan.items[i].body),
+                         plan.items[i].prompt_tokens + plan.items[i].max_output) for i in todo]
         preset = self.target.preset
         max_inputs = preset.embedding_max_inputs if preset else 256
         max_tokens = (preset.embedding_max_tokens if preset else None) or 250_000
         base64_ok = preset is not None and preset.name in _BASE64_EMBEDDINGS
         groups: dict[tuple, list[int]] = {}
-        for i, item in enumerate(plan.items):
-            groups.setdefault(_kinds.pack_signature(item.body), []).append(i)
+        for i in todo:
+            groups.setdefault(_kinds.pack_signature(plan.items[i].body), []).append(i)
         units = []
         for idxs in groups.values():
             chunk: list[int] = []
@@ -193,9 +222,17 @@ class _Run:
             window.ssthresh = float(o.concurrency)
         gate = RateGate(o.rpm, o.tpm)
         policy = RetryPolicy() if o.retries is None else RetryPolicy(retries=o.retries)
-        self.dispatcher = d = Dispatcher(self.units, len(self.plan.items), backend, window=window,
+        units, held = self.units, []
+        if self.durable is not None:
+            units, held = await self.durable.claim(units)
+        budget = BudgetGuard(o.budget, self.price) if o.budget is not None else None
+        self.dispatcher = d = Dispatcher(units, len(self.plan.items), backend, window=window,
                                          gate=gate, policy=policy, progress=self.progress,
-                                         on_item=self._on_item, results=self.results)
+                                         on_item=self._on_item, results=self.results,
+                                         price=self.price, budget=budget)
+        if self.durable is not None:
+            self.durable.start_writes(self._on_saved, d.stop)
+            self.durable.watch_held(held, d, self.progress, self._on_cached)
         for action in self._pending_control:
             getattr(d, action)()
         display = make_display(o.progress and self.plan.n_rows > 0, self.progress.snapshot())
@@ -205,6 +242,9 @@ class _Run:
             with quiet_logs():
                 await d.run()
         finally:
+            if self.durable is not None:
+                self._not_sent(self.durable.held_not_sent())
+                await self.durable.finish(self._run_record())
             if refresher is not None:
                 refresher.cancel()
             await backend.aclose()
@@ -248,12 +288,16 @@ class _Run:
             "failed": p.failed + len(self.plan.row_errors),
             "skipped": len(self.plan.skipped),
             "cached": p.cached,
+            "journal": str(self.durable.journal.path) if self.durable is not None else None,
+            "price": (f"${self.price.input:g} / ${self.price.output:g} per 1M tokens "
+                      f"({self.price.source})") if self.price is not None else None,
+            "cost_saved": self._cost_saved(),
             "retries": p.retries,
             "rate_limited": p.rate_limited,
             "possibly_billed": d.possibly_billed if d else 0,
             "input_tokens": p.input_tokens,
             "output_tokens": p.output_tokens,
-            "cost": None,
+            "cost": d.spent if d is not None and self.price is not None else None,
             "stopped_by": str(d.aborted) if d is not None and d.aborted is not None else None,
             "started": _dt.datetime.fromtimestamp(self.started, _dt.timezone.utc).isoformat(),
             "wall_s": wall,
@@ -262,18 +306,57 @@ class _Run:
             "final_concurrency": d.window.current if d else None,
         }
 
+    def _cost_saved(self) -> float | None:
+        if self.durable is None or not self.durable.cached_items:
+            return None
+        costs = [self.results.cost[i] for i in self.durable.cached_items]
+        return None if any(c is None for c in costs) else float(sum(costs))
+
     def _frame(self, wall: float | None = None) -> pd.DataFrame:
-        return build_frame(self.plan, self.results, attrs=self._attrs(wall))
+        return build_frame(self.plan, self.results, costs=self.results.cost,
+                           attrs=self._attrs(wall))
 
     # -- per-row completion and control (thread-safe) ----------------------------------------------
 
     def _on_item(self, item: int) -> None:
-        rows = self.plan.items[item].rows
-        self._row_done += len(rows)
-        if self._row_futures is not None:
-            with self._lock:
-                for pos in rows:
-                    self._settle(pos)
+        if self.durable is not None:
+            self.durable.answered(item)  # counts as finished once committed
+        else:
+            self._on_saved([item])
+
+    def _on_saved(self, items: list[int]) -> None:
+        for item in items:
+            rows = self.plan.items[item].rows
+            self._row_done += len(rows)
+            if self._row_futures is not None:
+                with self._lock:
+                    for pos in rows:
+                        self._settle(pos)
+
+    def _on_cached(self, items: list[int]) -> None:
+        """Items another run answered while this one waited for them."""
+        self.progress.cached += sum(len(self.plan.items[i].rows) for i in items)
+        self.progress.done += len(items)
+        self._on_saved(items)
+
+    def _not_sent(self, units: list[Unit]) -> None:
+        for u in units:
+            for i in u.items:
+                if not self.results.done[i]:
+                    self.results.error[i] = NotSentError(
+                        "not sent: another run was answering it when this run stopped",
+                        provider=self.target.name)
+                    self.results.done[i] = 1
+            self._on_saved(u.items)
+
+    def _run_record(self) -> dict:
+        p = self.progress
+        return dict(started=self.started, finished=time.time(), state=self.state,
+                    kind=self.options.kind, model=self.options.model, provider=self.target.name,
+                    endpoint=self.plan.endpoint, template=self.plan.template, rows=self.plan.n_rows,
+                    requests=len(self.plan.items), cached=p.cached, ok=p.ok,
+                    failed=p.failed + len(self.plan.row_errors),
+                    cost=self.dispatcher.spent if self.price is not None and self.dispatcher else None)
 
     def _settle(self, pos: int) -> None:
         fut = self._row_futures[pos]  # type: ignore[index]
@@ -322,7 +405,8 @@ def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: 
           engine: str | None = None, mode: str | None = None, system: str | None = None,
           params: dict | None = None, concurrency: int | None = None, rpm: float | None = None,
           tpm: float | None = None, retries: int | None = None, timeout: float | None = None,
-          budget: float | None = None, cache: bool = True, progress: bool = True,
+          budget: float | None = None, cache: Any = True, progress: bool = True,
+          prices: dict | None = None,
           on_missing: str = "error", images: str | None = None, allow_private_urls: bool = False,
           http: str = "aiohttp", transport: Any = None,
           headers: dict | None = None) -> pd.DataFrame:

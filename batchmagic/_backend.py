@@ -37,6 +37,7 @@ class Unit:
     attempts: int = 0
     billed_failures: int = 0  # failures after which the provider may have charged
     rate_limited: int = 0
+    worst_cost: float = 0.0  # USD if every token of max_tokens is used (budget reservations)
 
 
 @dataclass(slots=True)

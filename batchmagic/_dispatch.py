@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Backend, Outcome, Unit
+from ._cost import BudgetExceeded, BudgetGuard, Price
 from ._errors import CancelledRowError, NotSentError, RowError
 from ._limits import RateGate, Window
 from ._progress import Progress
@@ -51,7 +52,7 @@ class ItemResults:
     """Per unique request: parallel lists, cheap to fill and to turn into columns."""
 
     __slots__ = ("output", "error", "finish_reason", "input_tokens", "output_tokens", "latency",
-                 "attempts", "reasoning", "done")
+                 "attempts", "reasoning", "cost", "cached", "done")
 
     def __init__(self, n: int):
         self.output: list = [None] * n
@@ -62,13 +63,16 @@ class ItemResults:
         self.latency: list = [None] * n
         self.attempts: list = [0] * n
         self.reasoning: list = [None] * n
+        self.cost: list = [None] * n
+        self.cached = bytearray(n)  # answered from the journal, not by a request in this run
         self.done = bytearray(n)
 
 
 class Dispatcher:
     def __init__(self, units: list[Unit], n_items: int, backend: Backend, *, window: Window,
                  gate: RateGate, policy: RetryPolicy, progress: Progress,
-                 on_item: Callable[[int], None] | None = None, results: ItemResults | None = None):
+                 on_item: Callable[[int], None] | None = None, results: ItemResults | None = None,
+                 price: Price | None = None, budget: BudgetGuard | None = None):
         self.units = units
         self.backend = backend
         self.window = window
@@ -77,7 +81,10 @@ class Dispatcher:
         self.progress = progress
         self.results = results if results is not None else ItemResults(n_items)
         self.on_item = on_item  # called with the item index as each item finishes
-        self.aborted: RowError | None = None  # the fatal error that stopped the run
+        self.price = price  # per-row cost from real usage, when the price is known
+        self.budget = budget
+        self.spent = 0.0  # cost of the answers received in this run
+        self.aborted: BaseException | None = None  # what stopped the run (fatal error, budget, ...)
         self.cancelled = False
         self.possibly_billed = 0  # attempts that failed after the provider may have charged
         self._ready: collections.deque[Unit] = collections.deque(units)
@@ -114,6 +121,30 @@ class Dispatcher:
             task.cancel()
         if self._feeder is not None:
             self._feeder.cancel()  # it may be asleep in the rate gate
+
+    def stop(self, reason: BaseException) -> None:
+        """Stop dispatching (fatal error, budget, unwritable journal): finished rows are kept,
+        in-flight requests finish, the rest become NotSentError."""
+        if self.aborted is None:
+            self.aborted = reason
+            self.progress.message = f"stopped: {reason}"
+            self._halt()
+
+    def hold(self, n: int) -> None:
+        """Count ``n`` units that another run is answering: the run is not done until they are
+        released (found in the journal) or added back (their owner died)."""
+        self._outstanding += n
+
+    def release(self, n: int) -> None:
+        self._outstanding -= n
+        self.progress.version += 1
+        if self._outstanding == 0:
+            self._wake.set()
+
+    def add(self, units: list[Unit]) -> None:
+        """Send more units in this run (previously held ones)."""
+        self._ready.extend(units)
+        self._wake.set()
 
     def _halt(self) -> None:
         self._stop = True
@@ -153,26 +184,54 @@ class Dispatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            reserved = False
             try:
                 if not self._running.is_set():
                     await self._running.wait()
+                if self.budget is not None:
+                    reserved = await self._reserve(unit)
+                    if not reserved:
+                        self._ready.appendleft(unit)
+                        return
                 await window.acquire()
             except BaseException:  # cancelled while waiting: the unit goes back, never lost
+                if reserved:
+                    self._unreserve(unit)
                 self._ready.appendleft(unit)
                 raise
             try:
                 await gate.acquire(unit.tokens)
             except BaseException:
                 window.release()
+                self._unreserve(unit)
                 self._ready.appendleft(unit)
                 raise
             if self._stop:
                 window.release()
+                self._unreserve(unit)
                 self._ready.appendleft(unit)
                 return
             task = asyncio.ensure_future(self._attempt(unit))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _reserve(self, unit: Unit) -> bool:
+        """Reserve the unit's worst case. While answers in flight may free budget, wait; when
+        even with nothing in flight the next request could overspend, stop the run."""
+        budget = self.budget
+        while not budget.try_reserve(unit.worst_cost):
+            if self.progress.in_flight == 0 and not self._tasks:
+                self.stop(BudgetExceeded(budget.message()))
+                return False
+            budget.changed.clear()
+            await budget.changed.wait()
+            if self._stop:
+                return False
+        return True
+
+    def _unreserve(self, unit: Unit, actual: float = 0.0) -> None:
+        if self.budget is not None:
+            self.budget.settle(unit.worst_cost, actual)
 
     def _next(self) -> Unit | None:
         if self._retry_ready:
@@ -192,6 +251,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             self.window.release()
             progress.in_flight -= 1
+            self._unreserve(unit, unit.worst_cost)  # it may have been billed
             self._fail(unit, CancelledRowError(
                 "the run was cancelled while this row was in flight", attempts=unit.attempts,
                 provider=self.backend.name, possibly_billed=True))
@@ -216,6 +276,7 @@ class Dispatcher:
     def _succeed(self, unit: Unit, outcome: Outcome, latency: float) -> None:
         r, progress = self.results, self.progress
         used = 0
+        spent = 0.0
         for item, parsed in zip(unit.items, outcome.results or ()):
             r.output[item] = parsed.output
             r.finish_reason[item] = parsed.finish_reason
@@ -226,9 +287,15 @@ class Dispatcher:
             r.attempts[item] = unit.attempts
             r.done[item] = 1
             used += (parsed.input_tokens or 0) + (parsed.output_tokens or 0)
+            if self.price is not None:
+                r.cost[item] = cost = self.price.cost(parsed.input_tokens, parsed.output_tokens)
+                spent += cost
         progress.input_tokens += sum((p.input_tokens or 0) for p in outcome.results or ())
         progress.output_tokens += sum((p.output_tokens or 0) for p in outcome.results or ())
         self.gate.settle_tokens(unit.tokens, used or unit.tokens)
+        self.spent += spent
+        progress.cost = self.spent
+        self._unreserve(unit, spent)
         out_tokens = sum((p.output_tokens or 0) for p in outcome.results or ()) / max(1, len(unit.items))
         # queueing shows as latency per answer; normalise by output length so long answers are not
         # mistaken for a congested server
@@ -243,16 +310,15 @@ class Dispatcher:
         if outcome.possibly_billed:
             unit.billed_failures += 1
             self.possibly_billed += 1
+        # a possibly billed failure keeps its worst case as spent; other failures cost nothing
+        self._unreserve(unit, unit.worst_cost if outcome.possibly_billed else 0.0)
         category = outcome.category
         if outcome.overloaded:
             # throttling halves the window; a 503 / 529 "overloaded" trims it
             self.window.on_congestion(sent_at, 0.5 if category == RATE_LIMIT else 0.8)
         if category == FATAL:
             err = self._error(unit, outcome)
-            if self.aborted is None:
-                self.aborted = err
-                self.progress.message = f"stopped: {err}"
-                self._halt()
+            self.stop(err)
             self._fail(unit, err)
             return
         retry = False
@@ -353,7 +419,8 @@ class Dispatcher:
         if not pending:
             return
         if self.aborted is not None:
-            why = f"not sent: the run stopped after {type(self.aborted).__name__}: {self.aborted.message}"
+            reason = getattr(self.aborted, "message", None) or str(self.aborted)
+            why = f"not sent: the run stopped after {type(self.aborted).__name__}: {reason}"
         else:
             why = "not sent: the run was cancelled"
         for unit in pending:

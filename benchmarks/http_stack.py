@@ -109,11 +109,16 @@ def run_one(name: str, url: str, n: int, c: int | None) -> dict:
 
 
 def _spawn(name: str, url: str, n: int, c: int | None, timeout: float) -> dict:
+    import tempfile
+
     args = [sys.executable, __file__, "--one", name, "--url", url, "-n", str(n)]
     if c:
         args += ["-c", str(c)]
+    # bm.batch runs as a user would, journal on, but each run starts from an empty journal
+    env = dict(os.environ, BATCHMAGIC_JOURNAL_DIR=tempfile.mkdtemp(prefix="bm-bench-"))
     try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=True)
+        out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=True,
+                             env=env)
     except subprocess.TimeoutExpired:
         return {"name": name, "error": f"timed out after {timeout:.0f} s"}
     except subprocess.CalledProcessError as exc:
@@ -209,8 +214,11 @@ def rate_limit_scenario(n: int = 400, rpm: int = 1200) -> dict:
                 "a = df.attrs['batchmagic']\n"
                 "print(json.dumps({'wall': time.perf_counter() - t, 'failed': a['failed'], "
                 "'rate_limited': a['rate_limited'], 'learned_rpm': a['learned_rpm']}))")
+        import tempfile
+
+        env = dict(os.environ, BATCHMAGIC_JOURNAL_DIR=tempfile.mkdtemp(prefix="bm-bench-"))
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=300, check=True)
+                             timeout=300, check=True, env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         stats = sim.stats()
     burst = rpm / 60  # the server's bucket starts full with one second's worth

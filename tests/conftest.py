@@ -15,6 +15,16 @@ import batchmagic as bm
 BASE_URL = "http://test/v1"
 
 
+@pytest.fixture(autouse=True)
+def _private_journal(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty journal (the default is .batchmagic/ in the working
+    directory, which would make a second test run answer from the first run's cache). Child
+    processes inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("journal")
+    monkeypatch.setenv("BATCHMAGIC_JOURNAL_DIR", str(folder))
+    return folder
+
+
 def chat_answer(content: Any = "ok", *, finish_reason: str = "stop", prompt_tokens: int = 3,
                 completion_tokens: int = 2, **message: Any) -> dict:
     return {

@@ -1,0 +1,235 @@
+"""The journal side of one run: cache lookup before it, batched durable writes during it, leases
+so that two runs do not pay for the same row, and the run's record after it.
+
+A row counts as finished (its future resolves, ``finished_count`` moves) only once its answer is
+committed. Writes are batched (every ``FLUSH_SECONDS`` or ``FLUSH_ROWS`` answers) on one worker
+thread, so a crash loses at most the requests in flight and the last fraction of a second of
+answers, and the journal's cost stays a small share of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._backend import Unit
+from ._errors import CancelledRowError, NotSentError, RowError
+from ._journal import Journal, JournalError, encode_result
+
+FLUSH_SECONDS = 0.05
+FLUSH_ROWS = 1024
+HELD_POLL_SECONDS = 1.0
+RENEW_SECONDS = 20.0
+
+
+class Durable:
+    def __init__(self, journal: Journal, run_id: str, plan: Any, results: Any, *, model: str | None):
+        self.journal = journal
+        self.run_id = run_id
+        self.plan = plan
+        self.results = results
+        self.model = model
+        self.cached_items: set[int] = set()
+        self._pending: list[int] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._writing: concurrent.futures.Future | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._on_saved: Callable[[list[int]], None] | None = None
+        self._on_error: Callable[[BaseException], None] | None = None
+        self._held: list[Unit] = []
+        self._watcher: asyncio.Task | None = None
+        self.write_error: BaseException | None = None
+        self.write_seconds = 0.0  # time spent committing, for the overhead report
+
+    # -- before: the cache --------------------------------------------------------------------
+
+    def fill_from_journal(self) -> int:
+        """Answer every item the journal already has. Returns the number of rows answered."""
+        items = self.plan.items
+        found = self.journal.lookup(item.key for item in items)
+        if not found:
+            return 0
+        rows = 0
+        for idx, item in enumerate(items):
+            rec = found.get(item.key)
+            if rec is not None:
+                self._fill(idx, rec)
+                rows += len(item.rows)
+        return rows
+
+    def _fill(self, idx: int, rec) -> None:
+        r = self.results
+        r.output[idx] = rec.output
+        r.finish_reason[idx] = rec.finish_reason
+        r.reasoning[idx] = rec.reasoning
+        r.input_tokens[idx] = rec.input_tokens
+        r.output_tokens[idx] = rec.output_tokens
+        r.cost[idx] = rec.cost
+        r.latency[idx] = None
+        r.attempts[idx] = 0
+        r.cached[idx] = 1
+        r.done[idx] = 1
+        self.cached_items.add(idx)
+
+    # -- during: leases and writes ------------------------------------------------------------
+
+    async def claim(self, units: list[Unit]) -> tuple[list[Unit], list[Unit]]:
+        """Split ``units`` into those to send now and those another live run is answering."""
+        loop = asyncio.get_running_loop()
+        keys = [self.plan.items[i].key for u in units for i in u.items]
+        if not keys:
+            return units, []
+        held = await loop.run_in_executor(self._pool(), self.journal.claim, keys, self.run_id)
+        if not held:
+            return units, []
+        now, later = [], []
+        for u in units:
+            (later if any(self.plan.items[i].key in held for i in u.items) else now).append(u)
+        return now, later
+
+    def watch_held(self, held: list[Unit], dispatcher, progress, on_cached: Callable) -> None:
+        """Wait for units another run is answering: take their answers from the journal, or send
+        them if that run dies. Also keeps this run's own leases fresh."""
+        self._held = list(held)
+        if held:
+            dispatcher.hold(len(held))
+            progress.message = f"waiting for {sum(len(u.items) for u in held)} requests another " \
+                               "run is answering"
+        self._watcher = asyncio.ensure_future(self._watch(dispatcher, progress, on_cached))
+
+    async def _watch(self, dispatcher, progress, on_cached) -> None:
+        loop = asyncio.get_running_loop()
+        last_renew = time.monotonic()
+        while True:
+            await asyncio.sleep(HELD_POLL_SECONDS if self._held else RENEW_SECONDS)
+            if time.monotonic() - last_renew >= RENEW_SECONDS:
+                await loop.run_in_executor(self._pool(), self.journal.renew, self.run_id)
+                last_renew = time.monotonic()
+            if not self._held or dispatcher._stop:
+                continue
+            keys = [self.plan.items[i].key for u in self._held for i in u.items]
+            found = await loop.run_in_executor(self._pool(), self.journal.lookup, keys)
+            still: list[Unit] = []
+            retry: list[Unit] = []
+            for u in self._held:
+                if all(self.plan.items[i].key in found for i in u.items):
+                    for i in u.items:
+                        self._fill(i, found[self.plan.items[i].key])
+                    on_cached(u.items)
+                    dispatcher.release(1)
+                else:
+                    retry.append(u)
+            if retry:
+                again = await loop.run_in_executor(
+                    self._pool(), self.journal.claim,
+                    [self.plan.items[i].key for u in retry for i in u.items], self.run_id)
+                for u in retry:
+                    if any(self.plan.items[i].key in again for i in u.items):
+                        still.append(u)
+                    else:
+                        dispatcher.add([u])  # its owner died or gave up: send it ourselves
+            self._held = still
+            if not still:
+                progress.message = ""
+
+    def held_not_sent(self) -> list[Unit]:
+        held, self._held = self._held, []
+        return held
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:  # one writer thread: SQLite writes are serial anyway
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "batchmagic-journal")
+        return self._executor
+
+    def start_writes(self, on_saved: Callable[[list[int]], None],
+                     on_error: Callable[[BaseException], None]) -> None:
+        self._on_saved, self._on_error = on_saved, on_error
+
+    def answered(self, item: int) -> None:
+        """Called on the loop thread as each item finishes."""
+        self._pending.append(item)
+        if len(self._pending) >= FLUSH_ROWS:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._writing is not None or not self._pending:
+            return  # the write in progress flushes again when it is done
+        batch, self._pending = self._pending, []
+        loop = asyncio.get_running_loop()
+        self._writing = fut = loop.run_in_executor(self._pool(), self._write, batch)
+        fut.add_done_callback(lambda f: self._written(f, batch))
+
+    def _write(self, batch: list[int]) -> None:
+        t0 = time.perf_counter()
+        records = [rec for rec in (self._record(i) for i in batch) if rec is not None]
+        if records:
+            self.journal.write_rows(records)
+        self.write_seconds += time.perf_counter() - t0
+
+    def _written(self, fut, batch: list[int]) -> None:
+        self._writing = None
+        exc = fut.exception()
+        if exc is not None:
+            self.write_error = exc
+            if self._on_error is not None:
+                self._on_error(exc if isinstance(exc, JournalError)
+                               else JournalError(f"cannot write the journal: {exc}"))
+        if self._on_saved is not None:
+            # rows whose write failed are still returned (they are in memory), but the run stops
+            self._on_saved(batch)
+        if self._pending:
+            self._flush()
+
+    def _record(self, i: int) -> tuple | None:
+        r = self.results
+        err = r.error[i]
+        if err is not None and isinstance(err, (NotSentError, CancelledRowError)):
+            return None  # nothing was answered
+        key = self.plan.items[i].key
+        base = (self.plan.kind, self.model)
+        usage = (r.input_tokens[i], r.output_tokens[i], r.cost[i], r.latency[i], r.attempts[i])
+        if err is None:
+            result = encode_result(r.output[i], r.finish_reason[i], r.reasoning[i]).decode()
+            return (key, "ok", *base, result, *usage, None, None, None, None, 0, self.run_id)
+        assert isinstance(err, RowError)
+        return (key, "error", *base, None, *usage, type(err).__name__, err.message[:2000],
+                err.status, err.code, int(err.possibly_billed), self.run_id)
+
+    async def drain(self) -> None:
+        """Wait until every answer so far is committed."""
+        while self._pending or self._writing is not None:
+            if self._writing is None:
+                self._flush()
+            writing = self._writing
+            if writing is not None:
+                await asyncio.wait({writing})
+            await asyncio.sleep(0)  # let the write's done-callback run
+
+    # -- after --------------------------------------------------------------------------------
+
+    async def finish(self, run_fields: dict) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        try:
+            await self.drain()
+        except Exception:  # already reported through on_error
+            pass
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._pool(), self.journal.release, self.run_id)
+            await loop.run_in_executor(self._pool(), lambda: self.journal.record_run(
+                run_id=self.run_id, pid=os.getpid(), **run_fields))
+        except Exception:
+            pass  # the rows are what matters; a missing run record is cosmetic
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None

@@ -1,0 +1,388 @@
+"""The durable row journal: SQLite in WAL mode, the source of truth for resume and cache.
+
+Each answered request is written, keyed by its row key, before its row counts as finished. Writes
+are batched on one writer thread so the journal costs little. A re-run looks up every row key
+first and sends only what is missing; editing 10 rows re-sends 10 rows.
+
+Layout: a project-local ``.batchmagic/`` folder (``BATCHMAGIC_JOURNAL_DIR`` or ``cache="path"``
+to move it), mode 0700, holding ``journal.sqlite3`` (0600; SQLite gives its -wal and -shm files the
+same mode). JSON only, never pickle; no secret is ever written (bodies are not stored, only the
+answers). A torn last write is SQLite's to discard on open; a row whose stored answer no longer
+decodes is skipped and asked again; a file that is not a database is moved aside.
+
+Two processes can share a journal: SQLite serialises writers, and *leases* stop two runs paying
+for the same row at once: a run claims the keys it is about to send; a key claimed by another live
+run (same host, process alive, lease fresh) is not sent but waited for.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ._errors import BatchError
+
+log = logging.getLogger("batchmagic")
+
+SCHEMA_VERSION = 1
+LEASE_SECONDS = 60.0
+DEFAULT_DIR = ".batchmagic"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS rows (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL,           -- ok | error
+    kind TEXT,
+    model TEXT,
+    result TEXT,                    -- JSON: the answer (see encode_result)
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cost REAL,
+    latency REAL,
+    attempts INTEGER,
+    error_class TEXT,
+    error_message TEXT,
+    error_status INTEGER,
+    error_code TEXT,
+    possibly_billed INTEGER,
+    run_id TEXT,
+    created REAL,
+    updated REAL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started REAL,
+    finished REAL,
+    state TEXT,
+    kind TEXT,
+    model TEXT,
+    provider TEXT,
+    endpoint TEXT,
+    template TEXT,
+    rows INTEGER,
+    requests INTEGER,
+    cached INTEGER,
+    ok INTEGER,
+    failed INTEGER,
+    cost REAL,
+    pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    run_id TEXT,
+    host TEXT,
+    pid INTEGER,
+    expires REAL
+);
+CREATE INDEX IF NOT EXISTS leases_run ON leases(run_id);
+CREATE INDEX IF NOT EXISTS rows_updated ON rows(updated);
+"""
+
+
+class JournalError(BatchError):
+    """The journal cannot be read or written (disk full, read-only folder, locked too long)."""
+
+
+@dataclass(slots=True)
+class Record:
+    key: str
+    status: str
+    output: Any
+    finish_reason: str | None
+    reasoning: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cost: float | None
+    latency: float | None
+    attempts: int
+
+
+def default_folder() -> Path:
+    return Path(os.environ.get("BATCHMAGIC_JOURNAL_DIR") or DEFAULT_DIR)
+
+
+def folder_for(cache: Any) -> Path | None:
+    """``cache=True`` -> the default folder, ``False`` -> None, a path -> that folder."""
+    if cache is False or cache is None:
+        return None
+    if cache is True:
+        return default_folder()
+    if isinstance(cache, (str, os.PathLike)):
+        return Path(cache)
+    raise TypeError(f"cache must be True, False or a folder path, not {type(cache).__name__}")
+
+
+# -- answers <-> JSON ---------------------------------------------------------------------------
+
+
+def encode_result(output: Any, finish_reason: str | None, reasoning: str | None) -> bytes:
+    if isinstance(output, np.ndarray):
+        value: Any = {"f32": base64.b64encode(output.astype("<f4").tobytes()).decode()}
+    elif type(output).__name__ == "GeneratedImage":
+        value = {"image": base64.b64encode(output.data).decode(), "mime": output.mime,
+                 "url": output.url}
+    else:
+        value = output
+    return orjson.dumps({"o": value, "f": finish_reason, "r": reasoning})
+
+
+def decode_result(raw: str | bytes) -> tuple[Any, str | None, str | None]:
+    data = orjson.loads(raw)
+    value = data["o"]
+    if isinstance(value, dict) and "f32" in value:
+        value = np.frombuffer(base64.b64decode(value["f32"]), dtype="<f4").astype(np.float32)
+    elif isinstance(value, dict) and "image" in value:
+        from ._image import GeneratedImage
+
+        value = GeneratedImage(base64.b64decode(value["image"]), mime=value.get("mime"),
+                               url=value.get("url"))
+    return value, data.get("f"), data.get("r")
+
+
+# -- the journal --------------------------------------------------------------------------------
+
+
+class Journal:
+    """One SQLite journal. Thread-safe: every call takes the connection lock."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / "journal.sqlite3"
+        self._lock = threading.Lock()
+        try:
+            self._prepare_folder()
+            self._conn = self._open()
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open the journal in {self.folder}: {_why(exc)}; pass "
+                               "cache=False to run without one, or cache='other/folder'") from None
+
+    def _prepare_folder(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)  # 0600 whatever the umask
+            os.close(fd)
+        os.chmod(self.path, 0o600)
+
+    def _open(self) -> sqlite3.Connection:
+        for attempt in (1, 2):
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                for suffix in ("-wal", "-shm"):
+                    side = Path(str(self.path) + suffix)
+                    if side.exists():
+                        os.chmod(side, 0o600)
+                return conn
+            except sqlite3.DatabaseError as exc:
+                conn.close()
+                if attempt == 2 or "not a database" not in str(exc) and "malformed" not in str(exc):
+                    raise
+                aside = self.path.with_name(f"journal.corrupt-{int(time.time())}.sqlite3")
+                log.warning("batchmagic: the journal %s is damaged (%s); moved it to %s and "
+                            "started a new one", self.path, exc, aside.name)
+                os.replace(self.path, aside)
+                for suffix in ("-wal", "-shm"):
+                    Path(str(self.path) + suffix).unlink(missing_ok=True)
+                self._prepare_folder()
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- rows --------------------------------------------------------------------------------
+
+    def lookup(self, keys: Iterable[str], *, include_errors: bool = False) -> dict[str, Record]:
+        """Finished answers for ``keys``. Rows whose stored answer cannot be decoded are skipped
+        (and will be asked again)."""
+        found: dict[str, Record] = {}
+        keys = list(keys)
+        statuses = ("ok", "error") if include_errors else ("ok",)
+        with self._lock:
+            for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+                chunk = keys[start:start + 900]
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT key, status, result, input_tokens, output_tokens, cost, latency, "
+                    f"attempts FROM rows WHERE key IN ({marks})", chunk).fetchall()
+                for key, status, result, in_tok, out_tok, cost, latency, attempts in rows:
+                    if status not in statuses:
+                        continue
+                    output = finish = reasoning = None
+                    if status == "ok":
+                        try:
+                            output, finish, reasoning = decode_result(result)
+                        except Exception:  # garbage: ask again
+                            log.debug("batchmagic: journal row %s does not decode; re-asking", key)
+                            continue
+                    found[key] = Record(key, status, output, finish, reasoning, in_tok, out_tok,
+                                        cost, latency, attempts or 0)
+        return found
+
+    def write_rows(self, records: list[tuple]) -> None:
+        """One transaction. Each record matches the ``rows`` columns after ``key``."""
+        now = time.time()
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(
+                    "INSERT INTO rows (key, status, kind, model, result, input_tokens, "
+                    "output_tokens, cost, latency, attempts, error_class, error_message, "
+                    "error_status, error_code, possibly_billed, run_id, created, updated) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(key) DO UPDATE SET status=excluded.status, kind=excluded.kind, "
+                    "model=excluded.model, result=excluded.result, input_tokens=excluded.input_tokens, "
+                    "output_tokens=excluded.output_tokens, cost=excluded.cost, latency=excluded.latency, "
+                    "attempts=excluded.attempts, error_class=excluded.error_class, "
+                    "error_message=excluded.error_message, error_status=excluded.error_status, "
+                    "error_code=excluded.error_code, possibly_billed=excluded.possibly_billed, "
+                    "run_id=excluded.run_id, updated=excluded.updated "
+                    "WHERE rows.status != 'ok' OR excluded.status = 'ok'",  # never lose an answer
+                    [r + (now, now) for r in records])
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise JournalError(f"cannot write the journal in {self.folder}: {_why(exc)}") from None
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def claim(self, keys: list[str], run_id: str) -> dict[str, tuple[str, int]]:
+        """Claim ``keys`` for ``run_id``. Returns the keys another live run holds: key -> (run, pid)."""
+        host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        held: dict[str, tuple[str, int]] = {}
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for start in range(0, len(keys), 900):
+                    chunk = keys[start:start + 900]
+                    marks = ",".join("?" * len(chunk))
+                    for key, other, other_host, other_pid, expires in self._conn.execute(
+                            f"SELECT key, run_id, host, pid, expires FROM leases WHERE key IN ({marks})",
+                            chunk):
+                        if other != run_id and _alive(other_host, other_pid, expires, now):
+                            held[key] = (other, other_pid)
+                    self._conn.executemany(
+                        "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
+                        [(k, run_id, host, pid, now + LEASE_SECONDS) for k in chunk if k not in held])
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise JournalError(f"cannot write the journal in {self.folder}: {_why(exc)}") from None
+        return held
+
+    def renew(self, run_id: str) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE leases SET expires=? WHERE run_id=?",
+                               (time.time() + LEASE_SECONDS, run_id))
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM leases WHERE run_id=?", (run_id,))
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def record_run(self, **fields: Any) -> None:
+        cols = ",".join(fields)
+        marks = ",".join("?" * len(fields))
+        updates = ",".join(f"{c}=excluded.{c}" for c in fields if c != "run_id")
+        with self._lock:
+            self._conn.execute(
+                f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
+                tuple(fields.values()))
+
+    def runs(self, limit: int | None = None):
+        import pandas as pd
+
+        sql = "SELECT * FROM runs ORDER BY started DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        with self._lock:
+            cur = self._conn.execute(sql)
+            cols = [c[0] for c in cur.description]
+            data = cur.fetchall()
+        df = pd.DataFrame(data, columns=cols)
+        for col in ("started", "finished"):
+            df[col] = pd.to_datetime(df[col], unit="s", utc=True)
+        return df
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._conn.execute("SELECT status, COUNT(*) FROM rows GROUP BY status"))
+
+    def clear(self, before: float | None = None) -> int:
+        """Delete rows (and runs) last written before ``before`` (a UNIX time), or all."""
+        with self._lock:
+            if before is None:
+                n = self._conn.execute("DELETE FROM rows").rowcount
+                self._conn.execute("DELETE FROM runs")
+                self._conn.execute("DELETE FROM leases")
+            else:
+                n = self._conn.execute("DELETE FROM rows WHERE updated < ?", (before,)).rowcount
+                self._conn.execute("DELETE FROM runs WHERE started < ?", (before,))
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if before is None:
+            with self._lock:
+                self._conn.execute("VACUUM")
+        return n
+
+
+def _alive(host: str, pid: int, expires: float, now: float) -> bool:
+    if expires < now:
+        return False
+    if host != socket.gethostname():
+        return True  # another machine on a shared folder: trust the lease until it expires
+    if pid == os.getpid():
+        return True  # another run in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False  # its process died (a crash or a kernel restart): the lease is void
+    except PermissionError:
+        return True
+    return True
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc)
+    if "full" in text:
+        return "the disk is full"
+    if "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+        return "the folder is not writable"
+    if "locked" in text:
+        return "another process holds the journal locked"
+    return text or type(exc).__name__
+
+
+_journals: dict[str, Journal] = {}
+_journals_lock = threading.Lock()
+
+
+def open_journal(folder: Path) -> Journal:
+    """One open journal per folder per process."""
+    key = str(folder.resolve())
+    with _journals_lock:
+        j = _journals.get(key)
+        if j is None or not Path(j.path).exists():
+            j = _journals[key] = Journal(folder)
+        return j
