@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ._errors import (
     BadRequestError,
     BatchError,
+    BudgetExceededError,
     CancelledRowError,
     ColumnClashError,
     ConfigError,
@@ -23,6 +24,7 @@ from ._errors import (
     DeadlineError,
     FatalProviderError,
     InputError,
+    JournalError,
     NotSentError,
     ProviderError,
     RateLimitError,
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from ._api import BatchTask, Estimate, abatch, batch, estimate, submit
     from ._frame import RESULT_COLUMNS, raise_for_errors
     from ._image import GeneratedImage
+    from ._journal import clear_journal, runs
+    from .engines import unload
 
 __version__ = "0.1.0"
 
@@ -48,6 +52,9 @@ _LAZY = {
     "BatchTask": "_api", "Estimate": "_api",
     "raise_for_errors": "_frame", "RESULT_COLUMNS": "_frame",
     "GeneratedImage": "_image",
+    "BatchMagics": "_magic",  # for `%config BatchMagics` and ip.register_magics; loads IPython
+    "runs": "_journal", "clear_journal": "_journal",
+    "unload": "engines",  # offline engines load on first use; this frees them
 }
 
 
@@ -65,6 +72,13 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
+
+def load_ipython_extension(ip) -> None:
+    """``%load_ext batchmagic``: registers ``%%batch`` and the ``%batch_*`` line magics."""
+    from ._magic import BatchMagics
+
+    ip.register_magics(BatchMagics)
+
 __all__ = [
     "__version__",
     # running
@@ -75,6 +89,9 @@ __all__ = [
     "BatchTask",
     "Estimate",
     "raise_for_errors",
+    "runs",
+    "clear_journal",
+    "unload",
     "RESULT_COLUMNS",
     "GeneratedImage",
     # errors
@@ -83,6 +100,8 @@ __all__ = [
     "TemplateError",
     "ColumnClashError",
     "RunError",
+    "JournalError",
+    "BudgetExceededError",
     "RowError",
     "InputError",
     "NotSentError",

@@ -25,7 +25,7 @@ from ._dispatch import Dispatcher, ItemResults, RetryPolicy
 from ._display import make_display, quiet_logs, summary_line
 from ._durable import Durable
 from ._errors import ConfigError, NotSentError
-from ._frame import build_frame, check_clash
+from ._frame import LiveFrame, build_frame, check_clash
 from ._inputs import Plan, make_plan
 from ._journal import folder_for, open_journal
 from ._limits import RateGate, Window
@@ -51,6 +51,7 @@ class _Options:
     base_url: str | None = None
     api_key: Any = field(default=None, repr=False)  # the raw key: never shown
     engine: str | None = None
+    engine_options: dict | None = None
     mode: str | None = None
     system: str | None = None
     params: dict | None = None
@@ -88,10 +89,13 @@ def _validate(o: _Options) -> None:
             raise ConfigError("mode='batch-api' is not available in this version; use mode='online'")
         raise ConfigError(f"mode must be 'online' or 'batch-api'; got {o.mode!r}")
     if o.engine is not None:
-        raise ConfigError(
-            f"engine={o.engine!r}: offline engines are not available in this version; "
-            "send the rows to a server with provider= or base_url="
-        )
+        if o.provider is not None or o.base_url is not None:
+            raise ConfigError("engine= runs the model on this machine; drop provider= / base_url= "
+                              "(or drop engine= to send the rows to a server)")
+        if o.engine_options is not None and not isinstance(o.engine_options, dict):
+            raise ConfigError("engine_options must be a dict of load options, e.g. {'n_ctx': 8192}")
+    elif o.engine_options is not None:
+        raise ConfigError("engine_options= applies to engine= runs only")
     _positive("budget", o.budget)
     if o.http not in ("aiohttp", "httpx", "httpx2"):
         raise ConfigError(f"http must be 'aiohttp', 'httpx' or 'httpx2'; got {o.http!r}")
@@ -115,7 +119,15 @@ class _Run:
         _validate(o)
         self.options = o
         self.id = uuid.uuid4().hex[:12]
-        self.target: Target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
+        self.engine = None  # an offline engine's EngineSpec, when engine= is given
+        if o.engine is not None:
+            from . import engines
+
+            self.engine = engines.resolve(o.engine, o.model, o.kind, o.engine_options)
+            self.target: Target = Target(self.engine.engine, self.engine.endpoint, None, None,
+                                         "engine")
+        else:
+            self.target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
         o.api_key = None  # the Secret in the target is the only copy kept
         endpoint = self.target.base_url + _kinds.path_for(o.kind)
         self.plan: Plan = make_plan(
@@ -128,10 +140,16 @@ class _Run:
             from ._image import register_html_formatter
 
             register_html_formatter()
-        if any("model" not in item.body for item in self.plan.items):
+        if self.engine is not None:
+            from .engines import check_bodies
+
+            check_bodies(self.engine, self.plan.items)
+        elif any("model" not in item.body for item in self.plan.items):
             raise ConfigError(f"model= is required: which {self.target.name} model should answer?")
         preset = self.target.preset
-        self.max_window = o.concurrency or (preset.default_max_concurrency if preset else 64)
+        self.max_window = o.concurrency or (
+            self.engine.default_concurrency if self.engine is not None
+            else preset.default_max_concurrency if preset else 64)
         self.results = ItemResults(len(self.plan.items))
         self.price = resolve_price(o.model, self.target.name, o.prices)
         if o.budget is not None and self.price is None:
@@ -162,6 +180,9 @@ class _Run:
         self._row_futures: list[concurrent.futures.Future] | None = None
         self._lock = threading.Lock()
         self._pending_control: list[str] = []
+        self.display = None
+        self._display_open = False
+        self.live: LiveFrame | None = None  # the frame a background run fills in, once asked for
         _recent.append(self)
         del _recent[:-_REGISTRY_SIZE]
 
@@ -177,6 +198,10 @@ class _Run:
     def _build_units(self) -> list[Unit]:
         plan = self.plan
         todo = [i for i in range(len(plan.items)) if not self.results.done[i]]
+        if self.engine is not None:  # engines take the body dicts themselves
+            from .engines import engine_units
+
+            return engine_units(plan.items, todo)
         if plan.kind != "embedding":
             return [Unit([i], orjson.dumps(plan.items[i].body),
                          plan.items[i].prompt_tokens + plan.items[i].max_output) for i in todo]
@@ -211,16 +236,21 @@ class _Run:
     async def execute(self) -> pd.DataFrame:
         o = self.options
         self.state = "running"
-        wire = make_wire(o.http, self.max_window, o.transport)
-        backend = OpenAICompatible(
-            name=self.target.name, base_url=self.target.base_url, kind=o.kind,
-            api_key=self.target.api_key, dialect=self.target.dialect, wire=wire,
-            timeout=o.timeout or DEFAULT_TIMEOUT[o.kind], headers=o.headers,
-        )
-        window = Window(o.concurrency or INITIAL_WINDOW, self.max_window, adaptive=True)
-        if o.concurrency:
-            window.ssthresh = float(o.concurrency)
-        gate = RateGate(o.rpm, o.tpm)
+        if self.engine is not None:  # an offline engine: loaded (or reused), then pre-flight
+            backend = await self._engine_backend()
+            window = Window(self.max_window, self.max_window, adaptive=False)
+            gate = RateGate(None, None)  # rpm / tpm mean nothing on one's own machine
+        else:
+            wire = make_wire(o.http, self.max_window, o.transport)
+            backend = OpenAICompatible(
+                name=self.target.name, base_url=self.target.base_url, kind=o.kind,
+                api_key=self.target.api_key, dialect=self.target.dialect, wire=wire,
+                timeout=o.timeout or DEFAULT_TIMEOUT[o.kind], headers=o.headers,
+            )
+            window = Window(o.concurrency or INITIAL_WINDOW, self.max_window, adaptive=True)
+            if o.concurrency:
+                window.ssthresh = float(o.concurrency)
+            gate = RateGate(o.rpm, o.tpm)
         policy = RetryPolicy() if o.retries is None else RetryPolicy(retries=o.retries)
         units, held = self.units, []
         if self.durable is not None:
@@ -235,8 +265,8 @@ class _Run:
             self.durable.watch_held(held, d, self.progress, self._on_cached)
         for action in self._pending_control:
             getattr(d, action)()
-        display = make_display(o.progress and self.plan.n_rows > 0, self.progress.snapshot())
-        refresher = asyncio.ensure_future(self._refresh(display)) if display else None
+        display = self.open_display()
+        refresher = asyncio.ensure_future(self._refresh(display))
         t0 = time.monotonic()
         try:
             with quiet_logs():
@@ -244,7 +274,7 @@ class _Run:
         finally:
             if self.durable is not None:
                 self._not_sent(self.durable.held_not_sent())
-                await self.durable.finish(self._run_record())
+                await self.durable.drain()  # a failed write can still stop the run
             if refresher is not None:
                 refresher.cancel()
             await backend.aclose()
@@ -256,6 +286,8 @@ class _Run:
             else:
                 self.state = "done"
             self.progress.state = self.state
+            if self.durable is not None:
+                await self.durable.finish(self._run_record())
             snap = self.progress.snapshot()
             if display is not None:
                 display.close(snap)
@@ -263,15 +295,67 @@ class _Run:
                 import sys
 
                 print(summary_line(snap), file=sys.stderr)
-        self.frame = self._frame(time.monotonic() - t0)
+        frame = self._frame(time.monotonic() - t0)
+        with self._lock:
+            if self.live is not None:  # the frame handed out while running becomes the result
+                self.live.finish(frame)
+                frame = self.live.frame
+            self.frame = frame
         return self.frame
 
+    async def _engine_backend(self):
+        """Load the engine (or reuse the loaded one), then the pre-flight: rows whose prompt and
+        output budget do not fit the context window become ContextLengthErrors before any row
+        runs; the rest run."""
+        from . import engines
+        from ._errors import ContextLengthError
+
+        backend = await asyncio.to_thread(engines.backend_for, self.engine)
+        done = {i for i in range(len(self.plan.items)) if self.results.done[i]}
+        failures = await asyncio.to_thread(engines.preflight, backend, self.plan.items, done)
+        for i, why in failures.items():
+            err = ContextLengthError(why, provider=backend.name)
+            self.results.error[i] = err
+            self.results.done[i] = 1
+            self.progress.done += 1
+            self.progress.failed += 1
+            self.progress.error(err)
+            self._on_item(i)
+        if failures:
+            self.units = self._units()
+        return backend
+
     async def _refresh(self, display) -> None:
+        """The run's one timer: the display and the live frame change here, never per row."""
         from ._display import MAX_UPDATES_PER_S
 
         while True:
             await asyncio.sleep(1.0 / MAX_UPDATES_PER_S)
-            display.update(self.progress.snapshot())
+            if self.live is not None:
+                self.live.sync(self._attrs(None))
+            if display is not None:
+                display.update(self.progress.snapshot())
+
+    def open_display(self, background: bool = False):
+        """Create the display, once. Called in the thread that starts the run: in a kernel that
+        ties the panel to the cell that started it (the loop thread has no cell of its own)."""
+        if not self._display_open:
+            self._display_open = True
+            self.display = make_display(self.options.progress and self.plan.n_rows > 0,
+                                        self.progress.snapshot(), control=self.control,
+                                        background=background)
+        return self.display
+
+    def live_frame(self) -> pd.DataFrame:
+        """ONE frame of the final shape, filled in from the refresh timer as rows finish; when
+        the run ends it holds exactly the result (and is the frame ``wait()`` returns)."""
+        with self._lock:
+            if self.frame is not None:
+                return self.frame
+            if self.live is None:
+                self.live = LiveFrame(self.plan, self.results, costs=self.results.cost,
+                                      attrs=self._attrs(None))
+            return self.live.frame
 
     def _attrs(self, wall: float | None) -> dict:
         p, d = self.progress, self.dispatcher
@@ -402,7 +486,8 @@ def _options(kw: dict) -> _Options:
 
 def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: str | None = None,
           provider: str | None = None, base_url: str | None = None, api_key: str | None = None,
-          engine: str | None = None, mode: str | None = None, system: str | None = None,
+          engine: str | None = None, engine_options: dict | None = None,
+          mode: str | None = None, system: str | None = None,
           params: dict | None = None, concurrency: int | None = None, rpm: float | None = None,
           tpm: float | None = None, retries: int | None = None, timeout: float | None = None,
           budget: float | None = None, cache: Any = True, progress: bool = True,
@@ -416,8 +501,10 @@ def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: 
     or list of texts (each is the prompt, or fills the template's one field), a list of chat
     message lists, or a list of whole request bodies (dicts). Where to send: ``provider=`` (a
     preset: openai, dashscope, ark, qianfan, deepseek, vllm, ollama, llamacpp, simulator) or
-    ``base_url=`` (any OpenAI-compatible server). ``params`` pass through to the request
-    (temperature, max_tokens, ...). ``concurrency`` caps requests in flight (adaptive below it),
+    ``base_url=`` (any OpenAI-compatible server), or ``engine=`` to run offline on this machine
+    ("llama.cpp", "transformers", "vllm", "fastdeploy"; ``model=None`` is the engine's default
+    model, ``engine_options`` its load options; the engine stays loaded until ``bm.unload()``).
+    ``params`` pass through to the request (temperature, max_tokens, ...). ``concurrency`` caps requests in flight (adaptive below it),
     ``rpm`` / ``tpm`` cap requests and tokens per minute (learned from the provider's
     ``x-ratelimit-*`` headers when not given). ``on_missing`` decides rows with a missing value:
     "error" (default), "skip", or "empty". ``images`` names a column of image URLs or paths for
@@ -428,12 +515,14 @@ def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: 
     escalates. Ctrl-C stops the run and returns the rows finished so far.
     """
     run = _Run(inputs, prompt, _options(_locals(locals())))
+    run.open_display()
     return _loop.run_sync(run.execute(), on_interrupt=lambda: run.control("cancel"))
 
 
 async def abatch(inputs: Any, prompt: str | None = None, **kwargs: Any) -> pd.DataFrame:
     """``batch`` for async code: ``df = await bm.abatch(...)``. Cancelling the await cancels the run."""
     run = _Run(inputs, prompt, _options(kwargs))
+    run.open_display()
     fut = _loop.submit(run.execute())
     try:
         return await asyncio.wrap_future(fut)
@@ -462,6 +551,7 @@ class BatchTask:
 
     def __init__(self, run: _Run):
         self._run = run
+        run.open_display(background=True)
         self._future = _loop.submit(run.execute())
 
     def task_count(self) -> int:
@@ -500,10 +590,9 @@ class BatchTask:
 
     @property
     def frame(self) -> pd.DataFrame:
-        """The result frame as it stands: finished rows filled in, the rest still empty."""
-        if self._future.done() and self._run.frame is not None:
-            return self._run.frame
-        return self._run._frame()
+        """ONE DataFrame of the final shape whose rows fill in as they finish (a few times a
+        second); after the run it holds the final values and is the frame ``wait()`` returns."""
+        return self._run.live_frame()
 
     @property
     def progress(self) -> Snapshot:
@@ -520,32 +609,50 @@ class BatchTask:
 
 @dataclass
 class Estimate:
-    """What a run would send, before sending anything."""
+    """What a run would send and cost, before sending anything.
+
+    Token counts are tokenizer-free estimates (see ``_tokens``); costs are ranges from "every
+    answer is empty" to "every answer uses all of max_tokens", ``None`` where the price is unknown.
+    """
 
     rows: int
     requests: int  # unique requests after de-duplication
-    http_requests: int  # requests on the wire (embeddings are packed)
+    cached_rows: int  # rows the journal already answers (free)
+    to_send: int  # requests still to send
+    http_requests: int  # calls on the wire (embeddings are packed)
     input_errors: int  # rows that fail pre-flight
     skipped: int
-    input_tokens: int  # estimated, tokenizer-free (see _tokens)
-    max_output_tokens: int  # worst case
+    input_tokens: int  # estimated, of the requests to send
+    max_output_tokens: int  # worst case, of the requests to send
     endpoint: str
     model: str | None
     first_request: dict | None
-    cost: float | None = None  # USD, when prices are known
+    price: str | None = None  # where the price came from
+    cost_online: tuple[float, float] | None = None  # USD (low, high)
+    cost_batch_api: tuple[float, float] | None = None  # USD, where a Batch API discount is known
+    cost_local: float = 0.0  # an engine on your own machine has no per-token fee
     eta_s: float | None = None  # lower bound from the given limits
 
     def __str__(self) -> str:
         lines = [
-            f"{self.rows} rows -> {self.requests} unique requests ({self.http_requests} HTTP calls) "
-            f"to {self.endpoint} ({self.model})",
-            f"input tokens ~{self.input_tokens:,}, output tokens <= {self.max_output_tokens:,}",
-            f"cost: {'unknown (no price data)' if self.cost is None else f'${self.cost:,.4f}'}",
+            f"{self.rows} rows -> {self.requests} unique requests to {self.endpoint} ({self.model})",
+            f"journal: {self.cached_rows} rows already answered; {self.to_send} requests to send "
+            f"({self.http_requests} HTTP calls)",
+            f"tokens: input ~{self.input_tokens:,}, output at most {self.max_output_tokens:,}",
         ]
+        if self.cost_online is None:
+            lines.append("cost: unknown (no price for this model: pass prices=)")
+        else:
+            lines.append(f"cost online: ${self.cost_online[0]:,.4f} - ${self.cost_online[1]:,.4f} "
+                         f"({self.price})")
+            if self.cost_batch_api is not None:
+                lines.append(f"cost via Batch API: ${self.cost_batch_api[0]:,.4f} - "
+                             f"${self.cost_batch_api[1]:,.4f}")
+            lines.append("cost on a local engine: $0 in API fees")
         if self.input_errors or self.skipped:
             lines.append(f"{self.input_errors} rows fail pre-flight, {self.skipped} skipped")
         if self.eta_s is not None:
-            lines.append(f"at least {self.eta_s:,.0f} s at the given limits")
+            lines.append(f"time: at least {self.eta_s:,.0f} s at the given limits")
         return "\n".join(lines)
 
     def _repr_pretty_(self, p, cycle) -> None:
@@ -553,24 +660,35 @@ class Estimate:
 
 
 def estimate(inputs: Any, prompt: str | None = None, **kwargs: Any) -> Estimate:
-    """Plan a run and say what it would send, without sending anything."""
+    """Plan a run and say what it would send and cost, without sending anything."""
     o = _options(kwargs)
     run = _Run(inputs, prompt, o)
     _recent.remove(run)
-    items = run.plan.items
+    items = [run.plan.items[i] for u in run.units for i in u.items]
     in_tok = sum(i.prompt_tokens for i in items)
     out_tok = sum(i.max_output for i in items)
     eta = None
-    if o.rpm:
-        eta = len(run.units) / (o.rpm / 60)
+    rpm = o.rpm
+    if rpm:
+        eta = len(run.units) / (rpm / 60)
     if o.tpm:
         eta = max(eta or 0, (in_tok + out_tok) / (o.tpm / 60))
+    price = run.price
+    online = batch_api = None
+    if price is not None:
+        online = (price.cost(in_tok, 0), price.cost(in_tok, out_tok))
+        if price.batch_share is not None:
+            batch_api = (online[0] * price.batch_share, online[1] * price.batch_share)
     return Estimate(
-        rows=run.plan.n_rows, requests=len(items), http_requests=len(run.units),
+        rows=run.plan.n_rows, requests=len(run.plan.items), cached_rows=run.progress.cached,
+        to_send=len(items), http_requests=len(run.units),
         input_errors=len(run.plan.row_errors), skipped=len(run.plan.skipped),
         input_tokens=in_tok, max_output_tokens=out_tok,
         endpoint=run.plan.endpoint, model=o.model,
-        first_request=items[0].body if items else None, eta_s=eta,
+        first_request=run.plan.items[0].body if run.plan.items else None,
+        price=f"{price.source}: ${price.input:g} in / ${price.output:g} out per 1M tokens"
+        if price else None,
+        cost_online=online, cost_batch_api=batch_api, eta_s=eta,
     )
 
 

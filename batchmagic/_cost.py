@@ -74,10 +74,6 @@ def resolve_price(model: str | None, provider: str | None, prices: Any) -> Price
                  f"genai-prices {version}".strip(), share)
 
 
-class BudgetExceeded(Exception):
-    """Raised inside the dispatcher when the next request could take spend past the budget."""
-
-
 class BudgetGuard:
     """Reserve the worst case before sending, settle with real usage after."""
 

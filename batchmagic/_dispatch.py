@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Backend, Outcome, Unit
-from ._cost import BudgetExceeded, BudgetGuard, Price
-from ._errors import CancelledRowError, NotSentError, RowError
+from ._cost import BudgetGuard, Price
+from ._errors import BudgetExceededError, CancelledRowError, NotSentError, RowError
 from ._limits import RateGate, Window
 from ._progress import Progress
 
@@ -220,8 +220,10 @@ class Dispatcher:
         even with nothing in flight the next request could overspend, stop the run."""
         budget = self.budget
         while not budget.try_reserve(unit.worst_cost):
-            if self.progress.in_flight == 0 and not self._tasks:
-                self.stop(BudgetExceeded(budget.message()))
+            # a finished task may still sit in _tasks until its done-callback runs, and a new
+            # one may not have started yet: count the tasks that are not done
+            if not any(not t.done() for t in self._tasks):
+                self.stop(BudgetExceededError(budget.message()))
                 return False
             budget.changed.clear()
             await budget.changed.wait()

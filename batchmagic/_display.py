@@ -1,8 +1,18 @@
 """Chooses how a run's progress is shown and throttles updates.
 
-Renderers read ``Progress.snapshot()`` on a timer (at most ``MAX_UPDATES_PER_S``), so per-row work
-never touches the display and a 100,000-row run prints no line per row. The text renderer is a
-tqdm bar on stderr.
+Renderers read ``Progress.snapshot()`` on the run's one refresh timer (at most
+``MAX_UPDATES_PER_S``), so per-row work never touches the display and a 100,000-row run prints no
+line per row. The choice (as tqdm.autonotebook makes it):
+
+- inside a real ipykernel with ipywidgets importable: the widget panel (``_widget.Panel``), at
+  most two comm messages per update, its mimebundle carrying text and HTML for front ends that
+  do not render widgets (and refreshed with the final state when the run ends);
+- inside a kernel without ipywidgets: the same panel as static HTML, redrawn through a display
+  handle at most once a second;
+- anywhere else (plain Python, a terminal): a tqdm bar on stderr.
+
+Displays are created in the thread that starts the run: in a kernel, that ties the output to the
+cell that started it (the loop thread has no cell of its own).
 """
 
 from __future__ import annotations
@@ -10,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import time
+from collections.abc import Callable
 
 from ._progress import Snapshot
 
-MAX_UPDATES_PER_S = 5
+MAX_UPDATES_PER_S = 4  # panel: at most 2 comm messages per update, so <= 8 a second
 _NOISY_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2", "aiohttp", "openai", "urllib3")
 
 
@@ -63,12 +75,24 @@ def _postfix(s: Snapshot) -> str:
 
 
 def summary_line(s: Snapshot) -> str:
-    """One line for the end of a run with failures or a stop; empty when all went well."""
+    """One line for the end of a run with failures or a stop; empty when all went well. A stop
+    says what it cost: requests cut off in flight (possibly billed) and requests never sent."""
     if not s.failed and s.state == "done":
         return ""
-    errs = ", ".join(f"{k} x{v}" for k, v in sorted(s.errors.items(), key=lambda kv: -kv[1]))
+    stop_kinds = ("CancelledRowError", "NotSentError") if s.state in ("cancelled", "aborted") else ()
     head = {"cancelled": "batch cancelled", "aborted": "batch stopped"}.get(s.state, "batch finished")
-    text = f"{head}: {s.ok} ok, {s.failed} failed of {s.requests} requests"
+    parts = [f"{s.ok} ok"]
+    if stop_kinds:
+        cut, unsent = (s.errors.get(k, 0) for k in stop_kinds)
+        parts += [f"{cut} cancelled in flight", f"{unsent} not started"]
+        failed = s.failed - cut - unsent
+        if failed:
+            parts.append(f"{failed} failed")
+    else:
+        parts.append(f"{s.failed} failed")
+    text = f"{head}: {', '.join(parts)} of {s.requests} requests"
+    errs = ", ".join(f"{k} x{v}" for k, v in sorted(s.errors.items(), key=lambda kv: -kv[1])
+                     if k not in stop_kinds)
     if errs:
         text += f" ({errs})"
     if s.message:
@@ -76,9 +100,94 @@ def summary_line(s: Snapshot) -> str:
     return text
 
 
-def make_display(progress: bool, snap: Snapshot):
+class WidgetDisplay:
+    """The ipywidgets panel under the cell that started the run."""
+
+    def __init__(self, snap: Snapshot, control: Callable[[str], None] | None, background: bool):
+        from IPython.display import display
+
+        from ._widget import Panel
+
+        self.panel = Panel(snap, control, background=background)
+        self.handle = display(self.panel, display_id=True)
+
+    def update(self, snap: Snapshot) -> None:
+        self.panel.update(snap)
+
+    def close(self, snap: Snapshot) -> None:
+        self.panel.update(snap)
+        if self.handle is not None:  # the saved text/HTML fallback shows the final state too
+            self.handle.update(self.panel)
+
+    def republish(self, snap: Snapshot) -> None:
+        """Publish the final state again from the calling cell. A background run's messages
+        belong to the cell that started it, which has finished; a notebook executed headless
+        (nbclient, nbconvert) records only the messages of the cell it is running."""
+        self.panel.update(snap)
+        self.panel.send_state()
+        if self.handle is not None:
+            self.handle.update(self.panel)
+
+
+class HtmlDisplay:
+    """A kernel without ipywidgets: the panel as static HTML, redrawn at most once a second."""
+
+    MIN_INTERVAL = 1.0
+
+    def __init__(self, snap: Snapshot):
+        from IPython.display import display
+
+        from ._widget import StaticPanel
+
+        self.view = StaticPanel(snap)
+        self.handle = display(self.view, display_id=True)
+        self._last = time.monotonic()
+
+    def update(self, snap: Snapshot) -> None:
+        now = time.monotonic()
+        if now - self._last < self.MIN_INTERVAL and snap.state == self.view.snap.state:
+            return
+        self._last = now
+        self.view.snap = snap
+        if self.handle is not None:
+            self.handle.update(self.view)
+
+    def close(self, snap: Snapshot) -> None:
+        self.view.snap = snap
+        if self.handle is not None:
+            self.handle.update(self.view)
+
+    republish = close
+
+
+def in_kernel() -> bool:
+    """True inside a running ipykernel (not a terminal IPython, not plain Python)."""
+    if "ipykernel" not in sys.modules or "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _have_ipywidgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_display(progress: bool, snap: Snapshot, *, control: Callable[[str], None] | None = None,
+                 background: bool = False):
+    """The display for a run, or None. ``control(action)`` pauses, resumes or cancels the run;
+    ``background`` says the kernel stays free while it runs (so the panel's buttons work)."""
     if not progress:
         return None
+    if in_kernel():
+        if _have_ipywidgets():
+            return WidgetDisplay(snap, control, background)
+        return HtmlDisplay(snap)
     return TextDisplay(snap)
 
 

@@ -2,9 +2,10 @@
 so that two runs do not pay for the same row, and the run's record after it.
 
 A row counts as finished (its future resolves, ``finished_count`` moves) only once its answer is
-committed. Writes are batched (every ``FLUSH_SECONDS`` or ``FLUSH_ROWS`` answers) on one worker
-thread, so a crash loses at most the requests in flight and the last fraction of a second of
-answers, and the journal's cost stays a small share of the run.
+committed. Writes go to one worker thread as group commits: an answer is written at once when the
+writer is idle, and answers that arrive during a write are written together next. A crash loses
+the requests in flight and at most the one write under way; the journal's cost stays small
+because batches grow with the load.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from ._backend import Unit
 from ._errors import CancelledRowError, NotSentError, RowError
 from ._journal import Journal, JournalError, encode_result
 
-FLUSH_SECONDS = 0.05
-FLUSH_ROWS = 1024
 HELD_POLL_SECONDS = 1.0
 RENEW_SECONDS = 20.0
 
@@ -35,7 +34,7 @@ class Durable:
         self.model = model
         self.cached_items: set[int] = set()
         self._pending: list[int] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
         self._writing: concurrent.futures.Future | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._on_saved: Callable[[list[int]], None] | None = None
@@ -150,12 +149,13 @@ class Durable:
         self._on_saved, self._on_error = on_saved, on_error
 
     def answered(self, item: int) -> None:
-        """Called on the loop thread as each item finishes."""
+        """Called on the loop thread as each item finishes. Group commit: when no write is in
+        progress the answer is written at once (with whatever else finished in the same loop
+        turn); answers that arrive during a write go into the next one, so batches grow with the
+        load and a crash loses at most one write's worth beyond the requests in flight."""
         self._pending.append(item)
-        if len(self._pending) >= FLUSH_ROWS:
-            self._flush()
-        elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
+        if self._flush_handle is None and self._writing is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         if self._flush_handle is not None:

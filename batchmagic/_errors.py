@@ -5,6 +5,8 @@
     │   ├── TemplateError           the prompt template names a column that is not there, or is malformed
     │   └── ColumnClashError        a result column would overwrite an input column
     ├── RunError                    raised by bm.raise_for_errors(df) when rows failed
+    ├── JournalError                the journal cannot be opened or written (disk full, read-only)
+    ├── BudgetExceededError         why a run stopped: the next request could pass the budget
     └── RowError                    one row's failure; lives in the frame's ``error`` column
         ├── InputError              found before sending: a missing value, text JSON cannot carry, too long
         ├── NotSentError            never sent: the run was cancelled, or stopped by a fatal error or budget
@@ -39,6 +41,8 @@ __all__ = [
     "TemplateError",
     "ColumnClashError",
     "RunError",
+    "JournalError",
+    "BudgetExceededError",
     "RowError",
     "InputError",
     "NotSentError",
@@ -79,6 +83,15 @@ class RunError(BatchError):
     def __init__(self, message: str, errors: list[RowError]):
         super().__init__(message)
         self.errors = errors
+
+
+class JournalError(BatchError):
+    """The journal cannot be opened or written: the run stops rather than buy answers it
+    cannot keep."""
+
+
+class BudgetExceededError(BatchError):
+    """The reason a run stopped: its next request could have taken spend past the budget."""
 
 
 class RowError(BatchError):

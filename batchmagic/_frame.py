@@ -19,6 +19,7 @@ column              meaning
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any
 
@@ -50,60 +51,138 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
+def _result_values(plan, results, positions, *, costs: list | None = None,
+                   cached: set[int] | None = None) -> dict[str, np.ndarray]:
+    """The result columns' values (object arrays) for the input rows at ``positions``: the one
+    place that maps per-request results onto rows (used for whole frames and live updates)."""
+    row_item = plan.row_item
+    index = plan.index
+    items = [row_item[p] for p in positions]
+
+    def column(values: list, fill: Any = None) -> np.ndarray:
+        return _objects([values[i] if i >= 0 else fill for i in items])
+
+    out = {
+        "output": column(results.output),
+        "error": np.empty(len(items), dtype=object),
+        "finish_reason": column(results.finish_reason),
+        "input_tokens": column(results.input_tokens),
+        "output_tokens": column(results.output_tokens),
+        "cost": column(costs if costs is not None else [None] * len(plan.items)),
+        "latency": column(results.latency),
+        "attempts": column(results.attempts, 0),
+        "reasoning": column(results.reasoning),
+    }
+    errors, finish, attempts, latency = (out["error"], out["finish_reason"], out["attempts"],
+                                         out["latency"])
+    for j, (pos, item) in enumerate(zip(positions, items)):
+        if pos in plan.row_errors:
+            errors[j] = plan.row_errors[pos]
+        elif item >= 0 and results.error[item] is not None:
+            errors[j] = results.error[item].for_row(index[pos])
+        if pos in plan.skipped:
+            finish[j] = "skipped"
+        if cached and item in cached:
+            attempts[j] = 0
+            latency[j] = None
+    return out
+
+
+def _typed(name: str, values: np.ndarray, index: pd.Index) -> pd.Series:
+    """One result column with its documented dtype."""
+    if name in ("input_tokens", "output_tokens"):
+        return pd.Series(pd.array(list(values), dtype="Int64"), index=index)
+    if name == "cost":
+        return pd.Series(pd.array(list(values), dtype="Float64"), index=index)
+    if name == "latency":
+        return pd.Series(np.array([np.nan if v is None else v for v in values], dtype=float),
+                         index=index)
+    if name == "attempts":
+        return pd.Series(np.asarray(list(values), dtype=np.int64), index=index)
+    return pd.Series(values, index=index, dtype=object)
+
+
 def build_frame(plan, results, *, costs: list | None = None, attrs: dict | None = None,
                 cached: set[int] | None = None) -> pd.DataFrame:
     """``plan`` from ``_inputs.make_plan``; ``results`` an ``ItemResults`` over ``plan.items``."""
-    n = plan.n_rows
     index = plan.index
-    take = np.asarray(plan.row_item, dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
-
-    def column(values: list, fill: Any = None) -> np.ndarray:
-        arr = _objects(list(values) + [fill])  # position -1 picks the fill
-        return arr[take] if n else np.empty(0, dtype=object)
-
-    output = column(results.output)
-    finish = column(results.finish_reason)
-    in_tok = column(results.input_tokens)
-    out_tok = column(results.output_tokens)
-    latency = column(results.latency)
-    attempts = column(results.attempts, 0)
-    item_cost = column(costs if costs is not None else [None] * len(plan.items))
-    reasoning = column(results.reasoning)
-    errors = np.empty(n, dtype=object)
-    if cached:
-        attempts = attempts.copy()
-        for item in cached:
-            for pos in plan.items[item].rows:
-                attempts[pos] = 0
-                latency[pos] = None
-
-    item_errors = results.error
-    for item, err in enumerate(item_errors):
-        if err is not None:
-            for pos in plan.items[item].rows:
-                errors[pos] = err.for_row(index[pos])
-    for pos, err in plan.row_errors.items():
-        errors[pos] = err
-    for pos in plan.skipped:
-        finish[pos] = "skipped"
-
-    result = {
-        "output": pd.Series(output, index=index, dtype=object),
-        "error": pd.Series(errors, index=index, dtype=object),
-        "finish_reason": pd.Series(finish, index=index, dtype=object),
-        "input_tokens": pd.Series(pd.array(list(in_tok), dtype="Int64"), index=index),
-        "output_tokens": pd.Series(pd.array(list(out_tok), dtype="Int64"), index=index),
-        "cost": pd.Series(pd.array(list(item_cost), dtype="Float64"), index=index),
-        "latency": pd.Series(np.array([np.nan if v is None else v for v in latency], dtype=float),
-                             index=index),
-        "attempts": pd.Series(np.asarray(list(attempts), dtype=np.int64), index=index),
-    }
+    values = _result_values(plan, results, range(plan.n_rows), costs=costs, cached=cached)
+    result = {name: _typed(name, values[name], index) for name in RESULT_COLUMNS}
     if any(r is not None for r in results.reasoning):
-        result["reasoning"] = pd.Series(reasoning, index=index, dtype=object)
+        result["reasoning"] = _typed("reasoning", values["reasoning"], index)
     out = pd.concat([plan.frame, pd.DataFrame(result, index=index)], axis=1) if len(plan.frame.columns) \
         else pd.DataFrame(result, index=index)
     out.attrs["batchmagic"] = dict(attrs or {})
     return out
+
+
+class LiveFrame:
+    """ONE DataFrame of the final shape (the input rows and index, every result column) whose
+    cells fill in as requests finish.
+
+    ``sync()`` copies the requests finished since the last call into the frame, in one batch per
+    column; the run calls it from its refresh timer, never per row. ``finish(final)`` makes the
+    frame hold exactly the final result's values and attrs. The frame object never changes, so a
+    name bound to it in a notebook sees the rows arrive. Both run under a lock: the run's thread
+    writes while the user's thread may ask for the frame.
+    """
+
+    def __init__(self, plan, results, *, costs: list | None = None, attrs: dict | None = None):
+        self._plan = plan
+        self._results = results
+        self._costs = costs
+        self._lock = threading.Lock()
+        # what is done now is in the first build; anything finishing during it is re-applied
+        self._applied = np.frombuffer(bytes(results.done), dtype=np.uint8).astype(bool)
+        self.frame = build_frame(plan, results, costs=costs, attrs=attrs)
+        self._final = False
+
+    def sync(self, attrs: dict | None = None) -> int:
+        """Apply the requests finished since the last call (and the run's facts as they stand,
+        ``attrs``); returns how many rows changed."""
+        with self._lock:
+            if self._final:
+                return 0
+            if attrs is not None:
+                self.frame.attrs["batchmagic"] = dict(attrs)
+            done = np.frombuffer(self._results.done, dtype=np.uint8).astype(bool)
+            new = np.flatnonzero(done & ~self._applied)
+            if not len(new):
+                return 0
+            self._applied[new] = True
+            items = self._plan.items
+            positions = [pos for i in new for pos in items[i].rows]
+            if not positions:
+                return 0
+            self._write(positions)
+            return len(positions)
+
+    def _write(self, positions: list[int]) -> None:
+        df = self.frame
+        values = _result_values(self._plan, self._results, positions, costs=self._costs)
+        rows = pd.RangeIndex(len(positions))
+        if "reasoning" not in df.columns and any(v is not None for v in values["reasoning"]):
+            df["reasoning"] = pd.Series([None] * len(df), index=df.index, dtype=object)
+        for name in (*RESULT_COLUMNS, *OPTIONAL_COLUMNS):
+            if name in df.columns:
+                df.iloc[positions, df.columns.get_loc(name)] = _typed(name, values[name], rows).array
+
+    def finish(self, final: pd.DataFrame) -> None:
+        """Make the frame hold exactly ``final``'s result columns and attrs (same rows)."""
+        with self._lock:
+            df = self.frame
+            for name in final.columns:
+                if name in RESULT_COLUMNS or name in OPTIONAL_COLUMNS or name not in df.columns:
+                    # a Series keeps its dtype (a bare object array of strings would be inferred
+                    # as a string column); same rows, so positional, never aligned on the index
+                    column = pd.Series(final[name].to_numpy(copy=True), index=df.index,
+                                       dtype=final[name].dtype)
+                    if name in df.columns:
+                        df.isetitem(df.columns.get_loc(name), column)
+                    else:
+                        df[name] = column
+            df.attrs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in final.attrs.items()}
+            self._final = True
 
 
 def raise_for_errors(df: pd.DataFrame) -> pd.DataFrame:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ._errors import BatchError
+from ._errors import JournalError
 
 log = logging.getLogger("batchmagic")
 
@@ -89,10 +89,6 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS leases_run ON leases(run_id);
 CREATE INDEX IF NOT EXISTS rows_updated ON rows(updated);
 """
-
-
-class JournalError(BatchError):
-    """The journal cannot be read or written (disk full, read-only folder, locked too long)."""
 
 
 @dataclass(slots=True)
@@ -372,6 +368,29 @@ def _why(exc: BaseException) -> str:
     if "locked" in text:
         return "another process holds the journal locked"
     return text or type(exc).__name__
+
+
+def runs(cache: Any = True, limit: int | None = 50):
+    """Past runs recorded in the journal, newest first, as a DataFrame."""
+    folder = folder_for(cache) or default_folder()
+    return open_journal(folder).runs(limit)
+
+
+def clear_journal(before: Any = None, *, cache: Any = True) -> int:
+    """Delete journaled answers (all, or those last written before ``before``: a datetime, a
+    date, an ISO string or a UNIX time). Returns how many rows were deleted."""
+    import datetime as dt
+
+    folder = folder_for(cache) or default_folder()
+    if isinstance(before, str):
+        before = dt.datetime.fromisoformat(before)
+    if isinstance(before, dt.date) and not isinstance(before, dt.datetime):
+        before = dt.datetime.combine(before, dt.time())
+    if isinstance(before, dt.datetime):
+        if before.tzinfo is None:
+            before = before.astimezone()  # naive means local time
+        before = before.timestamp()
+    return open_journal(folder).clear(before)
 
 
 _journals: dict[str, Journal] = {}

@@ -31,6 +31,7 @@ class Parsed:
     output_tokens: int | None = None
     image_url: str | None = None  # image answers given as a URL: fetched by the dispatcher
     reasoning: str | None = None
+    metrics: dict | None = None  # offline engines' per-request timings (queue_s, ttft_s), if any
 
 
 def path_for(kind: str) -> str:

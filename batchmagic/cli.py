@@ -1,6 +1,8 @@
 """The ``batchmagic`` command.
 
-    batchmagic demo                 label the bundled reviews with the local simulator (no key, no network)
+    batchmagic demo                 label the bundled reviews with a small model on this machine
+                                    (llama.cpp + SmolLM2-135M; no key, no network; --simulator
+                                    uses the bundled OpenAI-compatible simulator instead)
     batchmagic run FILE -p PROMPT   run a CSV / JSONL / Parquet file through a model, write the result
     batchmagic simulator [...]      serve the OpenAI-compatible simulator (same flags as python -m batchmagic.simulator)
 """
@@ -37,32 +39,64 @@ def _write_table(df, path: str) -> None:
         out.to_csv(path, index=False)
 
 
+DEMO_PROMPT = ("Classify the sentiment of this review as positive, negative or mixed. "
+               "Answer with one word.\n\nReview: {text}")
+
+
 def _demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     import batchmagic as bm
-    from batchmagic.simulator import SimulatorThread
 
     with resources.files("batchmagic").joinpath("data/reviews.csv").open("r", encoding="utf-8") as fh:
         reviews = pd.read_csv(fh)
-    print(f"batchmagic demo: {len(reviews)} reviews -> the local simulator (an OpenAI-compatible "
-          "server on 127.0.0.1; no API key, no network)", file=sys.stderr)
-    sim = SimulatorThread(latency=args.latency, latency_dist="uniform",
-                          latency_jitter=args.latency / 2).start()
+    sim = None
+    engine = args.engine
+    if not args.simulator and engine is None:  # the local model when it is installed
+        from batchmagic import engines
+
+        try:
+            engines.resolve("llama.cpp", args.model, "chat")
+            engine = "llama.cpp"
+        except bm.ConfigError as exc:
+            print(f"batchmagic demo: no local model ({exc}); using the simulator instead",
+                  file=sys.stderr)
+            args.simulator = True
+    if args.simulator:
+        from batchmagic.simulator import SimulatorThread
+
+        print(f"batchmagic demo: {len(reviews)} reviews -> the local simulator (an OpenAI-compatible "
+              "server on 127.0.0.1; no API key, no network)", file=sys.stderr)
+        sim = SimulatorThread(latency=args.latency, latency_dist="uniform",
+                              latency_jitter=args.latency / 2).start()
+        where = dict(model="sim-chat", provider="simulator", base_url=sim.base_url)
+    else:
+        from batchmagic.engines._models import DEFAULT_MODEL_NAME
+
+        model = args.model or DEFAULT_MODEL_NAME
+        print(f"batchmagic demo: {len(reviews)} reviews -> {model} on this machine "
+              f"(engine={engine}; no API key, no network)", file=sys.stderr)
+        where = dict(model=args.model, engine=engine)
     try:
-        out = bm.batch(
-            reviews, "Classify the sentiment of this review as positive, negative or mixed: {text}",
-            model="sim-chat", provider="simulator", base_url=sim.base_url,
-            params={"max_tokens": 24, "temperature": 0}, progress=not args.quiet,
-        )
+        out = bm.batch(reviews, DEMO_PROMPT, params={"max_tokens": 8, "temperature": 0},
+                       progress=not args.quiet, cache=not args.no_cache, **where)
     finally:
-        sim.stop()
+        if sim is not None:
+            sim.stop()
     with pd.option_context("display.max_colwidth", 60, "display.width", 160):
         print(out[["id", "text", "output", "finish_reason", "input_tokens", "output_tokens",
                    "latency"]].to_string(index=False))
     facts = out.attrs["batchmagic"]
+    rate = ""
+    if facts.get("wall_s") and facts.get("output_tokens"):
+        rate = f", {facts['output_tokens'] / facts['wall_s']:.0f} output tokens/s"
     print(f"\n{facts['ok']} ok, {facts['failed']} failed, {facts['requests']} requests in "
-          f"{facts['wall_s']:.2f} s (run {facts['run_id']})")
+          f"{facts['wall_s']:.2f} s{rate} (run {facts['run_id']}"
+          f"{', answered from the journal' if facts.get('cached') else ''})")
+    if not args.simulator and args.model is None:
+        print("SmolLM2-135M is a tiny model: this shows the machinery (order, usage, errors, "
+              "resume), not a good classifier. Pass --model path/to/model.gguf for a bigger one.",
+              file=sys.stderr)
     if args.output:
         _write_table(out, args.output)
         print(f"wrote {args.output}")
@@ -82,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         params["temperature"] = args.temperature
     out = bm.batch(
         df, args.prompt, kind=args.kind, model=args.model, provider=args.provider,
-        base_url=args.base_url, system=args.system, params=params or None,
+        base_url=args.base_url, engine=args.engine, system=args.system, params=params or None,
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, progress=not args.quiet,
     )
     _write_table(out, args.output)
@@ -101,8 +135,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="label the bundled reviews against the local simulator")
-    demo.add_argument("--latency", type=float, default=0.2, help="simulated seconds per answer")
+    demo = sub.add_parser("demo", help="label the bundled reviews with a small local model")
+    demo.add_argument("--engine", choices=["llama.cpp", "transformers"],
+                      help="the offline engine (default: llama.cpp with the bundled SmolLM2-135M "
+                           "when installed, else the simulator)")
+    demo.add_argument("--model", help="a .gguf file (or model folder for transformers)")
+    demo.add_argument("--simulator", action="store_true",
+                      help="use the bundled OpenAI-compatible simulator instead of a model")
+    demo.add_argument("--latency", type=float, default=0.2,
+                      help="simulated seconds per answer (with --simulator)")
+    demo.add_argument("--no-cache", action="store_true", help="do not answer from the journal")
     demo.add_argument("-o", "--output", help="also write the result (csv, jsonl or parquet)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(fn=_demo)
@@ -115,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-m", "--model")
     run.add_argument("--provider")
     run.add_argument("--base-url")
+    run.add_argument("--engine", help="run offline: llama.cpp, transformers, vllm, fastdeploy")
     run.add_argument("--system")
     run.add_argument("--params", help="JSON object of generation parameters")
     run.add_argument("--max-tokens", type=int)

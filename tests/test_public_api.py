@@ -15,6 +15,7 @@ EXPECTED_ALL = [
     "BadRequestError",
     "BatchError",
     "BatchTask",
+    "BudgetExceededError",
     "CancelledRowError",
     "ColumnClashError",
     "ConfigError",
@@ -26,6 +27,7 @@ EXPECTED_ALL = [
     "FatalProviderError",
     "GeneratedImage",
     "InputError",
+    "JournalError",
     "NotSentError",
     "ProviderError",
     "RESULT_COLUMNS",
@@ -39,9 +41,12 @@ EXPECTED_ALL = [
     "__version__",
     "abatch",
     "batch",
+    "clear_journal",
     "estimate",
     "raise_for_errors",
+    "runs",
     "submit",
+    "unload",
 ]
 
 

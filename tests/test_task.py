@@ -135,13 +135,17 @@ def test_frame_while_running_has_the_final_shape():
     task = _submit(frame, "{t}", server=s, concurrency=3)
     _wait_for(lambda: task.finished_count() == 2)
     partial = task.frame
-    release.set()
-    final = task.wait(5)
-    assert list(partial.columns) == list(final.columns)
-    assert list(partial.index) == list(final.index) == [7, 8, 9]
+    # the live frame fills in from the run's refresh timer (a few times a second), not per row
+    _wait_for(lambda: partial.loc[9, "output"] is not None)
     assert partial.loc[7, "output"] == "echo:a" and partial.loc[9, "output"] == "echo:b"
     assert partial.loc[8, "output"] is None and partial.loc[8, "error"] is None
+    assert task.frame is partial  # one object, bound once, filled in place
+    release.set()
+    final = task.wait(5)
+    assert final is partial
+    assert list(final.index) == [7, 8, 9]
     assert final.loc[8, "output"] == "echo:c"
+    assert final.attrs["batchmagic"]["state"] == "done"
 
 
 def test_cancel():

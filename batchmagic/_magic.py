@@ -1,0 +1,498 @@
+"""``%%batch`` and its line magics: a thin shell over ``bm.batch`` / ``bm.submit`` / ``bm.estimate``.
+
+Modelled on IPython's own ``%%script``: every option is a traitlet (``%config BatchMagics.<name>``),
+flags come from ``@magic_arguments``, misuse raises ``UsageError`` (no traceback), the run itself
+happens on batchmagic's private loop thread. Defaults, highest precedence first:
+
+1. a flag in the cell;
+2. ``%config BatchMagics.<option> = value`` (or ``c.BatchMagics.<option>`` in an IPython config);
+3. ``[tool.batchmagic]`` in the nearest ``pyproject.toml`` above the kernel's working directory;
+4. ``BATCHMAGIC_<OPTION>`` environment variables;
+5. the library's own defaults.
+
+Where the rows go (``provider``, ``base_url``, ``engine``) is taken as a group from the highest
+layer that says anything about it, so a ``--base-url`` in the cell is never combined with a
+provider from the config (that would send the provider's key to another server).
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Enum, Float, Int, Unicode
+
+from . import _api
+from ._display import TextDisplay, summary_line
+from ._errors import ConfigError
+from ._kinds import KINDS
+
+#: option -> (type, help). The order is the order ``%config BatchMagics`` lists them in.
+OPTIONS: dict[str, tuple[type, str]] = {
+    "kind": (str, "What to ask for: chat, completion, embedding or image (default chat)."),
+    "on": (str, "Name of the DataFrame, Series or list in the notebook whose rows are sent "
+                "(default: the cell's text is one prompt)."),
+    "output": (str, "Name of the variable the result frame is assigned to (default: the cell's "
+                    "output value). With bg, bound at once to a frame that fills in."),
+    "model": (str, "Model name, e.g. qwen-plus or gpt-4o-mini."),
+    "provider": (str, "Provider preset: openai, dashscope, ark, qianfan, deepseek, vllm, ollama, "
+                      "llamacpp, simulator. Its key comes from the provider's usual env var."),
+    "base_url": (str, "Any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
+    "engine": (str, "Offline engine (llama.cpp, vllm, fastdeploy, transformers)."),
+    "mode": (str, "online (default) or batch-api (the provider's Batch API)."),
+    "concurrency": (int, "Most requests in flight (default: adaptive up to the preset's ceiling)."),
+    "rpm": (float, "Requests per minute (default: learned from the provider's headers)."),
+    "tpm": (float, "Tokens per minute (default: learned from the provider's headers)."),
+    "system": (str, "System prompt for chat."),
+    "max_tokens": (int, "max_tokens for each answer."),
+    "temperature": (float, "Sampling temperature."),
+    "budget": (float, "Stop before spending more than this many USD."),
+    "dry_run": (bool, "Show the plan (rows, requests, first prompt, endpoint); send nothing."),
+    "bg": (bool, "Run in the background: the cell returns at once, the panel's buttons work."),
+    "cache": (bool, "Answer rows already done from the journal (default True; --no-cache "
+                    "sends every row again)."),
+}
+#: options naming where rows go: taken together from one layer (see the module docstring)
+WHERE = ("provider", "base_url", "engine")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _trait(name: str):
+    """The traitlet behind one option: None means "not set here" (the next layer decides)."""
+    kind, help = OPTIONS[name]
+    if name == "kind":
+        return Enum(KINDS, default_value=None, allow_none=True, help=help).tag(config=True)
+    if name == "mode":
+        return Enum(("online", "batch-api"), default_value=None, allow_none=True,
+                    help=help).tag(config=True)
+    cls = {str: Unicode, int: Int, float: Float, bool: Bool}[kind]
+    return cls(default_value=None, allow_none=True, help=help).tag(config=True)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check (and for env strings, parse) one default; a wrong type is a UsageError naming where
+    the value came from."""
+    kind = OPTIONS[name][0]
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text not in _TRUE | _FALSE:
+                    raise ValueError(text)
+                return text in _TRUE
+            return kind(text)
+        except ValueError:
+            raise UsageError(f"{source}: {name} must be {_type_name(kind)}, got {value!r}") from None
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise UsageError(f"{source}: {name} must be {_type_name(kind)}, got {value!r}")
+    if name == "kind" and value not in KINDS:
+        raise UsageError(f"{source}: kind must be one of {', '.join(KINDS)}, got {value!r}")
+    return value
+
+
+def _type_name(kind: type) -> str:
+    return {str: "a string", int: "a whole number", float: "a number",
+            bool: "true or false"}[kind]
+
+
+_pyproject_cache: dict[Path, tuple[int, dict]] = {}
+
+
+def find_pyproject(start: Path | None = None) -> Path | None:
+    """The nearest pyproject.toml at or above ``start`` (default: the working directory)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def pyproject_defaults(start: Path | None = None) -> dict[str, Any]:
+    """``[tool.batchmagic]`` of the nearest pyproject.toml, checked; {} when there is none."""
+    path = find_pyproject(start)
+    if path is None:
+        return {}
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            return {}
+    mtime = path.stat().st_mtime_ns
+    cached = _pyproject_cache.get(path)
+    if cached is not None and cached[0] == mtime:
+        return dict(cached[1])
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f).get("tool", {}).get("batchmagic", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    values = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"{path} [tool.batchmagic]: unknown option {key!r}{hint}; "
+                             f"the options are: {', '.join(OPTIONS)}")
+        values[name] = _coerce(name, value, f"{path} [tool.batchmagic]")
+    _pyproject_cache[path] = (mtime, values)
+    return dict(values)
+
+
+def env_defaults(environ: dict | None = None) -> dict[str, Any]:
+    """``BATCHMAGIC_<OPTION>`` environment variables, parsed."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for name in OPTIONS:
+        var = f"BATCHMAGIC_{name.upper()}"
+        if var in environ and (environ[var] != "" or OPTIONS[name][0] is bool):
+            values[name] = _coerce(name, environ[var], var)
+    return values
+
+
+def merge(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Highest-precedence layer first; the WHERE options come together from one layer."""
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged.update({k: v for k, v in layer.items() if k not in WHERE})
+    for layer in layers:
+        if any(layer.get(k) is not None for k in WHERE):
+            merged.update({k: layer.get(k) for k in WHERE})
+            break
+    return merged
+
+
+@magics_class
+class BatchMagics(Magics):
+    """``%%batch``: run an LLM over every row of a DataFrame from a cell. Options are traitlets,
+    so ``%config BatchMagics.model = "qwen-plus"`` sets a default for every cell."""
+
+    kind = _trait("kind")
+    on = _trait("on")
+    output = _trait("output")
+    model = _trait("model")
+    provider = _trait("provider")
+    base_url = _trait("base_url")
+    engine = _trait("engine")
+    mode = _trait("mode")
+    concurrency = _trait("concurrency")
+    rpm = _trait("rpm")
+    tpm = _trait("tpm")
+    system = _trait("system")
+    max_tokens = _trait("max_tokens")
+    temperature = _trait("temperature")
+    budget = _trait("budget")
+    dry_run = _trait("dry_run")
+    bg = _trait("bg")
+    cache = _trait("cache")
+
+    def __init__(self, shell=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self._tasks: dict[str, Any] = {}  # run id -> BatchTask of runs started with --bg
+
+    # -- %%batch --------------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("kind", nargs="?", choices=KINDS, help="chat (default), completion, embedding "
+              "or image")
+    @argument("--on", metavar="VAR", help="the DataFrame, Series or list whose rows are sent")
+    @argument("-o", "--output", metavar="VAR", help="assign the result frame to VAR")
+    @argument("-m", "--model", metavar="MODEL", help="model name")
+    @argument("-p", "--provider", metavar="PROVIDER", help="provider preset (openai, dashscope, "
+              "ark, qianfan, deepseek, vllm, ollama, llamacpp, simulator)")
+    @argument("--base-url", metavar="URL", help="any OpenAI-compatible endpoint")
+    @argument("--engine", metavar="NAME", help="offline engine")
+    @argument("--mode", choices=("online", "batch-api"), help="online (default) or batch-api")
+    @argument("-c", "--concurrency", metavar="N", type=int, help="most requests in flight")
+    @argument("--rpm", metavar="N", type=float, help="requests per minute")
+    @argument("--tpm", metavar="N", type=float, help="tokens per minute")
+    @argument("--system", metavar="TEXT", help="system prompt (chat)")
+    @argument("--max-tokens", metavar="N", type=int, help="max_tokens per answer")
+    @argument("--temperature", metavar="X", type=float, help="sampling temperature")
+    @argument("--budget", metavar="USD", type=float, help="stop before spending more")
+    @argument("--dry-run", action="store_const", const=True, help="show the plan, send nothing")
+    @argument("--bg", action="store_const", const=True,
+              help="run in the background; -o VAR is bound at once and fills in")
+    @argument("--no-cache", dest="cache", action="store_const", const=False,
+              help="send every row again instead of answering from the journal")
+    @line_cell_magic
+    def batch(self, line: str, cell: str | None = None):
+        """Run an LLM over every row: the cell body is the prompt template.
+
+        ::
+
+            %%batch chat --on reviews -o labeled -m qwen-plus -p dashscope --rpm 600
+            Classify the sentiment of this review as positive, negative or mixed: {text}
+
+        ``{column}`` fields are filled from each row of the DataFrame named by ``--on`` (a Series
+        or list of texts fills the template's one field, or is the prompt itself when the cell is
+        empty). Without ``--on`` the cell's text is one prompt. The result has the input rows in
+        order plus ``output``, ``error``, ``finish_reason``, token, cost, latency and attempt
+        columns; it is assigned to ``-o VAR``, or is the cell's output value.
+
+        A panel under the cell shows progress, throughput, spend and errors. ``--bg`` returns at
+        once and binds ``-o VAR`` to a frame of the final shape that fills in while the run goes
+        on; the panel's Pause / Resume / Cancel buttons control it. Interrupting the kernel stops a
+        foreground run, keeps the finished rows and prints what was done, cancelled and not
+        started. ``--dry-run`` shows the plan and sends nothing.
+
+        Defaults come from ``%config BatchMagics.<option>``, then ``[tool.batchmagic]`` in the
+        nearest pyproject.toml, then ``BATCHMAGIC_<OPTION>`` environment variables; a flag wins
+        over all. API keys come from the provider's environment variable (or a prompt), never from
+        the cell. Line magics: ``%batch_runs``, ``%batch_wait``, ``%batch_pause``,
+        ``%batch_resume``, ``%batch_cancel``.
+        """
+        args = _parse(self.batch, line)
+        opts = self.resolve(vars(args))
+        body = (cell or "").strip()
+        inputs, prompt = self._inputs(opts.get("on"), body)
+        kwargs = self._call_kwargs(opts)
+        out = opts.get("output")
+        if out is not None and (not out.isidentifier() or keyword.iskeyword(out)):
+            raise UsageError(f"-o needs a variable name, got {out!r}")
+        if opts.get("dry_run"):
+            return self._dry_run(inputs, prompt, kwargs)
+        if opts.get("bg"):
+            task = self._call(_api.submit, inputs, prompt, kwargs)
+            self._tasks[task.run_id] = task
+            if out is None:
+                return task
+            self.shell.user_ns[out] = task.frame
+            return None
+        df = self._call(_api.batch, inputs, prompt, kwargs)
+        if out is not None:
+            self.shell.user_ns[out] = df
+        self._report_stop(df, out)
+        return None if out is not None else df
+
+    def resolve(self, flags: dict[str, Any]) -> dict[str, Any]:
+        """Every option's value: flag, then %config, then pyproject.toml, then environment."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        configured = {name: getattr(self, name) for name in OPTIONS
+                      if getattr(self, name) is not None}
+        return merge([given, configured, pyproject_defaults(), env_defaults()])
+
+    def _inputs(self, name: str | None, body: str) -> tuple[Any, str | None]:
+        if name is None:
+            if not body:
+                raise UsageError("%%batch needs a prompt: write it in the cell body (a template "
+                                 "over the columns of --on VAR, or one prompt on its own)")
+            return body, None
+        ns = self.shell.user_ns
+        if name not in ns:
+            hidden = self.shell.user_ns_hidden  # In, Out and the like
+            frames = [k for k, v in ns.items() if not k.startswith("_") and k not in hidden
+                      and isinstance(v, (pd.DataFrame, pd.Series, list, tuple))]
+            close = difflib.get_close_matches(name, frames, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else \
+                (f"; DataFrames, Series and lists here: {', '.join(sorted(frames)[:10])}"
+                 if frames else "")
+            raise UsageError(f"--on {name}: no variable named {name!r} in the notebook{hint}")
+        value = ns[name]
+        if not isinstance(value, (pd.DataFrame, pd.Series, list, tuple)):
+            raise UsageError(f"--on {name}: {name} is a {type(value).__name__}; pass a "
+                             "DataFrame, a Series or a list")
+        return value, body or None
+
+    @staticmethod
+    def _call_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: opts.get(k) for k in ("kind", "model", "provider", "base_url", "engine",
+                                           "mode", "system", "concurrency", "rpm", "tpm",
+                                           "budget")}
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        params = {k: opts[k] for k in ("max_tokens", "temperature") if opts.get(k) is not None}
+        if params:
+            kwargs["params"] = params
+        if opts.get("cache") is False:
+            kwargs["cache"] = False
+        return kwargs
+
+    @staticmethod
+    def _call(fn, inputs, prompt, kwargs):
+        try:
+            return fn(inputs, prompt, **kwargs)
+        except ConfigError as exc:  # misuse, found before anything was sent: no traceback
+            raise UsageError(str(exc)) from None
+
+    def _report_stop(self, df: pd.DataFrame, out: str | None) -> None:
+        """One line after a stopped foreground run (a text bar has already printed its own)."""
+        facts = df.attrs.get("batchmagic", {})
+        if facts.get("state") in (None, "done"):
+            return
+        run = _find(facts.get("run_id"))
+        if run is None or isinstance(run.display, TextDisplay):
+            return
+        line = summary_line(run.progress.snapshot())
+        where = f"; the finished rows are in {out}" if out else ""
+        print(f"{line}{where}")
+
+    def _dry_run(self, inputs, prompt, kwargs) -> None:
+        kwargs = dict(kwargs)
+        key_note = _key_note(kwargs.get("provider"), kwargs.get("base_url"))
+        # a plan needs no key: a dry run must neither prompt for one nor read a real one
+        kwargs["api_key"] = "dry-run"
+        est = self._call(_api.estimate, inputs, prompt, kwargs)
+        lines = ["dry run: nothing was sent"]
+        lines += [f"  {t}" for t in str(est).splitlines()]
+        lines.append(f"  API key: {key_note}")
+        first = _prompt_text(est.first_request)
+        if first is not None:
+            lines.append("  first prompt:")
+            lines += [f"    {t}" for t in first.splitlines() or [""]]
+        print("\n".join(lines))
+
+    # -- line magics ----------------------------------------------------------------------------
+
+    @line_magic
+    def batch_runs(self, line: str = "") -> pd.DataFrame:
+        """List the runs of this kernel (newest last): id, state, where, rows done, ok, failed."""
+        rows = []
+        for run in _api.recent_runs():
+            s = run.progress.snapshot()
+            rows.append({
+                "run_id": run.id, "state": run.state, "kind": run.options.kind,
+                "model": run.options.model, "where": run.target.name,
+                "rows": run.plan.n_rows, "finished": run.finished_rows, "ok": s.ok,
+                "failed": s.failed + len(run.plan.row_errors), "cached": s.cached,
+                "started": time.strftime("%H:%M:%S", time.localtime(run.started)),
+                "elapsed_s": round(s.elapsed, 1) if run.state != "planned" else None,
+                "background": run.id in self._tasks,
+            })
+        return pd.DataFrame(rows, columns=["run_id", "state", "kind", "model", "where", "rows",
+                                           "finished", "ok", "failed", "cached", "started",
+                                           "elapsed_s", "background"])
+
+    @line_magic
+    def batch_cancel(self, line: str = "") -> None:
+        """%batch_cancel RUN_ID|all: cancel a run (finished rows are kept)."""
+        self._control("cancel", line)
+
+    @line_magic
+    def batch_pause(self, line: str = "") -> None:
+        """%batch_pause RUN_ID|all: stop sending new requests (those in flight finish)."""
+        self._control("pause", line)
+
+    @line_magic
+    def batch_resume(self, line: str = "") -> None:
+        """%batch_resume RUN_ID|all: resume a paused run."""
+        self._control("resume", line)
+
+    @magic_arguments()
+    @argument("run_id", nargs="?", help="a run id or its prefix (default: every background run)")
+    @argument("--timeout", type=float, help="give up after this many seconds")
+    @line_magic
+    def batch_wait(self, line: str = "") -> None:
+        """Wait for background runs started with %%batch --bg to finish. Interrupting the wait
+        leaves the runs going."""
+        args = _parse(self.batch_wait, line)
+        if args.run_id:
+            runs = [r.id for r in _select(args.run_id) if r.id in self._tasks]
+            if not runs:
+                raise UsageError(f"no background run {args.run_id!r} started by %%batch --bg")
+        else:
+            runs = list(self._tasks)
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        for run_id in runs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            task = self._tasks[run_id]
+            try:
+                task.wait(left)
+            except TimeoutError:
+                raise UsageError(f"run {run_id} is still going after {args.timeout:g} s") from None
+            display = task._run.display
+            if display is not None and hasattr(display, "republish"):
+                display.republish(task._run.progress.snapshot())
+
+    def _control(self, action: str, line: str) -> None:
+        ident = line.strip()
+        running = [r for r in _api.recent_runs() if r.state in ("planned", "running")]
+        if not ident:
+            ids = ", ".join(r.id for r in running) or "none"
+            raise UsageError(f"%batch_{action} RUN_ID (or 'all'); running now: {ids}")
+        targets = running if ident == "all" else _select(ident)
+        for run in targets:
+            run.control(action)
+        print(f"{action}: {', '.join(r.id for r in targets) or 'no running runs'}")
+
+
+def _parse(magic, line: str):
+    """Flags as a shell would split them (IPython's own splitter keeps the quotes around
+    ``--system "Be brief."``); argparse errors are UsageErrors."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot read the flags: {exc}") from None
+    return magic.parser.parse_args(argv)
+
+
+def _find(run_id: str | None):
+    for run in _api.recent_runs():
+        if run.id == run_id:
+            return run
+    return None
+
+
+def _select(prefix: str) -> list:
+    runs = [r for r in _api.recent_runs() if r.id.startswith(prefix)]
+    if not runs:
+        known = ", ".join(r.id for r in _api.recent_runs()[-10:]) or "none yet"
+        raise UsageError(f"no run {prefix!r} in this kernel; recent runs: {known}")
+    if len(runs) > 1:
+        raise UsageError(f"{prefix!r} matches {len(runs)} runs: {', '.join(r.id for r in runs)}")
+    return runs
+
+
+def _key_note(provider: str | None, base_url: str | None) -> str:
+    """Where a real run would find its key: names of variables only, never a value."""
+    from .providers._presets import get_preset
+
+    if provider is None:
+        envs: tuple[str, ...] = ("BATCHMAGIC_API_KEY",)
+        needs = False
+    else:
+        try:
+            preset = get_preset(provider)
+        except KeyError:
+            return "unknown provider"
+        envs, needs = tuple(preset.key_env), preset.needs_key
+    found = [e for e in envs if os.environ.get(e, "").strip()]
+    if found:
+        return f"from {found[0]}"
+    if not needs:
+        return "none needed"
+    return f"none found: set {' or '.join(envs)} (a real run will ask for it)"
+
+
+def _prompt_text(body: dict | None) -> str | None:
+    """The rendered prompt of a request body, for showing (first 600 characters)."""
+    if not body:
+        return None
+    text: Any = None
+    if "messages" in body:
+        users = [m for m in body["messages"] if m.get("role") == "user"] or body["messages"]
+        text = users[-1].get("content") if users else None
+        if isinstance(text, list):  # vision: text parts, images named
+            text = " ".join(p.get("text", "[image]") if isinstance(p, dict) else str(p)
+                            for p in text)
+    else:
+        text = body.get("prompt", body.get("input"))
+    if text is None:
+        return None
+    text = str(text)
+    return text if len(text) <= 600 else text[:600] + "…"

@@ -1,0 +1,157 @@
+"""The engine contract without a model: outcomes, pre-flight, units, the demo's fallback.
+
+``ScriptedEngine`` below is a test double for the ``Engine`` contract (it answers from a script);
+the real engines are tested in test_engines_llamacpp / _transformers / _gpu.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+import batchmagic as bm
+from batchmagic._backend import CONTEXT, FATAL, OK, ROW, TRANSIENT, Unit
+from batchmagic._kinds import Parsed
+from batchmagic.engines import _base, engine_units, preflight
+
+
+class ScriptedEngine(_base.Engine):
+    """A test double: answers, or raises what the script says for a prompt."""
+
+    name = "scripted"
+    context_window = 50
+    default_concurrency = 2
+
+    def __init__(self, script: dict | None = None):
+        self.script = script or {}
+        self.kind = "chat"
+
+    def count_tokens(self, body: dict) -> int:
+        text = body["messages"][-1]["content"]
+        if text == "untokenizable":
+            raise ValueError("bad bytes")
+        return len(text.split())
+
+    async def generate(self, body: dict) -> Parsed:
+        text = body["messages"][-1]["content"]
+        action = self.script.get(text)
+        if isinstance(action, BaseException):
+            raise action
+        return Parsed("ok:" + text, "stop", self.count_tokens(body), 1)
+
+
+def chat(text: str, **params) -> dict:
+    return {"messages": [{"role": "user", "content": text}], **params}
+
+
+def call(backend, body) -> object:
+    return asyncio.run(backend.call(Unit([0], body, 0)))
+
+
+def test_outcomes_map_engine_failures_to_the_dispatchers_categories():
+    engine = ScriptedEngine({
+        "long": _base.ContextOverflow("too long"),
+        "bad": _base.RowFailure("bad row"),
+        "boom": RuntimeError("library bug"),
+        "died": _base.EngineCrashed("the process died"),
+    })
+    backend = _base.EngineBackend(engine, "chat")
+    assert call(backend, chat("hi")).category == OK
+    assert call(backend, chat("long")).category == CONTEXT
+    assert call(backend, chat("bad")).category == ROW
+    out = call(backend, chat("boom"))
+    assert out.category == ROW and "library bug" in out.message
+    out = call(backend, chat("died"))
+    assert out.category == TRANSIENT and out.error_type is bm.ServerError
+
+
+def test_a_dead_engine_is_restarted_once_for_all_waiting_calls_then_the_run_stops():
+    dead = ScriptedEngine()
+    dead.alive = False
+    loads = []
+
+    def reload():
+        loads.append(1)
+        fresh = ScriptedEngine()
+        if len(loads) > 1:
+            fresh.alive = False  # it keeps dying
+        return fresh
+
+    backend = _base.EngineBackend(dead, "chat", reload=reload)
+
+    async def many():
+        return await asyncio.gather(*(backend.call(Unit([i], chat("hi"), 0)) for i in range(5)))
+
+    assert [o.category for o in asyncio.run(many())] == [OK] * 5
+    assert len(loads) == 1  # one restart served every waiting call
+    backend.engine.alive = False
+    assert call(backend, chat("hi")).category == OK  # second restart (allowed)...
+    backend.engine.alive = False
+    out = call(backend, chat("hi"))  # ...the third is not: the run stops
+    assert out.category == FATAL and "crashed" in out.message
+
+
+def test_aclose_does_not_unload():
+    engine = ScriptedEngine()
+    engine.unload = lambda: pytest.fail("aclose must leave the engine loaded")
+    asyncio.run(_base.EngineBackend(engine).aclose())
+
+
+def test_preflight_flags_rows_that_cannot_fit_and_records_real_counts():
+    backend = _base.EngineBackend(ScriptedEngine())
+    items = [SimpleNamespace(body=chat("a b c", max_tokens=10), prompt_tokens=99),
+             SimpleNamespace(body=chat("w " * 45, max_tokens=10), prompt_tokens=1),
+             SimpleNamespace(body=chat("w " * 60), prompt_tokens=1),
+             SimpleNamespace(body=chat("untokenizable"), prompt_tokens=1),
+             SimpleNamespace(body=chat("w " * 49), prompt_tokens=1),
+             SimpleNamespace(body=chat("skipped " * 99), prompt_tokens=1)]
+    failures = preflight(backend, items, skip={5})
+    assert items[0].prompt_tokens == 3
+    assert sorted(failures) == [1, 2, 3]
+    assert "45 tokens + max_tokens 10 = 55" in failures[1]
+    assert "at least 1 output token" in failures[2]
+    assert "could not tokenize" in failures[3]
+    assert 4 not in failures  # 49 + 1 output token fits in 50
+
+
+def test_engine_units_carry_body_dicts_and_pack_embeddings():
+    items = [SimpleNamespace(body=chat(str(i)), prompt_tokens=3, max_output=5) for i in range(3)]
+    units = engine_units(items, [0, 2])
+    assert [u.items for u in units] == [[0], [2]]
+    assert units[0].body is items[0].body and units[0].tokens == 8
+    emb = [SimpleNamespace(body={"input": str(i)}, prompt_tokens=2, max_output=0)
+           for i in range(70)]
+    packed = engine_units(emb, list(range(70)))
+    assert [len(u.items) for u in packed] == [32, 32, 6]
+    assert packed[0].body == [e.body for e in emb[:32]]
+
+
+def test_engine_and_provider_together_is_a_config_error():
+    with pytest.raises(bm.ConfigError, match="drop provider"):
+        bm.batch(["x"], engine="vllm", base_url="http://127.0.0.1:1/v1", progress=False)
+    with pytest.raises(bm.ConfigError, match="engine must be one of"):
+        bm.batch(["x"], engine="ollama", progress=False)
+    with pytest.raises(bm.ConfigError, match="engine_options= applies"):
+        bm.batch(["x"], provider="openai", api_key="k", engine_options={"n_ctx": 8},
+                 progress=False)
+
+
+def test_unload_with_nothing_loaded():
+    assert bm.unload("fastdeploy") == 0
+    with pytest.raises(bm.ConfigError):
+        bm.unload("nope")
+
+
+def test_demo_falls_back_to_the_simulator_without_a_local_model(monkeypatch, capsys):
+    from batchmagic import cli, engines
+
+    def missing(*args, **kw):
+        raise bm.ConfigError("engine='llama.cpp' needs the 'llama_cpp' package")
+
+    monkeypatch.setattr(engines, "resolve", missing)
+    assert cli.main(["demo", "-q", "--no-cache", "--latency", "0.01"]) == 0
+    captured = capsys.readouterr()
+    assert "using the simulator instead" in captured.err
+    assert "20 ok, 0 failed" in captured.out

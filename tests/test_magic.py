@@ -1,0 +1,414 @@
+"""``%%batch`` in an IPython shell: flags, defaults and their precedence, misuse as UsageError,
+dry runs, -o binding, background runs and the line magics (against the simulator in-process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+
+import pandas as pd
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing import globalipapp
+
+import batchmagic as bm
+from batchmagic import _magic
+from batchmagic.simulator import SimulatorThread
+
+
+def start_ipython():
+    """IPython's test shell (started once per process)."""
+    return globalipapp.start_ipython() or globalipapp.get_ipython()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorThread(latency=0.0) as s:
+        yield s
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """The test shell with a fresh BatchMagics, no %config left from other tests, no BATCHMAGIC_*
+    defaults from the environment, and a working directory without a pyproject.toml."""
+    shell = start_ipython()
+    for var in list(os.environ):
+        if var.startswith("BATCHMAGIC_") and var != "BATCHMAGIC_JOURNAL_DIR":
+            monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+    shell.config.pop("BatchMagics", None)
+    magics = _magic.BatchMagics(shell=shell)
+    shell.register_magics(magics)
+    shell.batch_magics = magics
+    yield shell
+    shell.config.pop("BatchMagics", None)
+    for name in ("texts", "reviews", "out", "labeled", "notes"):
+        shell.user_ns.pop(name, None)
+
+
+def cell(ip, line: str, body: str = ""):
+    return ip.run_cell_magic("batch", line, body)
+
+
+def point_at(ip, sim) -> None:
+    ip.run_line_magic("config", "BatchMagics.provider = 'simulator'")
+    ip.run_line_magic("config", f"BatchMagics.base_url = {sim.base_url!r}")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def test_load_ext_registers_the_magics():
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "batchmagic")
+    assert "batch" in shell.magics_manager.magics["cell"]
+    assert "batch" in shell.magics_manager.magics["line"]
+    for name in ("batch_runs", "batch_cancel", "batch_pause", "batch_resume", "batch_wait"):
+        assert name in shell.magics_manager.magics["line"], name
+    assert bm.BatchMagics is _magic.BatchMagics
+
+
+def test_every_option_is_a_configurable_traitlet_with_help():
+    traits = _magic.BatchMagics.class_traits(config=True)
+    assert set(traits) == set(_magic.OPTIONS)
+    for name, trait in traits.items():
+        assert trait.help, name
+
+
+def test_help_is_usable(ip, capsys):
+    ip.run_cell("%batch?")
+    text = capsys.readouterr().out
+    for needle in ("--on VAR", "-o VAR", "--bg", "--dry-run", "--no-cache", "--max-tokens",
+                   "%config BatchMagics", "pyproject.toml", "BATCHMAGIC_"):
+        assert needle in text, needle
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def test_cell_into_variable(ip, sim):
+    point_at(ip, sim)
+    ip.user_ns["reviews"] = pd.DataFrame({"text": ["good", "bad", "meh"]}, index=[10, 20, 30])
+    ret = cell(ip, "chat --on reviews -o labeled -m m --max-tokens 8 --temperature 0",
+               "Sentiment of: {text}\n")
+    assert ret is None
+    df = ip.user_ns["labeled"]
+    assert list(df.index) == [10, 20, 30]
+    assert df["output"].tolist() == [f"echo: Sentiment of: {t}" for t in ("good", "bad", "meh")]
+    assert df["error"].isna().all()
+    facts = df.attrs["batchmagic"]
+    assert (facts["model"], facts["provider"], facts["kind"]) == ("m", "simulator", "chat")
+
+
+def test_without_output_the_frame_is_the_cell_value(ip, sim):
+    point_at(ip, sim)
+    ip.user_ns["texts"] = ["x", "y"]
+    df = cell(ip, "--on texts -m m", "Say {}")
+    assert isinstance(df, pd.DataFrame) and df["output"].tolist() == ["echo: Say x", "echo: Say y"]
+    result = ip.run_cell("%%batch --on texts -m m\nSay {}")
+    assert result.success and isinstance(result.result, pd.DataFrame)
+
+
+def test_without_on_the_cell_is_one_prompt(ip, sim):
+    point_at(ip, sim)
+    df = cell(ip, "-m m", "What is {braces} doing here?\n")
+    assert len(df) == 1 and df["output"].iloc[0] == "echo: What is {braces} doing here?"
+
+
+def test_line_magic_sends_each_text_as_is(ip, sim):
+    point_at(ip, sim)
+    ip.user_ns["texts"] = pd.Series(["first", "second"], name="q")
+    ip.run_line_magic("batch", "--on texts -o out -m m")
+    assert ip.user_ns["out"]["output"].tolist() == ["echo: first", "echo: second"]
+
+
+def test_flags_map_onto_batch_arguments(ip, sim, monkeypatch):
+    point_at(ip, sim)
+    seen = {}
+    real = _magic._api.batch
+
+    def spy(inputs, prompt, **kwargs):
+        seen.update(kwargs, inputs=inputs, prompt=prompt)
+        return real(inputs, prompt, **kwargs)
+
+    monkeypatch.setattr(_magic._api, "batch", spy)
+    ip.user_ns["texts"] = ["a long enough prompt to be cut short"]
+    cell(ip, 'completion --on texts -o out -m m --max-tokens 2 --temperature 0.5 -c 3 --rpm 100 '
+             '--tpm 5000 --no-cache', "{}")
+    assert seen["params"] == {"max_tokens": 2, "temperature": 0.5}
+    assert (seen["kind"], seen["concurrency"], seen["rpm"], seen["tpm"], seen["cache"]) == \
+        ("completion", 3, 100.0, 5000.0, False)
+    assert seen["prompt"] == "{}" and seen["inputs"] is ip.user_ns["texts"]
+    df = ip.user_ns["out"]
+    assert df["finish_reason"].iloc[0] == "length" and df["output_tokens"].iloc[0] <= 2
+    seen.clear()
+    cell(ip, '-m m --system "Be brief." -o out', "hi")
+    assert seen["system"] == "Be brief." and "cache" not in seen
+
+
+def test_dry_run_sends_nothing(ip, sim, capsys):
+    point_at(ip, sim)
+    sim.reset()
+    ip.user_ns["reviews"] = pd.DataFrame({"text": ["good", "good", "bad"]})
+    ret = cell(ip, "--on reviews -m m --dry-run -o out", "Label: {text}")
+    assert ret is None and "out" not in ip.user_ns
+    text = capsys.readouterr().out
+    assert "nothing was sent" in text
+    assert "3 rows" in text and "2 unique requests" in text  # de-duplicated
+    assert "Label: good" in text  # the first rendered prompt
+    assert f"{sim.base_url}/chat/completions" in text
+    assert sim.calls() == []
+
+
+def test_dry_run_names_the_key_variable_never_its_value(ip, monkeypatch, capsys):
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-sentinel-dry-run-0123456789")
+    cell(ip, "-p dashscope -m qwen-plus --dry-run", "hello")
+    text = capsys.readouterr().out
+    assert "from DASHSCOPE_API_KEY" in text and "sentinel" not in text
+    monkeypatch.delenv("DASHSCOPE_API_KEY")
+    cell(ip, "-p dashscope -m qwen-plus --dry-run", "hello")  # no key: no prompt, no error
+    assert "none found" in capsys.readouterr().out
+
+
+def test_background_binds_a_frame_that_fills_in(ip, sim):
+    point_at(ip, sim)
+    sim.configure(latency=0.05)
+    try:
+        ip.user_ns["texts"] = [f"t{i}" for i in range(40)]
+        ret = cell(ip, "--on texts -o out -m m -c 4 --bg --no-cache", "Echo {}")
+        assert ret is None
+        live = ip.user_ns["out"]
+        assert live.shape[0] == 40 and "output" in live.columns and "error" in live.columns
+        assert live["output"].isna().sum() > 20  # returned at once, long before the run ends
+        runs = ip.run_line_magic("batch_runs", "")
+        run_id = runs["run_id"].iloc[-1]
+        assert runs["background"].iloc[-1]
+        ip.run_line_magic("batch_wait", f"{run_id} --timeout 30")
+        assert ip.user_ns["out"] is live  # the same object, now complete
+        assert live["output"].tolist() == [f"echo: Echo t{i}" for i in range(40)]
+        assert live.attrs["batchmagic"]["state"] == "done"
+    finally:
+        sim.configure(latency=0.0)
+
+
+def test_background_without_output_returns_the_task(ip, sim):
+    point_at(ip, sim)
+    ip.user_ns["texts"] = ["a"]
+    task = cell(ip, "--on texts -m m --bg", "{}")
+    assert isinstance(task, bm.BatchTask)
+    assert task.wait(10)["output"].tolist() == ["echo: a"]
+
+
+def test_pause_resume_cancel_line_magics(ip, sim, capsys):
+    point_at(ip, sim)
+    sim.configure(latency=0.2)
+    try:
+        ip.user_ns["texts"] = [f"slow {i}" for i in range(60)]
+        cell(ip, "--on texts -o out -m m -c 2 --bg --no-cache", "{}")
+        run_id = ip.run_line_magic("batch_runs", "")["run_id"].iloc[-1]
+        ip.run_line_magic("batch_pause", run_id[:6])  # a prefix is enough
+        ip.run_line_magic("batch_resume", run_id)
+        ip.run_line_magic("batch_cancel", run_id)
+        ip.run_line_magic("batch_wait", "--timeout 20")
+        df = ip.user_ns["out"]
+        assert df.attrs["batchmagic"]["state"] == "cancelled"
+        kinds = {type(e).__name__ for e in df["error"] if e is not None}
+        assert kinds <= {"NotSentError", "CancelledRowError"} and "NotSentError" in kinds
+        assert f"cancel: {run_id}" in capsys.readouterr().out
+        with pytest.raises(UsageError, match="no run 'zzz'"):
+            ip.run_line_magic("batch_cancel", "zzz")
+        with pytest.raises(UsageError, match="RUN_ID"):
+            ip.run_line_magic("batch_cancel", "")
+    finally:
+        sim.configure(latency=0.0)
+
+
+# -- misuse: UsageError, no traceback --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, body, message", [
+    ("--on review -m m", "{text}", "no variable named 'review'.*did you mean reviews"),
+    ("--on reviews -m m", "Label {txt}", "names column 'txt'.*columns are: 'text'"),
+    ("--on notes -m m", "{text}", "notes is a dict"),
+    ("--on reviews -m m --rpm fast", "{text}", "invalid float value: 'fast'"),
+    ("--on reviews -m m --bogus", "{text}", "unrecognized arguments: --bogus"),
+    ("chatty --on reviews -m m", "{text}", "invalid choice: 'chatty'"),
+    ("--on reviews -m m -o 1x", "{text}", "-o needs a variable name"),
+    ("--on reviews", "{text}", "model= is required"),
+    ("--on reviews -m m -c 0", "{text}", "concurrency must be a positive integer"),
+    ("--on reviews -m m --mode batch-api", "{text}", "batch-api"),
+    ("--on reviews -m m --engine no-such-engine", "{text}", "engine"),
+])
+def test_misuse_raises_usage_error(ip, sim, line, body, message):
+    point_at(ip, sim)
+    ip.user_ns["reviews"] = pd.DataFrame({"text": ["a"]})
+    ip.user_ns["notes"] = {"text": "a"}
+    with pytest.raises(UsageError, match=message):
+        cell(ip, line, body)
+
+
+def test_usage_errors_print_no_traceback(ip, capsys):
+    ip.user_ns["reviews"] = pd.DataFrame({"text": ["a"]})
+    result = ip.run_cell("%%batch --on reviews -m m -p simulator --base-url http://127.0.0.1:9/v1\n"
+                         "{nope}")
+    assert isinstance(result.error_in_exec, UsageError)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "UsageError" in text and "names column 'nope'" in text
+    assert "Traceback" not in text
+
+
+def test_a_line_magic_without_on_needs_a_prompt(ip):
+    with pytest.raises(UsageError, match="needs a prompt"):
+        ip.run_line_magic("batch", "-m m")
+
+
+def test_no_destination_is_a_usage_error(ip):
+    with pytest.raises(UsageError, match="say where to send the rows"):
+        cell(ip, "-m m", "hello")
+
+
+# -- defaults and their precedence -----------------------------------------------------------------
+
+
+def _pyproject(folder, body: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(textwrap.dedent(body))
+
+
+def test_precedence_flag_config_pyproject_env(ip, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _pyproject(project, """
+        [project]
+        name = "demo"
+        [tool.batchmagic]
+        model = "from-pyproject"
+        rpm = 600
+        max-tokens = 32
+        concurrency = 3
+        bg = false
+    """)
+    nested = project / "notebooks" / "deep"
+    nested.mkdir(parents=True)
+    monkeypatch.chdir(nested)  # the nearest pyproject.toml is searched upward
+    monkeypatch.setenv("BATCHMAGIC_MODEL", "from-env")
+    monkeypatch.setenv("BATCHMAGIC_RPM", "60")
+    monkeypatch.setenv("BATCHMAGIC_TPM", "9000")
+    monkeypatch.setenv("BATCHMAGIC_TEMPERATURE", "0.25")
+    monkeypatch.setenv("BATCHMAGIC_CACHE", "0")
+    m = ip.batch_magics
+    opts = m.resolve({})
+    assert opts["model"] == "from-pyproject" and opts["rpm"] == 600.0  # pyproject over env
+    assert opts["tpm"] == 9000.0 and opts["temperature"] == 0.25 and opts["cache"] is False
+    assert opts["max_tokens"] == 32 and opts["concurrency"] == 3 and opts["bg"] is False
+    ip.run_line_magic("config", "BatchMagics.model = 'from-config'")
+    ip.run_line_magic("config", "BatchMagics.concurrency = 5")
+    opts = m.resolve({})
+    assert opts["model"] == "from-config" and opts["concurrency"] == 5  # %config over pyproject
+    assert opts["rpm"] == 600.0  # untouched layers still apply
+    opts = m.resolve({"model": "from-flag", "concurrency": None})
+    assert opts["model"] == "from-flag" and opts["concurrency"] == 5  # a flag over everything
+
+
+def test_precedence_end_to_end(ip, sim, tmp_path, monkeypatch):
+    _pyproject(tmp_path, """
+        [tool.batchmagic]
+        model = "py-model"
+        provider = "simulator"
+    """)
+    monkeypatch.setenv("BATCHMAGIC_BASE_URL", "http://127.0.0.1:9/v1")  # a lower layer: unused
+    ip.run_line_magic("config", f"BatchMagics.base_url = {sim.base_url!r}")
+    ip.run_line_magic("config", "BatchMagics.provider = 'simulator'")
+    df = cell(ip, "", "hi")
+    assert df.attrs["batchmagic"]["model"] == "py-model"
+    df = cell(ip, "-m flag-model", "hi")
+    assert df.attrs["batchmagic"]["model"] == "flag-model"
+
+
+def test_where_options_come_from_one_layer(ip, sim):
+    """A --base-url in the cell is never combined with a provider preset from %config (which
+    would send that provider's key to another server)."""
+    ip.run_line_magic("config", "BatchMagics.provider = 'dashscope'")
+    opts = ip.batch_magics.resolve({"base_url": sim.base_url})
+    assert opts["base_url"] == sim.base_url and opts["provider"] is None
+    df = cell(ip, f"-m m --base-url {sim.base_url}", "hi")
+    assert df.attrs["batchmagic"]["provider"] == "127.0.0.1"
+    opts = ip.batch_magics.resolve({})
+    assert opts["provider"] == "dashscope" and opts.get("base_url") is None
+
+
+def test_pyproject_mistakes_are_usage_errors(ip, tmp_path):
+    _pyproject(tmp_path, """
+        [tool.batchmagic]
+        temprature = 0
+    """)
+    with pytest.raises(UsageError, match="unknown option 'temprature' .*did you mean 'temperature'"):
+        cell(ip, "-m m", "hi")
+    _pyproject(tmp_path, """
+        [tool.batchmagic]
+        rpm = "fast"
+    """)
+    with pytest.raises(UsageError, match=r"rpm must be a number"):
+        cell(ip, "-m m", "hi")
+
+
+def test_pyproject_without_a_batchmagic_table_is_fine(tmp_path):
+    _pyproject(tmp_path, """
+        [project]
+        name = "x"
+    """)
+    assert _magic.pyproject_defaults(tmp_path) == {}
+    assert _magic.find_pyproject(tmp_path) == tmp_path / "pyproject.toml"
+
+
+def test_env_mistakes_are_usage_errors(ip, monkeypatch):
+    monkeypatch.setenv("BATCHMAGIC_CONCURRENCY", "lots")
+    with pytest.raises(UsageError, match="BATCHMAGIC_CONCURRENCY: concurrency must be a whole"):
+        cell(ip, "-m m", "hi")
+    monkeypatch.setenv("BATCHMAGIC_CONCURRENCY", "4")
+    monkeypatch.setenv("BATCHMAGIC_BG", "maybe")
+    with pytest.raises(UsageError, match="BATCHMAGIC_BG: bg must be true or false"):
+        cell(ip, "-m m", "hi")
+
+
+def test_config_rejects_a_bad_kind(ip):
+    ip.run_line_magic("config", "BatchMagics.kind = 'embedding'")
+    assert ip.batch_magics.kind == "embedding"
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError):
+        ip.batch_magics.kind = "poem"
+
+
+def test_foreground_interrupt_assigns_partial_frame_and_says_it_once(ip, sim, capsys,
+                                                                     monkeypatch):
+    """A KeyboardInterrupt during the wait: the run is cancelled, -o gets the finished rows."""
+    point_at(ip, sim)
+    sim.configure(latency=0.3)
+    from batchmagic import _display, _loop
+
+    monkeypatch.setattr(_display, "in_kernel", lambda: True)  # a kernel: the magic reports
+    monkeypatch.setattr(_display, "_have_ipywidgets", lambda: False)
+    real_run_sync = _loop.run_sync
+
+    def interrupted(coro, on_interrupt):
+        # a real SIGINT (Ctrl-C / a kernel interrupt) while the cell waits
+        threading.Timer(0.9, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return real_run_sync(coro, on_interrupt)
+
+    monkeypatch.setattr(_loop, "run_sync", interrupted)
+    try:
+        ip.user_ns["texts"] = [f"i{i}" for i in range(30)]
+        cell(ip, "--on texts -o out -m m -c 2 --no-cache", "{}")
+        df = ip.user_ns["out"]
+        assert len(df) == 30 and df.attrs["batchmagic"]["state"] == "cancelled"
+        assert df["output"].notna().sum() >= 2  # finished rows kept
+        out = capsys.readouterr().out
+        lines = [ln for ln in out.splitlines() if ln.startswith("batch cancelled")]
+        assert len(lines) == 1, out
+        assert "not started" in lines[0] and "cancelled in flight" in lines[0]
+        assert lines[0].endswith("the finished rows are in out")
+    finally:
+        sim.configure(latency=0.0)

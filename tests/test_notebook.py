@@ -1,0 +1,234 @@
+"""The notebook layer in a real kernel (jupyter_client) and a real notebook run (nbclient):
+``%%batch`` into a variable, the panel's comm message rate, ``--bg`` with the kernel free for
+other cells, a kernel interrupt mid-run, and the quickstart notebook end to end. A sentinel key is
+in use throughout and must appear in no output, widget state or saved notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from batchmagic.simulator import SimulatorProcess
+
+SENTINEL = "sk-sentinel-8d3b6a1f5e7c"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Kernel:
+    """A real ipykernel; ``run`` executes one cell and gathers its iopub messages."""
+
+    def __init__(self, tmp: Path):
+        env = dict(os.environ, BATCHMAGIC_JOURNAL_DIR=str(tmp / "journal"),
+                   IPYTHONDIR=str(tmp / "ipython"), BATCHMAGIC_SIM_API_KEY=SENTINEL)
+        self.km, self.kc = start_new_kernel(kernel_name="python3", cwd=str(tmp), env=env)
+        self.seen: list[dict] = []  # every iopub message, whichever cell it belongs to
+
+    def send(self, code: str) -> str:
+        return self.kc.execute(code)
+
+    def collect(self, msg_id: str, timeout: float = 120.0) -> dict:
+        out: dict = {"stdout": "", "stderr": "", "result": None, "error": None, "msgs": []}
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            self.seen.append(msg)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            out["msgs"].append(msg)
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out[content["name"]] += content["text"]
+            elif kind == "execute_result":
+                out["result"] = content["data"].get("text/plain")
+            elif kind == "error":
+                out["error"] = f"{content['ename']}: {content['evalue']}"
+            elif kind == "status" and content["execution_state"] == "idle":
+                return out
+
+    def run(self, code: str, timeout: float = 120.0) -> dict:
+        t0 = time.monotonic()
+        out = self.collect(self.send(code), timeout)
+        out["wall"] = time.monotonic() - t0
+        return out
+
+    def ok(self, code: str, timeout: float = 120.0) -> dict:
+        out = self.run(code, timeout)
+        assert out["error"] is None, out
+        return out
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorProcess(latency=0.0, api_key=SENTINEL) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory, sim):
+    k = Kernel(tmp_path_factory.mktemp("kernel"))
+    k.ok(textwrap.dedent(f"""
+        %load_ext batchmagic
+        %config BatchMagics.provider = "simulator"
+        %config BatchMagics.base_url = {sim.base_url!r}
+        %config BatchMagics.model = "qwen-plus"
+        import pandas as pd
+    """))
+    yield k
+    k.close()
+    blob = json.dumps([m["content"] for m in k.seen], default=str)
+    assert SENTINEL not in blob, "the API key reached the notebook's messages"
+
+
+def test_batch_cell_into_a_variable(kernel, sim):
+    sim.configure(latency=0.0)
+    kernel.ok('reviews = pd.DataFrame({"text": ["great", "awful", "fine"]}, index=[5, 6, 7])')
+    out = kernel.ok("%%batch chat --on reviews -o labeled --temperature 0\n"
+                    "Classify the sentiment of: {text}")
+    assert out["result"] is None  # -o: nothing echoed
+    kinds = [m["msg_type"] for m in out["msgs"]]
+    assert "display_data" in kinds and "update_display_data" in kinds  # the panel, then final
+    shown = [m for m in out["msgs"] if m["msg_type"] == "display_data"][0]["content"]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown
+    assert "text/plain" in shown and "text/html" in shown  # fallbacks for non-widget front ends
+    final = [m for m in out["msgs"] if m["msg_type"] == "update_display_data"][-1]
+    assert "done" in final["content"]["data"]["text/plain"]
+    assert "3/3 requests" in final["content"]["data"]["text/plain"]
+    r = kernel.ok("list(labeled.index), labeled['output'].tolist(), int(labeled['error'].isna().sum())")
+    assert eval(r["result"]) == ([5, 6, 7], [f"echo: Classify the sentiment of: {t}"  # noqa: S307
+                                             for t in ("great", "awful", "fine")], 3)
+
+
+def test_widget_message_rate_is_bounded(kernel, sim):
+    """10,000 rows against a server with no latency: the panel sends a bounded number of comm
+    messages per second of run time (≤ ~10), never one per row."""
+    sim.configure(latency=0.0)
+    kernel.ok("texts = [f'row {i}' for i in range(10_000)]")
+    out = kernel.ok("%batch --on texts -o big -c 256 --no-cache")
+    comm = sum(1 for m in out["msgs"] if m["msg_type"] == "comm_msg")
+    rate = comm / out["wall"]
+    print(f"\n10,000 rows in {out['wall']:.2f} s: {comm} comm messages ({rate:.1f}/s)")
+    assert comm <= 10 * out["wall"] + 20, (comm, out["wall"])
+    assert len(out["stdout"]) + len(out["stderr"]) < 2_000  # no line per row
+    r = kernel.ok("len(big), int(big['error'].isna().sum()), big.attrs['batchmagic']['state']")
+    assert eval(r["result"]) == (10_000, 10_000, "done")  # noqa: S307
+    # the key was in use (the simulator requires it); it is in no widget's state
+    r = kernel.ok(textwrap.dedent("""
+        import json
+        from batchmagic import _api
+        states = [r.display.panel.widget_state() for r in _api.recent_runs()
+                  if r.display is not None]
+        len(states), json.dumps(states, default=str).count("sk-sentinel")
+    """))
+    n, hits = eval(r["result"])  # noqa: S307
+    assert n >= 1 and hits == 0
+
+
+def test_background_run_leaves_the_kernel_responsive(kernel, sim):
+    sim.configure(latency=0.05)
+    try:
+        kernel.ok("texts = [f'bg {i}' for i in range(6000)]")
+        out = kernel.ok("%%batch --on texts -o bg_out -c 64 --bg --no-cache\nEcho {}")
+        assert out["wall"] < 2.0  # returned at once
+        r = kernel.ok("type(bg_out).__name__, bg_out.shape, int(bg_out['output'].notna().sum())")
+        name, shape, filled = eval(r["result"])  # noqa: S307
+        assert name == "DataFrame" and shape[0] == 6000 and filled < 6000
+        latencies = []
+        for i in range(25):
+            t0 = time.monotonic()
+            r = kernel.run(f"{i} + 1")
+            latencies.append(time.monotonic() - t0)
+            assert r["result"] == str(i + 1)
+        r = kernel.ok("int(bg_out['output'].notna().sum()), "
+                      "bg_out.attrs['batchmagic'].get('state')")
+        filled_after, state = eval(r["result"])  # noqa: S307
+        median = statistics.median(latencies)
+        print(f"\ntrivial cell during a --bg run: median {median * 1000:.1f} ms, "
+              f"max {max(latencies) * 1000:.1f} ms; {filled_after}/6000 rows filled in")
+        assert state == "running" and filled < filled_after < 6000  # it was filling in
+        assert median < 0.1, latencies
+        kernel.ok("%batch_cancel all")
+        kernel.ok("%batch_wait --timeout 30")
+        r = kernel.ok("bg_out.attrs['batchmagic']['state'], len(bg_out)")
+        assert eval(r["result"]) == ("cancelled", 6000)  # noqa: S307
+    finally:
+        sim.configure(latency=0.0)
+
+
+def test_background_run_survives_a_kernel_interrupt(kernel, sim):
+    sim.configure(latency=0.1)
+    try:
+        kernel.ok("texts = [f'keep {i}' for i in range(40)]")
+        kernel.ok("%%batch --on texts -o kept -c 4 --bg --no-cache\n{}")
+        msg_id = kernel.send("import time; time.sleep(30)")
+        time.sleep(1.0)
+        kernel.km.interrupt_kernel()
+        out = kernel.collect(msg_id, timeout=10)
+        assert out["error"] and "KeyboardInterrupt" in out["error"]
+        kernel.ok("%batch_wait --timeout 30")
+        r = kernel.ok("kept.attrs['batchmagic']['state'], int(kept['error'].isna().sum())")
+        assert eval(r["result"]) == ("done", 40)  # noqa: S307
+    finally:
+        sim.configure(latency=0.0)
+
+
+def test_interrupting_a_foreground_cell_keeps_finished_rows(kernel, sim):
+    sim.configure(latency=0.4)
+    try:
+        kernel.ok("texts = [f'fg {i}' for i in range(80)]")
+        msg_id = kernel.send("%%batch --on texts -o partial -c 4 --no-cache\n{}")
+        time.sleep(2.5)  # a few waves of 4 rows have finished
+        t_int = time.monotonic()
+        kernel.km.interrupt_kernel()
+        out = kernel.collect(msg_id, timeout=15)
+        assert time.monotonic() - t_int < 5.0  # in-flight requests cancelled within the grace
+        assert out["error"] is None, out  # no traceback: the finished rows are the result
+        lines = [ln for ln in out["stdout"].splitlines() if "batch cancelled" in ln]
+        assert len(lines) == 1, out["stdout"]  # said once
+        assert "not started" in lines[0] and "cancelled in flight" in lines[0]
+        assert "the finished rows are in partial" in lines[0]
+        r = kernel.ok("import collections; (len(partial), partial.attrs['batchmagic']['state'], "
+                      "dict(collections.Counter(type(e).__name__ for e in partial['error'])))")
+        n, state, counts = eval(r["result"])  # noqa: S307
+        assert n == 80 and state == "cancelled"
+        assert counts.get("NoneType", 0) >= 8 and counts.get("NotSentError", 0) >= 40
+        t0 = time.monotonic()
+        r = kernel.run("1 + 1", timeout=10)
+        assert r["result"] == "2" and time.monotonic() - t0 < 2.0  # the kernel is usable
+    finally:
+        sim.configure(latency=0.0)
+
+
+def test_quickstart_notebook_runs_end_to_end(tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("BATCHMAGIC_SIM_API_KEY", SENTINEL)  # a key in use, never in the notebook
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    t0 = time.monotonic()
+    NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    print(f"\nquickstart.ipynb executed in {time.monotonic() - t0:.1f} s")
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = json.dumps(nb)
+    assert SENTINEL not in text and "sk-sentinel" not in text
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert any(m["model_name"] == "IntProgressModel" for m in state.values())
+    panels = [o for o in outputs if "application/vnd.jupyter.widget-view+json"
+              in o.get("data", {})]
+    assert len(panels) == 3  # labeled, risky, summaries
+    finals = [o["data"]["text/plain"] for o in panels]
+    assert "done" in finals[0] and "failed" in finals[1] and "done" in finals[2]
+    nbformat.write(nb, tmp_path / "quickstart.out.ipynb")

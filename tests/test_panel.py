@@ -1,0 +1,321 @@
+"""The panel, the display choice and the live result frame, in-process.
+
+State (``Progress``) stays apart from drawing: the panel only renders snapshots, sends at most two
+comm messages per update, has text and HTML fallbacks, and never holds a key. The live frame is one
+object of the final shape, filled in from the run's refresh timer and exactly the result at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import BASE_URL, AsyncServer, chat_answer, echo_chat, user_text
+
+import batchmagic as bm
+from batchmagic import _display, _frame
+from batchmagic._progress import Snapshot
+from batchmagic._widget import Panel, StaticPanel, render_html, render_text
+from batchmagic.simulator import SimulatorThread
+
+SENTINEL = "sk-sentinel-4f1c9e0b7d2a"
+
+
+def snap(**kw) -> Snapshot:
+    base = dict(title="chat qwen-plus @ dashscope", rows=100, requests=90, done=40, ok=38,
+                failed=2, in_flight=8, retrying=1, retries=3, rate_limited=2, input_tokens=900,
+                output_tokens=300, concurrency=8, rate_waits=1, state="running",
+                started=time.monotonic() - 4,
+                errors={"ServerError": 2}, first_errors=["ServerError: HTTP 503 <b>busy</b>"])
+    base.update(kw)
+    return Snapshot(**base)
+
+
+# -- renderings ------------------------------------------------------------------------------------
+
+
+def test_text_rendering_has_every_fact():
+    text = render_text(snap(cost=0.0123))
+    for needle in ("chat qwen-plus @ dashscope: running", "40/90 requests", "(44%)", "of 100 rows",
+                   "req/s", "tok/s", "ETA", "ok 38", "failed 2", "retrying 1", "in flight 8",
+                   "queued 41", "concurrency 8", "rate-limit waits 1", "429s 2", "retries 3",
+                   "spent $0.0123", "ServerError x2: HTTP 503 <b>busy</b>"):
+        assert needle in text, needle
+    assert "spent" not in render_text(snap())  # spend is shown once there is some
+
+
+def test_html_rendering_escapes_and_colors_the_outcome():
+    html = render_html(snap())
+    assert "&lt;b&gt;busy&lt;/b&gt;" in html and "<b>busy</b>" not in html
+    assert "width: 44%" in html
+    done_ok = render_html(snap(state="done", done=90, ok=90, failed=0, errors={},
+                               first_errors=[], finished=time.monotonic()))
+    assert "#2e7d32" in done_ok and ">done<" in done_ok  # green when all succeeded
+    done_bad = render_html(snap(state="done", done=90, ok=88, failed=2,
+                                finished=time.monotonic()))
+    assert "#c62828" in done_bad and "finished, 2 failed" in done_bad  # red on failures
+    assert "in flight" not in done_bad  # live-only counts go when the run ends
+
+
+def test_static_panel_has_an_install_hint():
+    view = StaticPanel(snap())
+    assert "batchmagic[notebook]" in view._repr_html_()
+    assert repr(view) == render_text(snap())
+
+
+# -- the widget ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Every comm message the widgets send, as (widget, keys)."""
+    import ipywidgets
+
+    log: list = []
+    real = ipywidgets.Widget._send
+
+    def spy(self, msg, buffers=None):
+        log.append((type(self).__name__, sorted(msg.get("state", {}))))
+        return real(self, msg, buffers)
+
+    monkeypatch.setattr(ipywidgets.Widget, "_send", spy)
+    return log
+
+
+def test_an_update_sends_at_most_two_messages(sent):
+    actions = []
+    panel = Panel(snap(done=0, ok=0), actions.append, background=True)
+    sent.clear()
+    for i in range(1, 30):
+        panel.update(snap(done=i, ok=i, started=time.monotonic() - i))
+    assert len(sent) <= 2 * 29
+    assert {name for name, _ in sent} <= {"IntProgress", "HTML"}
+    bar_messages = [keys for name, keys in sent if name == "IntProgress"]
+    assert all("value" in keys for keys in bar_messages)  # value, style, % in one message
+    sent.clear()
+    panel.update(snap(done=29, ok=29, started=time.monotonic() - 29))
+    panel.update(snap(done=29, ok=29, started=time.monotonic() - 29))
+    assert len(sent) <= 1  # nothing changed but the clock: at most the body
+
+
+def test_buttons_control_a_background_run_and_turn_off_at_the_end():
+    actions = []
+    panel = Panel(snap(), actions.append, background=True)
+    b = panel.buttons
+    assert not b["pause"].disabled and b["resume"].disabled and not b["cancel"].disabled
+    for name in ("pause", "resume", "cancel"):
+        b[name].click()
+    assert actions == ["pause", "resume", "cancel"]
+    panel.update(snap(state="paused"))
+    assert b["pause"].disabled and not b["resume"].disabled
+    panel.update(snap(state="done", done=90, ok=90, failed=0, finished=time.monotonic()))
+    assert all(btn.disabled for btn in b.values())
+    assert panel.bar.bar_style == "success" and panel.bar.value == 90
+    panel.update(snap(state="cancelled", finished=time.monotonic(), failed=10,
+                      errors={"ServerError": 2, "NotSentError": 8}))
+    assert panel.bar.bar_style == "danger"
+
+
+def test_foreground_buttons_are_disabled_with_a_hint():
+    actions = []
+    panel = Panel(snap(), actions.append, background=False)
+    assert all(btn.disabled for btn in panel.buttons.values())
+    assert "interrupt the kernel" in panel.buttons["cancel"].tooltip
+    panel.buttons["cancel"].click()
+    assert actions == []
+
+
+def test_mimebundle_carries_text_and_html_fallbacks():
+    panel = Panel(snap(state="done", finished=time.monotonic()), None)
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == render_text(panel.snap)
+    assert bundle["text/html"] == render_html(panel.snap)
+    assert panel._repr_html_() == bundle["text/html"]
+
+
+# -- the display choice ----------------------------------------------------------------------------
+
+
+def test_outside_a_kernel_the_text_bar_is_used():
+    assert not _display.in_kernel()
+    d = _display.make_display(True, snap())
+    try:
+        assert isinstance(d, _display.TextDisplay)
+    finally:
+        d.close(snap(state="done", finished=time.monotonic()))
+    assert _display.make_display(False, snap()) is None
+
+
+def test_in_a_kernel_the_widget_else_static_html(monkeypatch, capsys):
+    monkeypatch.setattr(_display, "in_kernel", lambda: True)
+    d = _display.make_display(True, snap(), control=lambda a: None, background=True)
+    assert isinstance(d, _display.WidgetDisplay)
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # ipywidgets missing
+    d = _display.make_display(True, snap())
+    assert isinstance(d, _display.HtmlDisplay)
+    d.close(snap(state="done", finished=time.monotonic()))
+
+
+def test_the_widget_never_holds_the_key(monkeypatch, capsys):
+    """A run with a sentinel key (accepted), then one with a wrong key (every row refused):
+    neither the widget state nor the fallbacks nor anything printed contain the key."""
+    monkeypatch.setattr(_display, "in_kernel", lambda: True)
+    with SimulatorThread(latency=0.0, api_key=SENTINEL) as sim:
+        kw = dict(provider="simulator", base_url=sim.base_url, model="m", cache=False)
+        task = bm.submit([f"r{i}" for i in range(20)], api_key=SENTINEL, **kw)
+        df = task.wait(20)
+        assert df["error"].isna().all()
+        wrong = bm.batch(["x", "y"], api_key=SENTINEL + "-wrong", **kw)
+        assert all(isinstance(e, bm.FatalProviderError) for e in wrong["error"])
+    runs = [r for r in bm._api.recent_runs() if r.id in (task.run_id,
+                                                          wrong.attrs["batchmagic"]["run_id"])]
+    assert len(runs) == 2
+    for run in runs:
+        panel = run.display.panel
+        blob = json.dumps(panel.widget_state(), default=str) + json.dumps(
+            panel._repr_mimebundle_(), default=str)
+        assert SENTINEL not in blob
+        assert "sentinel" not in blob
+    assert "FatalProviderError" in runs[1].progress.snapshot().errors
+    captured = capsys.readouterr()
+    assert SENTINEL not in captured.out + captured.err
+
+
+# -- bounded output --------------------------------------------------------------------------------
+
+
+def test_a_big_run_prints_no_line_per_row(server):
+    """A 20,000-row run through the text bar: redraws bounded by time, never by rows."""
+    err = io.StringIO()
+    real = _display.TextDisplay.__init__
+
+    def to_buffer(self, s, file=None):
+        real(self, s, file=err)
+
+    t0 = time.monotonic()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_display.TextDisplay, "__init__", to_buffer)
+        df = bm.batch([f"row {i}" for i in range(20_000)], base_url=BASE_URL, model="m",
+                      transport=server.transport, concurrency=256, cache=False)
+    wall = time.monotonic() - t0
+    assert df["error"].isna().all()
+    redraws = err.getvalue().count("\r")
+    assert redraws <= _display.MAX_UPDATES_PER_S * wall + 10, (redraws, wall)
+    assert err.getvalue().count("\n") <= 3
+
+
+# -- the live frame --------------------------------------------------------------------------------
+
+
+def _gated(release: threading.Event, fast: set[str]) -> AsyncServer:
+    async def answer(req, body):
+        text = user_text(body)
+        if text == "bad":
+            return httpx.Response(400, json={"error": {"message": "refused"}})
+        if text not in fast:
+            for _ in range(1000):
+                if release.is_set():
+                    break
+                await asyncio.sleep(0.01)
+        return httpx.Response(200, json=chat_answer("echo:" + text, reasoning_content="because"
+                                                    if text == "think" else None))
+
+    return AsyncServer(answer)
+
+
+def _wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_live_frame_is_one_object_that_ends_exactly_as_the_result():
+    release = threading.Event()
+    s = _gated(release, fast={"a", "bad", "think"})
+    inputs = pd.DataFrame({"t": ["a", "slow1", "bad", None, "think", "a", "slow2"]},
+                          index=list("vwxyzuq"))
+    task = bm.submit(inputs, "{t}", base_url=BASE_URL, model="m", transport=s.transport,
+                     progress=False, concurrency=8, cache=False)
+    live = task.frame
+    assert task.frame is live
+    assert list(live.index) == list("vwxyzuq")
+    _wait_for(lambda: live.loc["v", "output"] is not None and live.loc["x", "error"] is not None)
+    assert live.loc["u", "output"] == "echo:a"  # de-duplicated rows fill in together
+    assert live.loc["w", "output"] is None and live.loc["w", "error"] is None
+    assert isinstance(live.loc["y", "error"], bm.InputError)  # pre-flight errors from the start
+    _wait_for(lambda: "reasoning" in live.columns)  # an optional column appears in place
+    release.set()
+    final = task.wait(10)
+    assert final is live
+    run = task._run
+    expected = _frame.build_frame(run.plan, run.results, costs=run.results.cost)
+    pd.testing.assert_frame_equal(final.drop(columns="error"), expected.drop(columns="error"))
+    as_text = [None if e is None else (type(e), str(e)) for e in expected["error"]]
+    assert [None if e is None else (type(e), str(e)) for e in final["error"]] == as_text
+    assert final.attrs["batchmagic"]["state"] == "done"
+    assert final.attrs["batchmagic"]["run_id"] == task.run_id
+    assert list(final.dtypes) == list(expected.dtypes)
+
+
+def test_live_frame_after_the_run_is_the_result(server):
+    task = bm.submit(["a", "b"], base_url=BASE_URL, model="m", transport=server.transport,
+                     progress=False, cache=False)
+    df = task.wait(10)
+    assert task.frame is df
+
+
+def test_live_frame_updates_in_batches_not_per_row(monkeypatch):
+    """2,000 rows finish; the frame is written once per refresh tick, never once per row."""
+    writes = []
+    real = _frame.LiveFrame._write
+
+    def count(self, positions):
+        writes.append(len(positions))
+        return real(self, positions)
+
+    monkeypatch.setattr(_frame.LiveFrame, "_write", count)
+
+    async def slowish(req, body):
+        await asyncio.sleep(0.05)
+        return echo_chat(req, body)
+
+    s = AsyncServer(slowish)
+    t0 = time.monotonic()
+    task = bm.submit([f"r{i}" for i in range(2000)], base_url=BASE_URL, model="m",
+                     transport=s.transport, progress=False, concurrency=100, cache=False)
+    live = task.frame
+    df = task.wait(60)
+    wall = time.monotonic() - t0
+    assert df is live and df["output"].notna().all()
+    assert len(writes) <= _display.MAX_UPDATES_PER_S * wall + 3, (len(writes), wall)
+    assert sum(writes) <= 2000
+
+
+def test_live_frame_holds_embedding_vectors():
+    with SimulatorThread(latency=0.0) as sim:
+        task = bm.submit([f"text {i}" for i in range(50)], kind="embedding",
+                         provider="simulator", base_url=sim.base_url, model="e",
+                         progress=False, cache=False)
+        live = task.frame
+        df = task.wait(20)
+    assert df is live
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in df["output"])
+
+
+def test_stop_summary_says_what_was_done_cut_and_unsent():
+    line = _display.summary_line(snap(state="cancelled", ok=12, failed=68, requests=80,
+                                      errors={"CancelledRowError": 4, "NotSentError": 64},
+                                      first_errors=[]))
+    assert line == ("batch cancelled: 12 ok, 4 cancelled in flight, 64 not started "
+                    "of 80 requests")
+    assert _display.summary_line(snap(state="done", failed=0)) == ""
