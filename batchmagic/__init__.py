@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._frame import RESULT_COLUMNS, raise_for_errors
     from ._image import GeneratedImage
     from ._journal import clear_journal, runs
+    from .batchapi import BatchJob, jobs
     from .engines import unload
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ _LAZY = {
     "BatchMagics": "_magic",  # for `%config BatchMagics` and ip.register_magics; loads IPython
     "runs": "_journal", "clear_journal": "_journal",
     "unload": "engines",  # offline engines load on first use; this frees them
+    "jobs": "batchapi", "BatchJob": "batchapi",  # provider Batch API jobs, across restarts
 }
 
 
@@ -87,10 +89,12 @@ __all__ = [
     "submit",
     "estimate",
     "BatchTask",
+    "BatchJob",
     "Estimate",
     "raise_for_errors",
     "runs",
     "clear_journal",
+    "jobs",
     "unload",
     "RESULT_COLUMNS",
     "GeneratedImage",

@@ -70,6 +70,7 @@ class _Options:
     http: str = "aiohttp"
     transport: Any = None
     headers: dict | None = field(default=None, repr=False)
+    batch_options: dict | None = field(default=None, repr=False)  # may hold Ark's key pair
 
 
 def _positive(name: str, value: Any, *, integer: bool = False) -> None:
@@ -84,10 +85,10 @@ def _positive(name: str, value: Any, *, integer: bool = False) -> None:
 def _validate(o: _Options) -> None:
     if o.kind not in _kinds.KINDS:
         raise ConfigError(f"kind must be one of {', '.join(_kinds.KINDS)}; got {o.kind!r}")
-    if o.mode not in (None, "online"):
-        if o.mode == "batch-api":
-            raise ConfigError("mode='batch-api' is not available in this version; use mode='online'")
-        raise ConfigError(f"mode must be 'online' or 'batch-api'; got {o.mode!r}")
+    if o.mode not in (None, "online", "batch-api", "batch-chat"):
+        raise ConfigError(f"mode must be 'online', 'batch-api' or 'batch-chat'; got {o.mode!r}")
+    if o.batch_options is not None and o.mode != "batch-api":
+        raise ConfigError("batch_options= applies to mode='batch-api'")
     if o.engine is not None:
         if o.provider is not None or o.base_url is not None:
             raise ConfigError("engine= runs the model on this machine; drop provider= / base_url= "
@@ -120,12 +121,17 @@ class _Run:
         self.options = o
         self.id = uuid.uuid4().hex[:12]
         self.engine = None  # an offline engine's EngineSpec, when engine= is given
+        self.send_url: str | None = None  # batch-chat: where requests go, if not target.base_url
         if o.engine is not None:
             from . import engines
 
             self.engine = engines.resolve(o.engine, o.model, o.kind, o.engine_options)
             self.target: Target = Target(self.engine.engine, self.engine.endpoint, None, None,
                                          "engine")
+        elif o.mode in ("batch-api", "batch-chat"):
+            from .batchapi._modes import target_for
+
+            self.target, self.send_url = target_for(o)
         else:
             self.target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
         o.api_key = None  # the Secret in the target is the only copy kept
@@ -235,6 +241,10 @@ class _Run:
 
     async def execute(self) -> pd.DataFrame:
         o = self.options
+        if o.mode == "batch-api":  # jobs, not requests: batchapi runs them
+            from .batchapi._run import execute
+
+            return await execute(self)
         self.state = "running"
         if self.engine is not None:  # an offline engine: loaded (or reused), then pre-flight
             backend = await self._engine_backend()
@@ -243,7 +253,7 @@ class _Run:
         else:
             wire = make_wire(o.http, self.max_window, o.transport)
             backend = OpenAICompatible(
-                name=self.target.name, base_url=self.target.base_url, kind=o.kind,
+                name=self.target.name, base_url=self.send_url or self.target.base_url, kind=o.kind,
                 api_key=self.target.api_key, dialect=self.target.dialect, wire=wire,
                 timeout=o.timeout or DEFAULT_TIMEOUT[o.kind], headers=o.headers,
             )
@@ -310,9 +320,13 @@ class _Run:
         from . import engines
         from ._errors import ContextLengthError
 
-        backend = await asyncio.to_thread(engines.backend_for, self.engine)
-        done = {i for i in range(len(self.plan.items)) if self.results.done[i]}
-        failures = await asyncio.to_thread(engines.preflight, backend, self.plan.items, done)
+        try:
+            backend = await asyncio.to_thread(engines.backend_for, self.engine)
+            done = {i for i in range(len(self.plan.items)) if self.results.done[i]}
+            failures = await asyncio.to_thread(engines.preflight, backend, self.plan.items, done)
+        except BaseException:  # the engine would not load: nothing ran
+            self.state = self.progress.state = "aborted"
+            raise
         for i, why in failures.items():
             err = ContextLengthError(why, provider=backend.name)
             self.results.error[i] = err
@@ -320,8 +334,8 @@ class _Run:
             self.progress.done += 1
             self.progress.failed += 1
             self.progress.error(err)
-            self._on_item(i)
-        if failures:
+        if failures:  # never sent, so not journaled (the next run checks them again)
+            self._on_saved(list(failures))
             self.units = self._units()
         return backend
 
@@ -468,7 +482,10 @@ class _Run:
 
     def control(self, action: str) -> None:
         def apply() -> None:
-            if self.dispatcher is None:
+            driver = getattr(self, "_batch_driver", None)  # a batch-api run follows jobs
+            if driver is not None:
+                driver.control(action)
+            elif self.dispatcher is None:
                 self._pending_control.append(action)
             else:
                 getattr(self.dispatcher, action)()
@@ -494,7 +511,7 @@ def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: 
           prices: dict | None = None,
           on_missing: str = "error", images: str | None = None, allow_private_urls: bool = False,
           http: str = "aiohttp", transport: Any = None,
-          headers: dict | None = None) -> pd.DataFrame:
+          headers: dict | None = None, batch_options: dict | None = None) -> pd.DataFrame:
     """Run every row through a model and return the rows with the answers, in input order.
 
     ``inputs`` is a DataFrame (``prompt`` is a template over its columns, ``{column}``), a Series
@@ -509,7 +526,9 @@ def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: 
     ``x-ratelimit-*`` headers when not given). ``on_missing`` decides rows with a missing value:
     "error" (default), "skip", or "empty". ``images`` names a column of image URLs or paths for
     vision chat. ``http`` picks the wire ("aiohttp", "httpx", "httpx2"); ``transport`` takes any
-    httpx transport (e.g. ``httpx.MockTransport``).
+    httpx transport (e.g. ``httpx.MockTransport``). ``mode="batch-api"`` sends the rows through
+    the provider's Batch API (about half the price; ``batch_options`` sets its completion window,
+    polling and, for Ark, the TOS bucket) and ``mode="batch-chat"`` through its Batch Chat endpoint.
 
     Failed rows stay in the frame with their exception in ``error``; ``bm.raise_for_errors(df)``
     escalates. Ctrl-C stops the run and returns the rows finished so far.
@@ -532,8 +551,15 @@ async def abatch(inputs: Any, prompt: str | None = None, **kwargs: Any) -> pd.Da
 
 
 def submit(inputs: Any, prompt: str | None = None, **kwargs: Any) -> BatchTask:
-    """Start a run in the background and return a ``BatchTask`` at once."""
-    return BatchTask(_Run(inputs, prompt, _options(kwargs)))
+    """Start a run in the background and return a ``BatchTask`` at once. With
+    ``mode="batch-api"`` it is a ``BatchJob`` (a ``BatchTask`` with ``status()``, ``resubmit()``,
+    ``finish_online()``), recorded in the journal before this returns."""
+    run = _Run(inputs, prompt, _options(kwargs))
+    if run.options.mode == "batch-api":
+        from .batchapi._handle import BatchJob
+
+        return BatchJob._submit(run)
+    return BatchTask(run)
 
 
 def _locals(scope: dict) -> dict:

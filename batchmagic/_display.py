@@ -39,11 +39,13 @@ class TextDisplay:
                         file=file if file is not None else sys.stderr, dynamic_ncols=True,
                         mininterval=1.0 / MAX_UPDATES_PER_S, leave=True)
         self._last = -1
+        self._message = ""
 
     def update(self, snap: Snapshot) -> None:
-        if snap.done == self._last and snap.state == "running":
+        if snap.done == self._last and snap.state == "running" and snap.message == self._message:
             return
         self._last = snap.done
+        self._message = snap.message
         self.bar.n = snap.done
         self.bar.set_postfix_str(_postfix(snap), refresh=False)
         self.bar.refresh()
@@ -71,6 +73,8 @@ def _postfix(s: Snapshot) -> str:
         parts.append(f"tok/s={s.tokens_per_s:,.0f}")
     if s.state == "paused":
         parts.append("PAUSED")
+    elif s.message and s.state == "running":  # e.g. a Batch API job's provider status
+        parts.append(s.message if len(s.message) <= 80 else s.message[:77] + "...")
     return " ".join(parts)
 
 

@@ -51,20 +51,33 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
-def _result_values(plan, results, positions, *, costs: list | None = None,
-                   cached: set[int] | None = None) -> dict[str, np.ndarray]:
-    """The result columns' values (object arrays) for the input rows at ``positions``: the one
-    place that maps per-request results onto rows (used for whole frames and live updates)."""
+def _result_values(plan, results, positions: list[int] | None = None, *,
+                   costs: list | None = None, cached: set[int] | None = None) -> dict[str, np.ndarray]:
+    """The result columns' values (object arrays) for the input rows at ``positions`` (all rows
+    when None): the one place that maps per-request results onto rows, for whole frames and for
+    live updates."""
     row_item = plan.row_item
     index = plan.index
-    items = [row_item[p] for p in positions]
+    whole = positions is None
+    if whole:  # one pass per column over the unique requests, then a take (duplicates fan out)
+        n = plan.n_rows
+        take = np.asarray(row_item, dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
 
-    def column(values: list, fill: Any = None) -> np.ndarray:
-        return _objects([values[i] if i >= 0 else fill for i in items])
+        def column(values: list, fill: Any = None) -> np.ndarray:
+            return _objects(list(values) + [fill])[take] if n else np.empty(0, dtype=object)
+    else:  # a few rows that just finished: touch only those
+        items = [row_item[p] for p in positions]
+        n = len(items)
+
+        def column(values: list, fill: Any = None) -> np.ndarray:
+            arr = np.empty(n, dtype=object)
+            for j, i in enumerate(items):
+                arr[j] = values[i] if i >= 0 else fill
+            return arr
 
     out = {
         "output": column(results.output),
-        "error": np.empty(len(items), dtype=object),
+        "error": np.empty(n, dtype=object),
         "finish_reason": column(results.finish_reason),
         "input_tokens": column(results.input_tokens),
         "output_tokens": column(results.output_tokens),
@@ -75,6 +88,20 @@ def _result_values(plan, results, positions, *, costs: list | None = None,
     }
     errors, finish, attempts, latency = (out["error"], out["finish_reason"], out["attempts"],
                                          out["latency"])
+    if whole:
+        for item, err in enumerate(results.error):
+            if err is not None:
+                for pos in plan.items[item].rows:
+                    errors[pos] = err.for_row(index[pos])
+        for pos, err in plan.row_errors.items():
+            errors[pos] = err
+        for pos in plan.skipped:
+            finish[pos] = "skipped"
+        for item in cached or ():
+            for pos in plan.items[item].rows:
+                attempts[pos] = 0
+                latency[pos] = None
+        return out
     for j, (pos, item) in enumerate(zip(positions, items)):
         if pos in plan.row_errors:
             errors[j] = plan.row_errors[pos]
@@ -106,7 +133,7 @@ def build_frame(plan, results, *, costs: list | None = None, attrs: dict | None 
                 cached: set[int] | None = None) -> pd.DataFrame:
     """``plan`` from ``_inputs.make_plan``; ``results`` an ``ItemResults`` over ``plan.items``."""
     index = plan.index
-    values = _result_values(plan, results, range(plan.n_rows), costs=costs, cached=cached)
+    values = _result_values(plan, results, costs=costs, cached=cached)
     result = {name: _typed(name, values[name], index) for name in RESULT_COLUMNS}
     if any(r is not None for r in results.reasoning):
         result["reasoning"] = _typed("reasoning", values["reasoning"], index)

@@ -6,9 +6,10 @@ first and sends only what is missing; editing 10 rows re-sends 10 rows.
 
 Layout: a project-local ``.batchmagic/`` folder (``BATCHMAGIC_JOURNAL_DIR`` or ``cache="path"``
 to move it), mode 0700, holding ``journal.sqlite3`` (0600; SQLite gives its -wal and -shm files the
-same mode). JSON only, never pickle; no secret is ever written (bodies are not stored, only the
-answers). A torn last write is SQLite's to discard on open; a row whose stored answer no longer
-decodes is skipped and asked again; a file that is not a database is moved aside.
+same mode). JSON only, never pickle; no secret is ever written (request bodies are not stored,
+only the answers, except a Batch API job's inputs, kept so its frame can be rebuilt later). A
+torn last write is SQLite's to discard on open; a row whose stored answer no longer decodes is
+skipped and asked again; a file that is not a database is moved aside.
 
 Two processes can share a journal: SQLite serialises writers, and *leases* stop two runs paying
 for the same row at once: a run claims the keys it is about to send; a key claimed by another live
@@ -88,6 +89,46 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_run ON leases(run_id);
 CREATE INDEX IF NOT EXISTS rows_updated ON rows(updated);
+-- Batch API jobs (batchapi/): a job is recorded before any provider call, so a crash never
+-- loses track of a batch the provider may be running (and billing).
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    created REAL,
+    updated REAL,
+    state TEXT,                     -- submitting | running | finished
+    provider TEXT,
+    model TEXT,
+    config TEXT,                    -- JSON: where and how to send (never a key)
+    plan TEXT,                      -- JSON: the inputs, to rebuild the frame after a restart
+    summary TEXT                    -- JSON: last known provider status and counts
+);
+CREATE TABLE IF NOT EXISTS job_shards (
+    job_id TEXT NOT NULL,
+    shard INTEGER NOT NULL,
+    nonce TEXT NOT NULL,            -- also in the provider batch's metadata: adopt it on resume
+    requests INTEGER,
+    attempts INTEGER DEFAULT 0,     -- times a process started creating it
+    file_ref TEXT,
+    batch_id TEXT,
+    status TEXT,                    -- the provider's word for it
+    info TEXT,                      -- JSON: normalised state and request counts
+    output_ref TEXT,
+    error_ref TEXT,
+    message TEXT,
+    harvested INTEGER DEFAULT 0,
+    updated REAL,
+    PRIMARY KEY (job_id, shard)
+);
+CREATE TABLE IF NOT EXISTS job_rows (
+    job_id TEXT NOT NULL,
+    custom_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    shard INTEGER,
+    outcome TEXT,                   -- NULL while pending | ok | error | unprocessed
+    error TEXT,                     -- JSON: the row error, when outcome is error / unprocessed
+    PRIMARY KEY (job_id, custom_id)
+);
+CREATE INDEX IF NOT EXISTS job_rows_key ON job_rows(key);
 """
 
 
@@ -322,6 +363,96 @@ class Journal:
             df[col] = pd.to_datetime(df[col], unit="s", utc=True)
         return df
 
+    # -- Batch API jobs ----------------------------------------------------------------------
+
+    def _write(self, statements: list[tuple[str, Any]]) -> None:
+        """Run ``(sql, params)`` statements in one transaction (``params`` a tuple, or a list of
+        tuples for executemany)."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    if isinstance(params, list):
+                        self._conn.executemany(sql, params)
+                    else:
+                        self._conn.execute(sql, params)
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise JournalError(f"cannot write the journal in {self.folder}: {_why(exc)}") from None
+
+    def _select(self, sql: str, params: tuple = ()) -> list[dict]:
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def add_job(self, job: dict, shards: list[tuple[int, str, int]],
+                rows: list[tuple[str, str, int]]) -> None:
+        """Record a job before anything is sent: the job, its shards ``(shard, nonce,
+        requests)`` and its rows ``(custom_id, key, shard)``, in one transaction."""
+        now = time.time()
+        job_id = job["job_id"]
+        cols = ",".join(job)
+        self._write([
+            (f"INSERT INTO jobs ({cols}, created, updated) VALUES "
+             f"({','.join('?' * len(job))}, ?, ?)", (*job.values(), now, now)),
+            ("INSERT INTO job_shards (job_id, shard, nonce, requests, updated) VALUES (?,?,?,?,?)",
+             [(job_id, n, nonce, requests, now) for n, nonce, requests in shards]),
+            ("INSERT INTO job_rows (job_id, custom_id, key, shard) VALUES (?,?,?,?)",
+             [(job_id, cid, key, n) for cid, key, n in rows]),
+        ])
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        sets = ",".join(f"{c}=?" for c in fields)
+        self._write([(f"UPDATE jobs SET {sets}, updated=? WHERE job_id=?",
+                      (*fields.values(), time.time(), job_id))])
+
+    def update_shard(self, job_id: str, shard: int, **fields: Any) -> None:
+        sets = ",".join(f"{c}=?" for c in fields)
+        self._write([(f"UPDATE job_shards SET {sets}, updated=? WHERE job_id=? AND shard=?",
+                      (*fields.values(), time.time(), job_id, shard))])
+
+    def set_job_rows(self, job_id: str, outcomes: list[tuple[str, str, str | None]]) -> None:
+        """``(custom_id, outcome, error JSON)`` for rows a harvest decided."""
+        self._write([("UPDATE job_rows SET outcome=?, error=? WHERE job_id=? AND custom_id=?",
+                      [(o, e, job_id, cid) for cid, o, e in outcomes])])
+
+    def job(self, job_id: str) -> dict | None:
+        found = self._select("SELECT * FROM jobs WHERE job_id=?", (job_id,))
+        return found[0] if found else None
+
+    def jobs(self, limit: int | None = None) -> list[dict]:
+        """Jobs, oldest first (without their plans, which can be large)."""
+        sql = ("SELECT job_id, created, updated, state, provider, model, config, summary FROM jobs "
+               "ORDER BY created DESC" + (f" LIMIT {int(limit)}" if limit else ""))
+        return self._select(sql)[::-1]
+
+    def job_shards(self, job_id: str) -> list[dict]:
+        return self._select("SELECT * FROM job_shards WHERE job_id=? ORDER BY shard", (job_id,))
+
+    def job_rows(self, job_id: str) -> list[dict]:
+        return self._select("SELECT custom_id, key, shard, outcome, error FROM job_rows "
+                            "WHERE job_id=?", (job_id,))
+
+    def active_jobs_for(self, keys: Iterable[str]) -> dict[str, str]:
+        """Row key -> the unfinished job (provider may still answer it) that holds it."""
+        keys = list(keys)
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(keys), 900):
+                chunk = keys[start:start + 900]
+                marks = ",".join("?" * len(chunk))
+                for key, job_id in self._conn.execute(
+                        f"SELECT r.key, r.job_id FROM job_rows r JOIN jobs j ON j.job_id = r.job_id "
+                        f"WHERE j.state != 'finished' AND r.outcome IS NULL AND r.key IN ({marks})",
+                        chunk):
+                    found.setdefault(key, job_id)
+        return found
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._conn.execute("SELECT status, COUNT(*) FROM rows GROUP BY status"))
@@ -336,6 +467,14 @@ class Journal:
             else:
                 n = self._conn.execute("DELETE FROM rows WHERE updated < ?", (before,)).rowcount
                 self._conn.execute("DELETE FROM runs WHERE started < ?", (before,))
+            # finished Batch API jobs go too; unfinished ones stay, or a batch the provider is
+            # still running (and billing) would be forgotten
+            self._conn.execute("DELETE FROM job_shards WHERE job_id IN (SELECT job_id FROM jobs "
+                               "WHERE state = 'finished' AND created < ?)", (before or 1e18,))
+            self._conn.execute("DELETE FROM job_rows WHERE job_id IN (SELECT job_id FROM jobs "
+                               "WHERE state = 'finished' AND created < ?)", (before or 1e18,))
+            self._conn.execute("DELETE FROM jobs WHERE state = 'finished' AND created < ?",
+                               (before or 1e18,))
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if before is None:
             with self._lock:

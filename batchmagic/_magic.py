@@ -48,7 +48,8 @@ OPTIONS: dict[str, tuple[type, str]] = {
                       "llamacpp, simulator. Its key comes from the provider's usual env var."),
     "base_url": (str, "Any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
     "engine": (str, "Offline engine (llama.cpp, vllm, fastdeploy, transformers)."),
-    "mode": (str, "online (default) or batch-api (the provider's Batch API)."),
+    "mode": (str, "online (default), batch-api (the provider's Batch API: about half the price, "
+                  "answers within its window; bm.jobs() follows it) or batch-chat."),
     "concurrency": (int, "Most requests in flight (default: adaptive up to the preset's ceiling)."),
     "rpm": (float, "Requests per minute (default: learned from the provider's headers)."),
     "tpm": (float, "Tokens per minute (default: learned from the provider's headers)."),
@@ -73,7 +74,7 @@ def _trait(name: str):
     if name == "kind":
         return Enum(KINDS, default_value=None, allow_none=True, help=help).tag(config=True)
     if name == "mode":
-        return Enum(("online", "batch-api"), default_value=None, allow_none=True,
+        return Enum(("online", "batch-api", "batch-chat"), default_value=None, allow_none=True,
                     help=help).tag(config=True)
     cls = {str: Unicode, int: Int, float: Float, bool: Bool}[kind]
     return cls(default_value=None, allow_none=True, help=help).tag(config=True)
@@ -218,7 +219,8 @@ class BatchMagics(Magics):
               "ark, qianfan, deepseek, vllm, ollama, llamacpp, simulator)")
     @argument("--base-url", metavar="URL", help="any OpenAI-compatible endpoint")
     @argument("--engine", metavar="NAME", help="offline engine")
-    @argument("--mode", choices=("online", "batch-api"), help="online (default) or batch-api")
+    @argument("--mode", choices=("online", "batch-api", "batch-chat"),
+              help="online (default), batch-api or batch-chat")
     @argument("-c", "--concurrency", metavar="N", type=int, help="most requests in flight")
     @argument("--rpm", metavar="N", type=float, help="requests per minute")
     @argument("--tpm", metavar="N", type=float, help="tokens per minute")

@@ -52,7 +52,7 @@ def outcome(s: Snapshot) -> tuple[str, str]:
             return "danger", f"finished, {_n(s.failed)} failed"
         return "success", "done"
     if s.state == "cancelled":
-        return "danger" if s.failed > _stopped(s) else "warning", "cancelled"
+        return "danger" if _failed(s) else "warning", "cancelled"
     if s.state == "aborted":
         return "danger", "stopped"
     if s.state == "paused":
@@ -65,12 +65,23 @@ def _stopped(s: Snapshot) -> int:
     return s.errors.get("NotSentError", 0) + s.errors.get("CancelledRowError", 0)
 
 
+def answered(s: Snapshot) -> int:
+    """Requests that got an answer or a real failure: what the bar shows. A stop marks the rest
+    done too (not sent, cut off); they do not fill the bar."""
+    return s.done - _stopped(s) if s.state in ("cancelled", "aborted") else s.done
+
+
+def _failed(s: Snapshot) -> int:
+    return s.failed - _stopped(s) if s.state in ("cancelled", "aborted") else s.failed
+
+
 def _percent(s: Snapshot) -> int:
-    return 100 if not s.requests else int(100 * s.done / s.requests)
+    return 100 if not s.requests else int(100 * answered(s) / s.requests)
 
 
 def _rates(s: Snapshot) -> list[str]:
-    parts = [f"{s.rate:,.1f} req/s"]
+    elapsed = s.elapsed
+    parts = [f"{(answered(s) / elapsed if elapsed > 0 else 0.0):,.1f} req/s"]
     if s.input_tokens or s.output_tokens:
         parts.append(f"{s.tokens_per_s:,.0f} tok/s")
     if s.finished is None and s.state in ("running", "starting"):
@@ -83,7 +94,7 @@ def _rates(s: Snapshot) -> list[str]:
 
 def _counts(s: Snapshot) -> list[tuple[str, int, str]]:
     """(label, value, color) for the count chips; zero counts of rare kinds are left out."""
-    chips = [("ok", s.ok, _COLORS["success"]), ("failed", s.failed, _COLORS["danger"])]
+    chips = [("ok", s.ok, _COLORS["success"]), ("failed", _failed(s), _COLORS["danger"])]
     if s.finished is None:
         chips += [("retrying", s.retrying, _COLORS["warning"]),
                   ("in flight", s.in_flight, _COLORS["info"]), ("queued", s.queued, "#616161")]
@@ -105,10 +116,24 @@ def _limits(s: Snapshot) -> list[str]:
     return parts
 
 
+def _stop_kinds(s: Snapshot) -> tuple[str, ...]:
+    """After a cancel or a stop, these are not failures but what the stop left undone."""
+    return ("CancelledRowError", "NotSentError") if s.state in ("cancelled", "aborted") else ()
+
+
+def _stop_line(s: Snapshot) -> str:
+    if not _stop_kinds(s):
+        return ""
+    cut, unsent = (s.errors.get(k, 0) for k in _stop_kinds(s))
+    return f"{s.state}: {_n(cut)} cancelled in flight, {_n(unsent)} not started"
+
+
 def error_groups(s: Snapshot) -> list[tuple[str, int, str]]:
     """(class, count, first message seen for it) per error class, the most frequent first."""
     groups = []
     for name, count in sorted(s.errors.items(), key=lambda kv: -kv[1]):
+        if name in _stop_kinds(s):
+            continue
         first = next((m for m in s.first_errors if m.startswith(name + ": ")), "")
         groups.append((name, count, first[len(name) + 2:] if first else ""))
     return groups
@@ -117,14 +142,16 @@ def error_groups(s: Snapshot) -> list[tuple[str, int, str]]:
 def render_text(s: Snapshot, width: int = 30) -> str:
     """A few plain lines: what a terminal, nbconvert's text output or a log shows."""
     _, state = outcome(s)
-    filled = width if not s.requests else int(width * s.done / s.requests)
+    filled = width if not s.requests else int(width * answered(s) / s.requests)
     lines = [
         f"{s.title or 'batch'}: {state}",
-        f"[{'#' * filled}{'.' * (width - filled)}] {_n(s.done)}/{_n(s.requests)} requests "
+        f"[{'#' * filled}{'.' * (width - filled)}] {_n(answered(s))}/{_n(s.requests)} requests "
         f"({_percent(s)}%) of {_n(s.rows)} rows · " + " · ".join(_rates(s)),
         " · ".join([f"{label} {_n(v)}" for label, v, _ in _counts(s)] + _limits(s)),
     ]
-    if s.errors:
+    if _stop_line(s):
+        lines.append(_stop_line(s))
+    if error_groups(s):
         lines.append("errors:")
         lines += [f"  {name} x{count}" + (f": {message[:160]}" if message else "")
                   for name, count, message in error_groups(s)[:SHOWN_CLASSES]]
@@ -162,14 +189,16 @@ def body_html(s: Snapshot) -> str:
         for label, value, color in _counts(s)
     )
     lines = [
-        f'<div><b>{_n(s.done)}</b> / {_n(s.requests)} requests ({_percent(s)}%) · '
+        f'<div><b>{_n(answered(s))}</b> / {_n(s.requests)} requests ({_percent(s)}%) · '
         + " · ".join(html.escape(p) for p in _rates(s)) + "</div>",
         f"<div>{chips}</div>",
     ]
     limits = _limits(s)
     if limits:
         lines.append(f'<div style="{_MUTED}">' + " · ".join(limits) + "</div>")
-    if s.errors:
+    if _stop_line(s):
+        lines.append(f"<div><b>{html.escape(_stop_line(s))}</b></div>")
+    if error_groups(s):
         rows = "".join(
             f'<b style="color: {_COLORS["danger"]}; white-space: nowrap">{html.escape(name)} '
             f'×{_n(count)}</b><span style="{_MONO}" title="{html.escape(message)}">'
@@ -255,7 +284,7 @@ class Panel:
         style, _ = outcome(snap)
         with self.bar.hold_sync():  # value, style and percentage in one message
             self.bar.max = max(snap.requests, 1)
-            self.bar.value = snap.done if snap.requests else 1
+            self.bar.value = answered(snap) if snap.requests else 1
             self.bar.bar_style = style
             self.bar.description = f"{_percent(snap)}%"
         body = body_html(snap)
@@ -269,6 +298,7 @@ class Panel:
             self.buttons["pause"].disabled = not (live and snap.state != "paused")
             self.buttons["resume"].disabled = not (live and snap.state == "paused")
             self.buttons["cancel"].disabled = not live
+            self.buttons["cancel"].button_style = "danger" if live else ""  # no red when inert
 
     def send_state(self) -> None:
         """Send every control's whole state again (see ``WidgetDisplay.republish``)."""

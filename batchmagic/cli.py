@@ -4,6 +4,9 @@
                                     (llama.cpp + SmolLM2-135M; no key, no network; --simulator
                                     uses the bundled OpenAI-compatible simulator instead)
     batchmagic run FILE -p PROMPT   run a CSV / JSONL / Parquet file through a model, write the result
+                                    (--mode batch-api: through the provider's Batch API)
+    batchmagic jobs create|list|status|cancel|results|resubmit
+                                    provider Batch API jobs (recorded in the journal)
     batchmagic simulator [...]      serve the OpenAI-compatible simulator (same flags as python -m batchmagic.simulator)
 """
 
@@ -118,11 +121,161 @@ def _run(args: argparse.Namespace) -> int:
         df, args.prompt, kind=args.kind, model=args.model, provider=args.provider,
         base_url=args.base_url, engine=args.engine, system=args.system, params=params or None,
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, progress=not args.quiet,
+        mode=args.mode, batch_options=_batch_options(args) if args.mode == "batch-api" else None,
     )
     _write_table(out, args.output)
     facts = out.attrs["batchmagic"]
     print(f"wrote {args.output}: {facts['ok']} ok, {facts['failed']} failed", file=sys.stderr)
     return 0 if facts["failed"] == 0 else 1
+
+
+# -- batchmagic jobs -------------------------------------------------------------------------------
+
+
+def _batch_options(args: argparse.Namespace) -> dict | None:
+    import json
+
+    options: dict = {}
+    for item in getattr(args, "option", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"batchmagic: --option takes KEY=VALUE, got {item!r}")
+        try:
+            options[name.strip()] = json.loads(value)  # numbers and booleans
+        except ValueError:
+            options[name.strip()] = value
+    if getattr(args, "completion_window", None):
+        options["completion_window"] = args.completion_window
+    return options or None
+
+
+def _add_batch_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--completion-window", help="e.g. 24h (DashScope: up to 336h; Ark: 1d-28d)")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="a Batch API option (repeatable): poll_interval, max_requests, "
+                             "bucket (Ark), model_version (Ark), ...")
+
+
+def _add_jobs_parser(sub) -> None:
+    jobs = sub.add_parser("jobs", help="provider Batch API jobs: create, list, status, cancel, "
+                                       "results, resubmit")
+    jobs.add_argument("--cache", help="the journal folder (default: .batchmagic or "
+                                      "BATCHMAGIC_JOURNAL_DIR)")
+    verbs = jobs.add_subparsers(dest="verb", required=True)
+    create = verbs.add_parser("create", help="send a file of rows or requests as a Batch API job")
+    create.add_argument("--input", required=True,
+                        help="a .jsonl of batch request lines ({custom_id, body}), or a "
+                             ".csv / .jsonl / .parquet table with --prompt")
+    create.add_argument("-p", "--prompt", help="template over the table's columns")
+    create.add_argument("--provider")
+    create.add_argument("--base-url")
+    create.add_argument("-m", "--model")
+    create.add_argument("-k", "--kind", default="chat", choices=["chat", "completion", "embedding"])
+    create.add_argument("--system")
+    create.add_argument("--max-tokens", type=int)
+    create.add_argument("--wait", action="store_true", help="wait for the job and its results")
+    create.add_argument("-o", "--output", help="with --wait: write the results here")
+    create.add_argument("-q", "--quiet", action="store_true")
+    _add_batch_flags(create)
+    verbs.add_parser("list", help="the jobs in the journal, oldest first")
+    for verb, text in (("status", "the provider's status and request counts"),
+                       ("cancel", "cancel at the provider (finished rows are kept)"),
+                       ("resubmit", "send the rows a finished job left unanswered as a new job")):
+        cmd = verbs.add_parser(verb, help=text)
+        cmd.add_argument("id", help="a job id (a unique prefix is enough)")
+    results = verbs.add_parser("results", help="wait for a job and write its rows")
+    results.add_argument("id")
+    results.add_argument("-o", "--output", required=True, help="a .jsonl, .csv or .parquet file")
+    results.add_argument("--no-wait", action="store_true",
+                         help="write what the journal has now instead of waiting")
+    results.add_argument("-q", "--quiet", action="store_true")
+    jobs.set_defaults(fn=_jobs)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from batchmagic.batchapi import _handle
+
+    cache = args.cache or True
+    if args.verb == "create":
+        return _jobs_create(args, cache)
+    if args.verb == "list":
+        found = _handle.jobs(cache, None)
+        if not found:
+            print("no Batch API jobs in the journal")
+        for job in found:
+            print(repr(job))
+        return 0
+    job = _handle.job(args.id, cache)
+    if args.verb == "status":
+        status = job.status()
+        print(status)
+        for b in status.batches:
+            line = (f"  batch {b['batch_id'] or '(not created)'}: {b['status'] or '-'}, "
+                    f"{b['completed']}/{b['requests']} done, {b['failed']} failed")
+            print(line + (f" ({b['message']})" if b["message"] else ""))
+        return 0
+    if args.verb == "cancel":
+        job.cancel()
+        print(job.status())
+        return 0
+    if args.verb == "resubmit":
+        new = job.resubmit()
+        print(f"resubmitted as job {new.id}")
+        return 0
+    frame = job.frame if args.no_wait else job.wait(progress=not args.quiet)
+    _write_results(frame, args.output)
+    return 0
+
+
+def _jobs_create(args: argparse.Namespace, cache) -> int:
+    from batchmagic import _api
+    from batchmagic.batchapi._files import read_request_lines, validate_lines
+    from batchmagic.batchapi._handle import BatchJob
+
+    kwargs = dict(kind=args.kind, model=args.model, provider=args.provider,
+                  base_url=args.base_url, system=args.system, mode="batch-api",
+                  progress=not args.quiet, batch_options=_batch_options(args), cache=cache)
+    if args.max_tokens is not None:
+        kwargs["params"] = {"max_tokens": args.max_tokens}
+    ids = None
+    if args.prompt is None and args.input.lower().endswith((".jsonl", ".ndjson")):
+        with open(args.input, "rb") as fh:
+            data = fh.read()
+        # request lines: checked the way the provider will check them, before anything is sent
+        ids, bodies = read_request_lines(validate_lines(data, "ark"))
+        models = {b.get("model") or args.model for b in bodies}
+        if len(models) > 1:
+            raise _api.ConfigError(f"a batch job holds one model; the file names {len(models)}: "
+                                   f"{', '.join(sorted(map(str, models)))}")
+        run = _api._Run(bodies, None, _api._options(kwargs))
+        import pandas as pd
+
+        run.plan.frame = pd.DataFrame({"custom_id": ids, "input": bodies},
+                                      index=run.plan.frame.index)
+    else:
+        run = _api._Run(_read_table(args.input), args.prompt, _api._options(kwargs))
+    job = BatchJob._submit(run)
+    if not args.wait:
+        job._wait_submitted()
+        print(f"job {job.id} submitted; `batchmagic jobs status {job.id}` to follow it, "
+              f"`batchmagic jobs results {job.id} -o out.jsonl` to collect it")
+        return 0
+    frame = job.wait()
+    print(f"job {job.id}: {frame.attrs['batchmagic']['ok']} ok, "
+          f"{frame.attrs['batchmagic']['failed']} failed", file=sys.stderr)
+    if args.output:
+        _write_results(frame, args.output)
+    return 0 if frame.attrs["batchmagic"]["failed"] == 0 else 1
+
+
+def _write_results(frame, path: str) -> None:
+    if "input" in frame.columns and not path.lower().endswith((".jsonl", ".ndjson")):
+        import json  # request bodies in a table: JSON text, not Python reprs
+
+        frame = frame.assign(input=[json.dumps(v, ensure_ascii=False) if isinstance(v, dict)
+                                    else v for v in frame["input"]])
+    _write_table(frame, path)
+    print(f"wrote {path}: {len(frame)} rows", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rpm", type=float)
     run.add_argument("--tpm", type=float)
     run.add_argument("-q", "--quiet", action="store_true")
+    run.add_argument("--mode", choices=["online", "batch-api", "batch-chat"],
+                     help="online (default); batch-api: the provider's Batch API (about half the "
+                          "price, answers within the completion window); batch-chat: its Batch "
+                          "Chat endpoint")
+    _add_batch_flags(run)
     run.set_defaults(fn=_run)
+
+    _add_jobs_parser(sub)
 
     sub.add_parser("simulator", help="serve the simulator (see: batchmagic simulator --help)")
     args = parser.parse_args(argv)

@@ -221,7 +221,8 @@ def test_bad_arguments_are_config_errors():
     s = Server()
     for kw in ({"concurrency": 0}, {"concurrency": 1.5}, {"rpm": -1}, {"timeout": 0},
                {"retries": -1}, {"retries": True}, {"params": ["x"]}, {"mode": "later"},
-               {"mode": "batch-api"}, {"engine": "vllm"}, {"budget": 1.0}):
+               {"mode": "batch-api", "cache": False}, {"mode": "batch-api", "kind": "image"},
+               {"engine": "vllm"}, {"budget": 1.0}):
         with pytest.raises(bm.ConfigError):
             run(["a"], server=s, **kw)
     assert s.count == 0

@@ -209,3 +209,11 @@ def test_the_cli_demo_runs_on_the_local_engine(capsys):
     captured = capsys.readouterr()
     assert "SmolLM2-135M" in captured.err and "engine=llama.cpp" in captured.err
     assert "20 ok, 0 failed" in captured.out
+
+
+def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_text("not a model")
+    with pytest.raises(bm.ConfigError, match="could not load"):
+        run([QUESTION], model=str(bad))
+    assert all(e["model"] != str(bad) for e in engines.loaded())

@@ -238,7 +238,7 @@ def test_pause_resume_cancel_line_magics(ip, sim, capsys):
     ("--on reviews -m m -o 1x", "{text}", "-o needs a variable name"),
     ("--on reviews", "{text}", "model= is required"),
     ("--on reviews -m m -c 0", "{text}", "concurrency must be a positive integer"),
-    ("--on reviews -m m --mode batch-api", "{text}", "batch-api"),
+    ("--on reviews -m m --budget -1", "{text}", "budget must be a positive number"),
     ("--on reviews -m m --engine no-such-engine", "{text}", "engine"),
 ])
 def test_misuse_raises_usage_error(ip, sim, line, body, message):

@@ -194,7 +194,7 @@ def test_the_widget_never_holds_the_key(monkeypatch, capsys):
 
 
 def test_a_big_run_prints_no_line_per_row(server):
-    """A 20,000-row run through the text bar: redraws bounded by time, never by rows."""
+    """A 10,000-row run through the text bar: redraws bounded by time, never by rows."""
     err = io.StringIO()
     real = _display.TextDisplay.__init__
 
@@ -204,7 +204,7 @@ def test_a_big_run_prints_no_line_per_row(server):
     t0 = time.monotonic()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_display.TextDisplay, "__init__", to_buffer)
-        df = bm.batch([f"row {i}" for i in range(20_000)], base_url=BASE_URL, model="m",
+        df = bm.batch([f"row {i}" for i in range(10_000)], base_url=BASE_URL, model="m",
                       transport=server.transport, concurrency=256, cache=False)
     wall = time.monotonic() - t0
     assert df["error"].isna().all()

@@ -14,6 +14,7 @@ import batchmagic as bm
 EXPECTED_ALL = [
     "BadRequestError",
     "BatchError",
+    "BatchJob",
     "BatchTask",
     "BudgetExceededError",
     "CancelledRowError",
@@ -43,6 +44,7 @@ EXPECTED_ALL = [
     "batch",
     "clear_journal",
     "estimate",
+    "jobs",
     "raise_for_errors",
     "runs",
     "submit",

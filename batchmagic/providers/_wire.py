@@ -76,8 +76,15 @@ class _Wire(abc.ABC):
                    deadline: float) -> WireResponse:
         return await self._request("POST", url, body, headers, deadline, MAX_BODY_BYTES)
 
-    async def get(self, url: str, deadline: float, max_bytes: int) -> WireResponse:
-        return await self._request("GET", url, None, {}, deadline, max_bytes)
+    async def get(self, url: str, deadline: float, max_bytes: int,
+                  headers: Mapping[str, str] | None = None) -> WireResponse:
+        return await self._request("GET", url, None, headers or {}, deadline, max_bytes)
+
+    async def request(self, method: str, url: str, body: bytes | None,
+                      headers: Mapping[str, str], deadline: float,
+                      max_bytes: int = MAX_BODY_BYTES) -> WireResponse:
+        """Any method (the Batch API clients PUT objects and GET with credentials)."""
+        return await self._request(method, url, body, headers, deadline, max_bytes)
 
     @abc.abstractmethod
     async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:

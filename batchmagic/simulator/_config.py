@@ -13,6 +13,8 @@ from typing import Any
 
 #: environment variable read for the API key when ``--api-key`` is not given (keeps it out of ps)
 API_KEY_ENV = "BATCHMAGIC_SIM_API_KEY"
+#: likewise for the Secret Access Key the Ark-shaped job API and the TOS stand-in verify
+ARK_SECRET_KEY_ENV = "BATCHMAGIC_SIM_ARK_SECRET_KEY"
 
 FAULT_NAMES = (
     "500", "502", "503", "504", "529", "429", "insufficient_quota", "401", "403", "404_model",
@@ -82,6 +84,16 @@ class SimConfig:
     log_calls: bool = True  #: keep a record of every request in memory
     call_log_path: str | None = None  #: also append JSONL records here (mode 0600)
 
+    # --- Batch APIs (files + batches; Ark jobs over a TOS stand-in): see _batches
+    batch_seconds: float = 1.0  #: seconds a batch takes to run all its requests
+    batch_day_seconds: float = 60.0  #: seconds one day of a completion window lasts ("24h")
+    batch_error_rate: float = 0.0  #: share of lines answered 400 with ``"error": null``
+    batch_fault_rate: float = 0.0  #: share of lines failed into the error file
+    batch_reverse: bool = True  #: write result files in reverse order (join by custom_id!)
+    ark_access_key: str = "AKLTbatchmagicsim"  #: Access Key ID the Ark API and TOS accept
+    #: its Secret Access Key (prefer the BATCHMAGIC_SIM_ARK_SECRET_KEY env var); None refuses all
+    ark_secret_key: str | None = field(default="batchmagic-sim-secret", repr=False)
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -115,6 +127,16 @@ class SimConfig:
                 raise ValueError(f"{name} must be > 0 or None")
         if self.burst <= 0:
             raise ValueError("burst must be > 0")
+        for name in ("batch_error_rate", "batch_fault_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if self.batch_error_rate + self.batch_fault_rate > 1.0 + 1e-9:
+            raise ValueError("batch_error_rate + batch_fault_rate must be at most 1")
+        for name in ("batch_seconds", "batch_day_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.ark_secret_key == "":
+            self.ark_secret_key = None
         if self.error_200_code not in ERROR_200_CODES:
             raise ValueError(f"error_200_code must be one of {ERROR_200_CODES}")
         self.missing_models = [str(m) for m in self.missing_models]
@@ -145,6 +167,8 @@ class SimConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["api_key"] = None
         out["api_key_set"] = self.api_key is not None
+        out["ark_secret_key"] = None
+        out["ark_secret_key_set"] = self.ark_secret_key is not None
         out["schedule"] = [[at, dict(upd)] for at, upd in self.schedule]
         return out
 
@@ -161,7 +185,7 @@ class SimConfig:
             flag = "--" + f.name.replace("_", "-")
             default = f.default if f.default is not dataclasses.MISSING else None
             help_ = _HELP.get(f.name, "")
-            if kind not in ("faults", "list_str", "schedule") and f.name != "api_key":
+            if kind not in ("faults", "list_str", "schedule") and f.name not in _SECRETS:
                 help_ += f" (default: {default})"
             if kind == "bool":
                 p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -214,6 +238,10 @@ class SimConfig:
             key = (os.environ if env is None else env).get(API_KEY_ENV)
             if key:
                 values["api_key"] = key
+        if "ark_secret_key" not in values:
+            key = (os.environ if env is None else env).get(ARK_SECRET_KEY_ENV)
+            if key:
+                values["ark_secret_key"] = key
         return cls(**values)
 
     def to_args(self, *, include_api_key: bool = False) -> list[str]:
@@ -227,7 +255,7 @@ class SimConfig:
             value = getattr(self, f.name)
             if value == getattr(default, f.name):
                 continue
-            if f.name == "api_key" and not include_api_key:
+            if f.name in _SECRETS and not include_api_key:
                 continue
             kind = _KINDS[f.name]
             flag = "--" + f.name.replace("_", "-")
@@ -257,8 +285,12 @@ _KINDS: dict[str, str] = {
     "ratelimit_headers": "bool", "schedule": "schedule", "faults": "faults",
     "fault_seed": "int", "fault_attempts": "int", "hang_seconds": "float",
     "trickle_interval": "float", "error_200_code": "int", "log_calls": "bool",
-    "call_log_path": "opt_str",
+    "call_log_path": "opt_str", "batch_seconds": "float", "batch_day_seconds": "float",
+    "batch_error_rate": "float", "batch_fault_rate": "float", "batch_reverse": "bool",
+    "ark_access_key": "str", "ark_secret_key": "opt_str",
 }
+#: fields never shown, and passed to a child process through the environment only
+_SECRETS = frozenset({"api_key", "ark_secret_key"})
 _FIELD_NAMES = frozenset(_KINDS)
 _HELP = {
     "host": "bind address",
@@ -291,6 +323,13 @@ _HELP = {
     "error_200_code": f"one of {', '.join(map(str, ERROR_200_CODES))}",
     "log_calls": "keep an in-memory call log (GET /_sim/calls)",
     "call_log_path": "append a JSONL call log to this file (mode 0600)",
+    "batch_seconds": "seconds a batch (files + batches, or an Ark job) takes to run",
+    "batch_day_seconds": "seconds one day of a batch completion window lasts (24h -> this)",
+    "batch_error_rate": "share of batch lines answered with status 400 and error null",
+    "batch_fault_rate": "share of batch lines failed into the error file",
+    "batch_reverse": "write batch result files in reverse order",
+    "ark_access_key": "Access Key ID the Ark job API and the TOS stand-in accept",
+    "ark_secret_key": f"its Secret Access Key (prefer the {ARK_SECRET_KEY_ENV} env var)",
 }
 
 

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ._config import API_KEY_ENV, SimConfig
+from ._config import API_KEY_ENV, ARK_SECRET_KEY_ENV, SimConfig
 from ._server import READY_PREFIX, serve
 
 # Admin traffic goes to 127.0.0.1 directly, never through an http_proxy from the environment.
@@ -85,6 +85,7 @@ def _child_env(api_key: str | None, extra: dict[str, str] | None) -> dict[str, s
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
     env["PYTHONUNBUFFERED"] = "1"
     env.pop(API_KEY_ENV, None)
+    env.pop(ARK_SECRET_KEY_ENV, None)
     if api_key is not None:
         env[API_KEY_ENV] = api_key  # never on the command line, where ps would show it
     if extra:
@@ -135,7 +136,10 @@ class SimulatorProcess(_AdminClient):
         self._stderr_file = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr_file,
-            env=_child_env(self.config.api_key, self._env),
+            env=_child_env(self.config.api_key, {
+                **({ARK_SECRET_KEY_ENV: self.config.ark_secret_key}
+                   if self.config.ark_secret_key else {}),
+                **(self._env or {})}),
         )
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read_stdout, args=(ready,),

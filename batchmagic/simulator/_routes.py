@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ._app import SimState
+from ._batches import batch_handler
 from ._config import SimConfig
 from ._endpoints import MAX_IMAGES_KEPT, PATHS
 from ._faults import model_not_found
@@ -129,6 +130,9 @@ def make_dispatcher(st: SimState) -> Any:
                 return await _model(request, st, path[len("/v1/models/"):])
             if path.startswith("/v1/sim-images/"):
                 return await _image(request, st, path[len("/v1/sim-images/"):])
+        batch = batch_handler(request, st)  # files, batches, Ark jobs, the TOS stand-in
+        if batch is not None:
+            return await batch
         admin = _ADMIN.get((method, path))
         if admin is not None:
             if not _admin_allowed(request, st):

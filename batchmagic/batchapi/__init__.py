@@ -1,0 +1,32 @@
+"""Provider Batch APIs: JSONL files, jobs at about half the online price, results in the same frame.
+
+``bm.batch(..., mode="batch-api")`` and ``bm.submit(..., mode="batch-api")`` run rows through
+them; ``bm.jobs()`` lists the jobs recorded in the journal, across kernel restarts.
+
+* ``_files``: input lines, ``custom_id`` from row keys, local validation, sharding
+* ``_client``: the OpenAI-compatible files + batches client (OpenAI, DashScope, compatible servers)
+* ``_ark``, ``_sign``: Volcengine Ark batch jobs over TOS, with Volcengine's signatures
+* ``_results``: output / error files -> one outcome per custom_id
+* ``_jobs``: a job's life (record, submit, adopt after a crash, poll, harvest into the journal)
+* ``_run``: a run in batch-api mode; ``_handle``: ``BatchJob`` and ``jobs()``
+* ``_modes``: where batch-api and batch-chat runs go, checked before anything is sent
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["BatchJob", "JobStatus", "jobs", "job"]
+
+
+def __getattr__(name: str) -> Any:
+    # pandas and the HTTP stack load on first use, as for the top-level package
+    if name in ("BatchJob", "jobs", "job"):
+        from . import _handle
+
+        return getattr(_handle, name)
+    if name == "JobStatus":
+        from ._jobs import JobStatus
+
+        return JobStatus
+    raise AttributeError(f"module 'batchmagic.batchapi' has no attribute {name!r}")

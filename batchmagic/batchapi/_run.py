@@ -1,0 +1,223 @@
+"""``bm.batch(..., mode="batch-api")``: a run whose requests go through Batch API jobs.
+
+The run is planned as any other (row keys, journal lookup: rows already answered cost nothing).
+Then ``RunDriver.prepare`` records the job before anything is sent. Rows that an unfinished job
+of an earlier run already holds (a kernel restarted under a 24-hour job, the same cell run
+again) are not sent twice: the run attaches to that job and waits for it. The rest go into a new
+job. The run's frame is then filled from the journal, exactly like an online run's.
+
+Foreground runs stop *waiting* on Ctrl-C (the job goes on at the provider and ``bm.jobs()``
+finds it); background runs (``bm.submit``) treat cancel as "cancel the provider batches".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from .._errors import BudgetExceededError, InputError
+from ._jobs import Access, JobEngine, fill_results, job_config, price_of
+
+
+class RunDriver:
+    def __init__(self, run: Any):
+        self.run = run
+        o = run.options
+        self.config = job_config(run.target, o, run.price)
+        secret = {k: v for k, v in (o.batch_options or {}).items()
+                  if k in ("access_key", "secret_key")}
+        self.access = Access(api_key=run.target.api_key, options=secret, headers=o.headers,
+                             transport=o.transport, http=o.http)
+        self.engines: list[JobEngine] = []
+        self.new_job: JobEngine | None = None
+        self.background = False
+        self.prepared = False
+        self.stopped_by: BaseException | None = None
+        self._detach: asyncio.Event | None = None
+        self._cancel = False
+        self.submitted = threading.Event()  # every batch exists at the provider (or never will)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [e.job_id for e in self.engines]
+
+    def prepare(self) -> None:
+        """Record the job (or find the jobs already holding these rows). Synchronous: called in
+        the caller's thread by ``submit`` so the job is on disk when it returns."""
+        if self.prepared:
+            return
+        self.prepared = True
+        run = self.run
+        plan, results = run.plan, run.results
+        todo = [i for i in range(len(plan.items)) if not results.done[i]]
+        if not todo:
+            return
+        journal = run.durable.journal
+        holding = journal.active_jobs_for(plan.items[i].key for i in todo)
+        for job_id in dict.fromkeys(holding.values()):
+            self.engines.append(JobEngine.load(journal, job_id, self.access))
+        new = [i for i in todo if plan.items[i].key not in holding]
+        if not new:
+            return
+        if run.options.budget is not None and run.price is not None:
+            price, share = price_of(self.config)
+            worst = sum(price.cost(plan.items[i].prompt_tokens, plan.items[i].max_output)
+                        for i in new) * share
+            if worst > run.options.budget:
+                self.stopped_by = BudgetExceededError(
+                    f"the budget of ${run.options.budget:,.4f} could be exceeded: the job's "
+                    f"worst case is ${worst:,.4f} at the batch price")
+                return
+        engine, too_large = JobEngine.create(journal, plan, new, self.config, self.access)
+        for i in too_large:
+            results.error[i] = InputError(
+                f"the request is larger than a {self.config['name']} batch file may be "
+                f"({self.config['max_bytes']:,} bytes)", provider=self.config["name"])
+            results.done[i] = 1
+        if engine is not None:
+            self.engines.append(engine)
+            self.new_job = engine
+
+    def control(self, action: str) -> None:
+        """On the loop thread. "cancel": a background job cancels its provider batches; a
+        foreground wait just stops waiting (the job goes on and ``bm.jobs()`` lists it)."""
+        if action != "cancel":
+            return  # pause / resume mean nothing to a provider's queue
+        if self.background:
+            self.request_cancel()
+        elif self._detach is not None:
+            self._detach.set()
+
+    def request_cancel(self) -> None:
+        self._cancel = True
+        for engine in self.engines:
+            engine.cancel_requested = True
+
+    async def run_all(self) -> bool:
+        self._detach = asyncio.Event()
+        if self._cancel:
+            self.request_cancel()
+        progress = self.run.progress
+        progress.requests = sum(e.shards[n].get("requests") or 0
+                                for e in self.engines for n in e.shards) or progress.requests
+
+        def update() -> None:
+            statuses = [e.status() for e in self.engines]
+            done = sum(s.completed + s.failed for s in statuses)
+            progress.done = min(done, progress.requests)
+            progress.failed = sum(s.failed for s in statuses)
+            progress.ok = max(0, progress.done - progress.failed)
+            words = "; ".join(f"{s.provider} job {s.job_id} {s.status or s.state}"
+                              for s in statuses)
+            progress.message = f"{words}: {done:,}/{progress.requests:,} requests done"
+            progress.version += 1
+            if all(s.state != "submitting" for s in statuses):
+                self.submitted.set()
+
+        try:
+            outcomes = await asyncio.gather(*(e.run(update, self._detach) for e in self.engines))
+        finally:
+            self.submitted.set()
+        return all(outcomes)
+
+
+def driver_for(run: Any) -> RunDriver:
+    """The run's driver, made once."""
+    driver = getattr(run, "_batch_driver", None)
+    if driver is None:
+        driver = run._batch_driver = RunDriver(run)
+    return driver
+
+
+async def execute(run: Any):
+    """``_Run.execute`` for mode="batch-api" (on the loop thread)."""
+    from .._display import quiet_logs, summary_line
+
+    driver = driver_for(run)
+    if not driver.prepared:
+        await asyncio.to_thread(driver.prepare)
+    run.state = "running"
+    progress = run.progress
+    progress.state = "running"
+    display = run.open_display()
+    refresher = asyncio.ensure_future(run._refresh(display))
+    t0 = time.monotonic()
+    finished = True
+    error: BaseException | None = driver.stopped_by
+    try:
+        if error is None and driver.engines:
+            with quiet_logs():
+                finished = await driver.run_all()
+    except asyncio.CancelledError:
+        finished = False
+        raise
+    except Exception as exc:  # the job could not be submitted or followed
+        error = exc
+    finally:
+        fatal = [e.fatal for e in driver.engines if e.fatal is not None]
+        if error is None and fatal:
+            error = fatal[0]  # as online: a bad key or no quota stops the run
+        refresher.cancel()
+        journal = run.durable.journal
+        jobs = ", ".join(driver.job_ids)
+        if error is not None:
+            pending = f"not sent: the Batch API job stopped: {error}"
+            if jobs:
+                pending += f" (job {jobs} is in the journal: bm.jobs() to follow it up)"
+        else:
+            pending = (f"not finished: job {jobs} goes on at {run.target.name}; "
+                       "bm.jobs() finds it (wait() / result() collect the rows)")
+        filled = fill_results(journal, run.plan, run.results, driver.engines, pending=pending)
+        _count(run, filled)
+        run._on_saved(filled)
+        progress.finished = time.monotonic()
+        if error is not None:
+            run.state = "aborted"
+            progress.message = f"stopped: {error}"
+        elif not finished:
+            run.state = "cancelled"
+            progress.message = pending
+        else:
+            run.state = "done"
+            progress.message = f"{run.target.name} Batch API job {jobs} finished" if jobs else ""
+        progress.state = run.state
+        await run.durable.finish(run._run_record())
+        snap = progress.snapshot()
+        if display is not None:
+            display.close(snap)
+        elif run.state != "done" and summary_line(snap):
+            import sys
+
+            print(summary_line(snap), file=sys.stderr)
+    frame = run._frame(time.monotonic() - t0)
+    facts = frame.attrs["batchmagic"]
+    facts["mode"] = "batch-api"
+    facts["jobs"] = driver.job_ids
+    spent = [run.results.cost[i] for i in range(len(run.plan.items))
+             if run.results.done[i] and not run.results.cached[i] and run.results.error[i] is None]
+    facts["cost"] = float(sum(spent)) if run.price is not None and None not in spent else None
+    if error is not None:
+        facts["stopped_by"] = str(error)
+    run.frame = frame
+    if run.live is not None:
+        run.live.finish(frame)
+    return frame
+
+
+def _count(run: Any, filled: list[int]) -> None:
+    p, r = run.progress, run.results
+    # the provider's counts were estimates while polling; the journal's are exact
+    p.ok = sum(1 for i in range(len(run.plan.items))
+               if r.done[i] and r.error[i] is None and not r.cached[i])
+    p.failed = sum(1 for i in range(len(run.plan.items)) if r.done[i] and r.error[i] is not None)
+    p.done = p.ok + p.failed
+    p.requests = max(p.requests, p.done)
+    p.input_tokens = sum(r.input_tokens[i] or 0 for i in filled if r.error[i] is None)
+    p.output_tokens = sum(r.output_tokens[i] or 0 for i in filled if r.error[i] is None)
+    for i in filled:
+        if r.error[i] is not None:
+            p.error(r.error[i])
+    costs = [r.cost[i] for i in filled if r.error[i] is None and r.cost[i] is not None]
+    p.cost = float(sum(costs))
