@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 def setup(force: bool) -> int:
     from ._harness import VENVS
 
-    for name, (folder, req) in VENVS.items():
+    for folder, req in VENVS.values():
         if force and folder.exists():
             shutil.rmtree(folder)
         if not (folder / "bin" / "python").exists():
@@ -102,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         probe(ctx)
         for name, why in ctx.broken.items():
             status.setdefault(name, why)
+    for name in CONTENDERS:
+        if name not in names:
+            status[name] = availability(name) or "not selected (--contenders)"
     workloads = {key: all_workloads[key](ctx) for key in only}
     estimate = sum(w.estimate_s() for w in workloads.values())
     log(f"{len(workloads)} workload(s) x {len(names)} contender(s); expected about "

@@ -318,7 +318,7 @@ def prep_qianfan(spec: dict) -> Callable[[], dict]:
     if spec.get("rpm"):
         kw["request_per_minute"] = spec["rpm"]  # its own limiter (keeps a 10% buffer by default)
     if spec.get("tpm"):
-        kw["token_limit_per_minute"] = spec["tpm"]
+        kw["token_per_minute"] = spec["tpm"]
     chat = qianfan.ChatCompletion(version=2, **kw)
     messages = [[{"role": "user", "content": t}] for t in texts(spec)]
 
@@ -490,8 +490,8 @@ def prep_langchain(spec: dict) -> Callable[[], dict]:
 
 
 def prep_batchmagic(spec: dict) -> Callable[[], dict]:
-    import batchmagic._api  # noqa: F401  (pandas, numpy, the dispatcher: not part of the timing)
     import batchmagic as bm
+    import batchmagic._api  # noqa: F401  (pandas, numpy, the dispatcher: not part of the timing)
 
     rows = texts(spec)
     kind = spec["kind"]

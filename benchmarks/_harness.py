@@ -25,12 +25,14 @@ ROOT = HERE.parent
 CHILD = HERE / "_child.py"
 RESULTS = HERE / "results"
 
+#: where the peers' virtual environments live (BENCH_PEERS_DIR moves them, e.g. in a test)
+PEERS_DIR = Path(os.environ.get("BENCH_PEERS_DIR") or HERE)
 #: the peers' virtual environments, built by ``python -m benchmarks setup``
 VENVS = {
-    "peers": (HERE / ".venv-peers", HERE / "requirements-peers.txt"),
+    "peers": (PEERS_DIR / ".venv-peers", HERE / "requirements-peers.txt"),
     # the newest OpenAI SDK cannot share an environment with bespokelabs-curator 0.1.31, which
     # pins litellm 1.83.7, which pins openai 2.30.0: it gets an environment of its own
-    "openai": (HERE / ".venv-peers-openai", HERE / "requirements-peers-openai.txt"),
+    "openai": (PEERS_DIR / ".venv-peers-openai", HERE / "requirements-peers-openai.txt"),
 }
 
 
@@ -89,7 +91,9 @@ def availability(name: str) -> str | None:
         return None
     py = venv_python(c.venv)
     if not py.exists():
-        folder = VENVS[c.venv][0].relative_to(ROOT)
+        folder = VENVS[c.venv][0]
+        with contextlib.suppress(ValueError):
+            folder = folder.relative_to(ROOT)
         return (f"not installed: the peers' environment {folder} does not exist "
                 "(build it with `python -m benchmarks setup`)")
     return None
@@ -161,8 +165,13 @@ def _litellm_tokenizers() -> str | None:
 
 
 def run_one(contender: str, spec: dict, sim: Any, *, timeout: float, calls: bool = False,
-            before_go: Any = None, setup_timeout: float = 180.0) -> RunResult:
-    """Start the contender's child, reset the simulator when it is ready, let it go, collect."""
+            before_go: Any = None, setup_timeout: float = 180.0,
+            stop_at_deadline: bool = False) -> RunResult:
+    """Start the contender's child, reset the simulator when it is ready, let it go, collect.
+
+    With ``stop_at_deadline`` a run still going after ``timeout`` is stopped and counts: the
+    workload measures it from the simulator's call log (the rows it would still have answered
+    are unknown)."""
     c = CONTENDERS[contender]
     why = availability(contender)
     if why:
@@ -215,7 +224,11 @@ def run_one(contender: str, spec: dict, sim: Any, *, timeout: float, calls: bool
         proc.stdin.write("GO\n")
         proc.stdin.flush()
         line = wait_for(time.monotonic() + timeout)
-        if line == "timeout":
+        if line == "timeout" and stop_at_deadline:
+            result = RunResult(True, data={"wall": timeout, "cpu": None, "ok": None,
+                                           "failed": None, "errors": {}, "stopped": True},
+                               context=context)
+        elif line == "timeout":
             result = RunResult(False, error=f"timed out after {timeout:.0f} s", context=context)
         elif line is None or not line.startswith("RESULT "):
             result = RunResult(False, error=f"crashed: {_last_line(stderr) or 'no result'}",

@@ -41,10 +41,13 @@ def verdicts(workloads: dict[str, Workload]) -> list[dict]:
                 add("W3", f"rate-limited ({mode}) ≥ 95% of the binding limit, 0 user-visible 429s",
                     "not measured", None)
                 continue
-            share, failed = c.median("share"), max(r["failed"] for r in c.runs)
+            share = c.median("share")
+            failed = max((r["failed"] for r in c.runs), key=lambda f: -1 if f is None else f)
             add("W3", f"rate-limited ({mode}) ≥ 95% of the binding limit, 0 user-visible 429s",
                 f"{share:.0%} of the limit, {failed} rows failed" if share is not None
                 else "no answer", share is not None and share >= 0.95 and failed == 0)
+            if failed is None:
+                out[-1]["measured"] = f"{share:.0%} of the limit; stopped at the deadline"
     w = workloads.get("W4")
     if w:
         c = _bm(w)
@@ -120,11 +123,11 @@ def markdown(report: dict[str, Any], workloads: dict[str, Workload]) -> str:
         lines.append(f"| {v['workload']} | {v['target']} | {v['measured']} | {met} |")
     lines += ["", "## Contenders", "", "| contender | version | how it is driven | status |",
               "|---|---|---|---|"]
-    for name in report["contenders"]:
+    for name in CONTENDERS:
         c = CONTENDERS[name]
         status = report["status"].get(name) or "ran"
         lines.append(f"| {c.label} | {report['versions'].get(name) or '-'} | {c.how} | {status} |")
-    for key, w in workloads.items():
+    for w in workloads.values():
         lines += ["", w.markdown().rstrip()]
     return "\n".join(lines) + "\n"
 

@@ -64,8 +64,10 @@ class Workload:
     title = ""
     target = ""
     repeats = 3
-    slow_after = 25.0  #: a case whose first run takes longer is run once
+    slow_after = 25.0  #: a case whose first run takes longer is run once ...
+    always_repeat = ("batchmagic", "aiohttp")  #: ... except these two, which the targets compare
     timeout = 300.0
+    stop_at_deadline = False  #: a run still going at ``timeout`` is stopped and measured
     calls = False  #: fetch the simulator's call log after each run
     contenders: list[str] = []
 
@@ -97,7 +99,7 @@ class Workload:
         d = rr.data
         return {"wall": d["wall"], "cpu": d["cpu"], "ok": d["ok"], "failed": d["failed"],
                 "errors": d.get("errors", {}), "n": case.spec["n"], "version": d.get("version"),
-                "facts": d.get("facts")}
+                "facts": d.get("facts"), "stopped": bool(d.get("stopped"))}
 
     def summary(self) -> dict:
         return {}
@@ -126,7 +128,8 @@ class Workload:
                     if case.error is not None or (rep > 0 and case.slow):
                         continue
                     rr = run_one(case.contender, case.spec, sim, timeout=self.timeout,
-                                 calls=self.calls, before_go=self.before_go(case))
+                                 calls=self.calls, before_go=self.before_go(case),
+                                 stop_at_deadline=self.stop_at_deadline)
                     tag = f"  [{self.key} {rep + 1}/{repeats} {i + 1}/{len(todo)}] {case.label}"
                     if not rr.ok:
                         case.error = rr.error
@@ -139,11 +142,14 @@ class Workload:
                         self.ctx.log(f"{tag}: {case.error}")
                         continue
                     case.runs.append(m)
-                    if rep == 0 and rr.data["wall"] > self.slow_after:
+                    if rep == 0 and rr.data["wall"] > self.slow_after and \
+                            case.contender not in self.always_repeat:
                         case.slow = True
                     self.ctx.log(f"{tag}: {self.progress_line(m)}")
 
     def progress_line(self, m: dict) -> str:
+        if m.get("stopped"):
+            return f"stopped at the {m['wall']:.0f}-s deadline, still running"
         return (f"wall {m['wall']:.2f} s, cpu {m['cpu']:.2f} s, ok {m['ok']}"
                 + (f", failed {m['failed']} {m['errors']}" if m["failed"] else ""))
 
@@ -195,6 +201,9 @@ def _errors_text(case: Case) -> str:
 
 
 def _failed(case: Case) -> str:
+    stopped = [r for r in case.runs if r.get("stopped")]
+    if stopped:
+        return f"unknown: stopped at the {stopped[0]['wall']:.0f}-s deadline"
     worst = max((r["failed"] for r in case.runs), default=0)
     if not worst:
         return "0"
@@ -210,6 +219,7 @@ class LatencyBound(Workload):
     contenders = ["aiohttp", "httpx", "httpx2", "openai", "openai-aiohttp", "qianfan", "litellm",
                   "curator", "langchain", "batchmagic"]
     target = "batchmagic ≤ 1.15× the raw aiohttp floor at 256 in flight."
+    slow_after = 12.0
 
     def __init__(self, ctx: Ctx):
         super().__init__(ctx)
@@ -225,7 +235,7 @@ class LatencyBound(Workload):
         out = []
         for name in self.contenders:
             if name in self.ctx.contenders:
-                n = self.cap(name, self.n, 40.0, 4 * self.c)
+                n = self.cap(name, self.n, 12.0, 4 * self.c)
                 out.append(Case(name, spec={**self.base_spec(), "n": n, "concurrency": self.c,
                                             "unbounded": True}))
         return out
@@ -240,7 +250,8 @@ class LatencyBound(Workload):
         return [f"{self.n:,} chat requests, {self.latency * 1000:.0f} ms simulated latency, "
                 f"{self.c} in flight: ideal N·latency/C = {self.ideal(self.n):.2f} s. A contender "
                 "whose per-request cost (measured by a short probe) would make a run last over "
-                "40 s runs fewer requests (column n); its × ideal is then at its own n."]
+                "~12 s runs fewer requests (column n; at least 4 waves); its × ideal is then at "
+                "its own n. Runs over 12 s are not repeated (except batchmagic and the floor)."]
 
     def summary(self) -> dict:
         floor = self.case("aiohttp")
@@ -280,7 +291,7 @@ def _estimate(w: Workload, per_run) -> float:  # noqa: ANN001
         if c.contender in w.ctx.broken:
             continue
         t = per_run(c)
-        reps = 1 if t > w.slow_after else repeats
+        reps = 1 if t > w.slow_after and c.contender not in w.always_repeat else repeats
         start = 4.0 if CONTENDERS[c.contender].venv == "peers" else 1.5
         total += reps * (t + start)
     return total + 2.0
@@ -294,7 +305,7 @@ class CpuBound(Workload):
     title = "CPU-bound ceiling"
     contenders = LatencyBound.contenders
     target = "batchmagic's client CPU ≤ 250 µs per request."
-    slow_after = 10.0
+    slow_after = 8.0
 
     def __init__(self, ctx: Ctx):
         super().__init__(ctx)
@@ -304,7 +315,7 @@ class CpuBound(Workload):
         return {"latency": 0.0, "log_calls": False}
 
     def plan(self) -> list[Case]:
-        return [Case(name, spec={**self.base_spec(), "n": self.cap(name, self.n, 15.0, 1000),
+        return [Case(name, spec={**self.base_spec(), "n": self.cap(name, self.n, 8.0, 1000),
                                  "concurrency": self.c, "unbounded": True})
                 for name in self.contenders if name in self.ctx.contenders]
 
@@ -317,7 +328,7 @@ class CpuBound(Workload):
     def describe(self) -> list[str]:
         return [f"{self.n:,} chat requests, zero simulated latency, {self.c} in flight; the "
                 "simulator runs in its own process on the other core. Slow contenders run fewer "
-                "requests (n) so that one run stays under ~15 s; rates are comparable."]
+                "requests (n) so that one run stays under ~8 s, once; rates are comparable."]
 
     def table(self) -> list[str]:
         floor = self.case("aiohttp")
@@ -354,7 +365,7 @@ class RateLimited(Workload):
               "batchmagic given no limit and given the limit.")
     repeats = 1
     calls = True
-    timeout = 400.0
+    stop_at_deadline = True
 
     def __init__(self, ctx: Ctx):
         super().__init__(ctx)
@@ -365,6 +376,9 @@ class RateLimited(Workload):
             self.n = self.size(600, 100)
         self.charge = PROMPT_TOKENS + MAX_TOKENS
         self.binding = min(self.rpm / 60, self.tpm / 60 / self.charge)  # requests per second
+        # a run still going at twice the ideal time is stopped: its share of the limit is
+        # measured over the time it ran, its unanswered rows are reported as unknown
+        self.timeout = max(10.0, 2 * self.n / self.binding + 5)
 
     def sim_config(self) -> dict:
         return {"latency": self.latency, "rpm": self.rpm, "tpm": self.tpm,
@@ -373,7 +387,7 @@ class RateLimited(Workload):
     def limit_spec(self, name: str) -> tuple[dict, str]:
         if name in ("batchmagic", "qianfan", "litellm", "curator"):
             own = {"batchmagic": "rpm=, tpm=", "qianfan": "request_per_minute=, "
-                   "token_limit_per_minute= (its limiter keeps a 10% buffer)",
+                   "token_per_minute= (its limiters keep a 10% buffer)",
                    "litellm": "Router rpm / tpm (usage-based-routing-v2)",
                    "curator": "max_requests_per_minute / max_tokens_per_minute"}[name]
             return {"rpm": self.rpm, "tpm": self.tpm}, own
@@ -459,7 +473,7 @@ class Faults(Workload):
     title = "Transient faults"
     contenders = RATE_CONTENDERS
     target = "no row lost; duplicates only where the server may already have answered."
-    repeats = 2
+    repeats = 1
     calls = True
 
     def __init__(self, ctx: Ctx):
@@ -501,16 +515,19 @@ class Faults(Workload):
 
     def table(self) -> list[str]:
         lines = ["| contender | rows answered | rows lost | rows duplicated | extra requests | "
-                 "faults injected | errors seen by the user |", "|---|---|---|---|---|---|---|"]
+                 "faults injected | wall | errors seen by the user |",
+                 "|---|---|---|---|---|---|---|---|"]
         for c in self.cases:
             if c.error and not c.runs:
-                lines.append(f"| {c.label} | {self.failed_cell(c)} | | | | | |")
+                lines.append(f"| {c.label} | {self.failed_cell(c)} | | | | | | |")
                 continue
             lines.append(f"| {c.label} | {fmt_spread(c.spread('ok'), '{:,.0f}')} | "
                          f"{fmt_spread(c.spread('lost'), '{:,.0f}')} | "
                          f"{fmt_spread(c.spread('duplicated'), '{:,.0f}')} | "
                          f"{fmt_spread(c.spread('extra'), '{:,.0f}')} | "
-                         f"{fmt_spread(c.spread('faults'), '{:,.0f}')} | {_errors_text(c) or '-'} |")
+                         f"{fmt_spread(c.spread('faults'), '{:,.0f}')} | "
+                         f"{fmt_spread(c.spread('wall'), '{:.1f}', ' s')} | "
+                         f"{_errors_text(c) or '-'} |")
         return lines
 
     def estimate_s(self) -> float:
@@ -527,7 +544,7 @@ class MovingLimit(Workload):
     target = "≥ 85% of each new limit within 15 s."
     repeats = 1
     calls = True
-    timeout = 240.0
+    stop_at_deadline = True  # the metrics come from the call log while the phases last
 
     def __init__(self, ctx: Ctx):
         super().__init__(ctx)
@@ -543,6 +560,7 @@ class MovingLimit(Workload):
         self.n = int(sum(r * (b - a) for (a, r), (b, _) in zip(self.phases, self.phases[1:]))
                      + last_rate * (self.window + (2 if not self.q else 0.5)))
         self.retry_after = 1.0  # the simulator's Retry-After is whole seconds, at least 1
+        self.timeout = self.phases[-1][0] + self.window + (2.0 if self.q else 8.0)
 
     def sim_config(self) -> dict:
         return {"latency": self.latency, "rpm": self.phases[0][1] * 60, "ratelimit_headers": False,
@@ -624,7 +642,7 @@ class MovingLimit(Workload):
                 continue
             cells = []
             r = c.runs[0]
-            for i, p in enumerate(r["phases"]):
+            for p in r["phases"]:
                 if p["share"] is None:
                     cells.append("run over before this phase")
                     continue
@@ -648,7 +666,7 @@ class CapacityCollapse(Workload):
     title = "Capacity collapse (a self-hosted, vLLM-like server)"
     target = "≥ 90% of the optimal goodput K / latency."
     repeats = 2
-    slow_after = 15.0
+    slow_after = 0.0  # the peers run once; batchmagic and the floor twice
 
     def __init__(self, ctx: Ctx):
         super().__init__(ctx)
@@ -667,7 +685,7 @@ class CapacityCollapse(Workload):
         for name in RATE_CONTENDERS:
             if name not in self.ctx.contenders:
                 continue
-            if name in ("aiohttp", "batchmagic"):
+            if name in ("aiohttp", "batchmagic") and not self.q:
                 out.append(Case(name, f"fixed low, {self.low}", {**base, "concurrency": self.low}))
             out.append(Case(name, f"fixed high, {self.high}", {**base, "concurrency": self.high}))
             if name == "batchmagic":

@@ -23,6 +23,8 @@ max_new_tokens 32):
 
 Models are loaded and warmed before timing; every contender answers the same rows, interleaved,
 repeated, median reported. Tokens/s counts generated tokens (the engines' own usage counts).
+CPU ms/token is the whole process's CPU time per generated token: on a machine shared with other
+work wall-clock rates drift, and this says whether batchmagic itself costs anything.
 """
 
 from __future__ import annotations
@@ -51,11 +53,18 @@ def prompts(n: int) -> list[str]:
             for i in range(n)]
 
 
-def _median_rate(samples: list[tuple[int, float]]) -> tuple[float, int, float]:
-    rates = [tok / wall for tok, wall in samples]
-    mid = statistics.median(rates)
+def _median_rate(samples: list[tuple[int, float, float]]) -> tuple[float, int, float, float]:
+    """(median tokens/s, tokens, median wall s, median process CPU ms per token)."""
+    rates = [tok / wall for tok, wall, _ in samples]
     tokens = samples[0][0]
-    return mid, tokens, statistics.median(w for _, w in samples)
+    cpu = statistics.median(c / tok * 1000 for tok, _, c in samples)
+    return statistics.median(rates), tokens, statistics.median(w for _, w, _ in samples), cpu
+
+
+def _timed(fn) -> tuple[int, float, float]:
+    c0, t0 = time.process_time(), time.perf_counter()
+    tokens = fn()
+    return tokens, time.perf_counter() - t0, time.process_time() - c0
 
 
 # -- llama.cpp ------------------------------------------------------------------------------
@@ -100,12 +109,10 @@ def bench_llama(rows: list[str], max_tokens: int, repeats: int) -> dict:
 
     contenders = {"plain loop": plain_loop, "bm (1 context)": lambda: bm_run(one_ctx),
                   "bm (default)": lambda: bm_run(default)}
-    samples: dict[str, list[tuple[int, float]]] = {k: [] for k in contenders}
+    samples: dict[str, list[tuple[int, float, float]]] = {k: [] for k in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            tokens = fn()
-            samples[name].append((tokens, time.perf_counter() - t0))
+            samples[name].append(_timed(fn))
     plain.close()
     bm.unload("llama.cpp")
     result = {"layout_default": {"n_contexts": contexts, "n_threads": threads},
@@ -113,10 +120,13 @@ def bench_llama(rows: list[str], max_tokens: int, repeats: int) -> dict:
               "max_tokens": max_tokens, "contenders": {}}
     base = _median_rate(samples["plain loop"])[0]
     for name in contenders:
-        rate, tokens, wall = _median_rate(samples[name])
+        rate, tokens, wall, cpu = _median_rate(samples[name])
         result["contenders"][name] = {"tokens": tokens, "wall_s": round(wall, 3),
                                       "tokens_per_s": round(rate, 1),
-                                      "x_plain_loop": round(rate / base, 3)}
+                                      "x_plain_loop": round(rate / base, 3),
+                                      "cpu_ms_per_token": round(cpu, 2),
+                                      "all_tokens_per_s": [round(t / w, 1) for t, w, _ in
+                                                           samples[name]]}
     return result
 
 
@@ -174,23 +184,24 @@ def bench_transformers(rows: list[str], max_tokens: int, repeats: int, max_batch
     bm.batch(["hi"], engine="transformers", engine_options=options, params={"max_tokens": 4},
              cache=False, progress=False)
     contenders = {"plain loop": plain_loop, "plain batches": plain_batches, "bm": bm_run}
-    samples: dict[str, list[tuple[int, float]]] = {k: [] for k in contenders}
+    samples: dict[str, list[tuple[int, float, float]]] = {k: [] for k in contenders}
     for _ in range(repeats):
         for cname, fn in contenders.items():
-            t0 = time.perf_counter()
-            tokens = fn()
-            samples[cname].append((tokens, time.perf_counter() - t0))
+            samples[cname].append(_timed(fn))
     bm.unload("transformers")
     result = {"rows": len(rows), "max_tokens": max_tokens, "max_batch": max_batch,
               "torch_threads": torch.get_num_threads(), "contenders": {}}
     loop_rate = _median_rate(samples["plain loop"])[0]
     batch_rate = _median_rate(samples["plain batches"])[0]
     for cname in contenders:
-        rate, tokens, wall = _median_rate(samples[cname])
+        rate, tokens, wall, cpu = _median_rate(samples[cname])
         result["contenders"][cname] = {"tokens": tokens, "wall_s": round(wall, 3),
                                        "tokens_per_s": round(rate, 1),
                                        "x_plain_loop": round(rate / loop_rate, 3),
-                                       "x_plain_batches": round(rate / batch_rate, 3)}
+                                       "x_plain_batches": round(rate / batch_rate, 3),
+                                       "cpu_ms_per_token": round(cpu, 2),
+                                       "all_tokens_per_s": [round(t / w, 1) for t, w, _ in
+                                                            samples[cname]]}
     return result
 
 
@@ -200,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=["llama.cpp", "transformers"])
     ap.add_argument("--repeats", type=int)
+    ap.add_argument("--rows", type=int, help="rows per contender (default 48 llama.cpp, 32 "
+                    "transformers)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     report: dict = {
@@ -207,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
     if args.only in (None, "llama.cpp"):
-        rows = prompts(8 if args.quick else 48)
+        rows = prompts(args.rows or (8 if args.quick else 48))
         report["llama.cpp"] = bench_llama(rows, 64, repeats)
         _print("llama.cpp", report["llama.cpp"])
     if args.only in (None, "transformers"):
-        rows = prompts(8 if args.quick else 32)
+        rows = prompts(args.rows or (8 if args.quick else 32))
         report["transformers"] = bench_transformers(rows, 32, repeats, max_batch=8)
         _print("transformers", report["transformers"])
     out = HERE / "results" / "offline.json"
@@ -226,11 +239,12 @@ def _print(title: str, result: dict) -> None:
     if "layout_default" in result:
         d = result["layout_default"]
         print(f"  default layout: {d['n_contexts']} contexts x {d['n_threads']} threads")
-    print(f"  {'contender':<16} {'tokens':>7} {'wall s':>8} {'tokens/s':>9} {'x plain loop':>13}")
+    print(f"  {'contender':<16} {'tokens':>7} {'wall s':>8} {'tokens/s':>9} {'x plain loop':>13} "
+          f"{'CPU ms/token':>13}")
     for name, c in result["contenders"].items():
         extra = f"  ({c['x_plain_batches']:.2f}x plain batches)" if "x_plain_batches" in c else ""
         print(f"  {name:<16} {c['tokens']:>7} {c['wall_s']:>8.2f} {c['tokens_per_s']:>9.1f} "
-              f"{c['x_plain_loop']:>12.2f}x{extra}")
+              f"{c['x_plain_loop']:>12.2f}x {c['cpu_ms_per_token']:>13.2f}{extra}")
 
 
 if __name__ == "__main__":

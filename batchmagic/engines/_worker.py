@@ -324,8 +324,17 @@ class Server:
 
 
 def main() -> int:
-    out = sys.stdout.buffer
-    sys.stdout = sys.stderr  # whatever the engine prints must not corrupt the protocol
+    # run as a script, Python put this file's folder first on sys.path: drop it, so nothing here
+    # can shadow a module the engine imports
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        sys.path.pop(0)
+    # the protocol gets a private copy of stdout; file descriptor 1 itself now goes to the log, so
+    # nothing the engine prints (from Python, C, or its own child processes) corrupts it
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     line = sys.stdin.buffer.readline()
     if not line:
         return 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from types import SimpleNamespace
 
 from standin_common import CharTokenizer, RecordingSamplingParams, answer, behave, metrics, record
@@ -25,6 +26,9 @@ class AsyncEngineArgs:
 class AsyncLLMEngine:
     @classmethod
     def from_engine_args(cls, args: AsyncEngineArgs) -> AsyncLLMEngine:
+        # real engines chatter on stdout, from Python and from C: the protocol must survive it
+        os.write(1, b"stand-in: loading, written straight to file descriptor 1\n")
+        print("stand-in: loaded")
         engine = cls()
         engine.model_config = SimpleNamespace(max_model_len=args.kwargs.get("max_model_len", 400))
         return engine
