@@ -7,6 +7,7 @@ import os
 import signal
 import textwrap
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -394,16 +395,24 @@ def test_foreground_interrupt_assigns_partial_frame_and_says_it_once(ip, sim, ca
     real_run_sync = _loop.run_sync
 
     def interrupted(coro, on_interrupt):
-        # a real SIGINT (Ctrl-C / a kernel interrupt) while the cell waits
-        threading.Timer(0.9, os.kill, (os.getpid(), signal.SIGINT)).start()
+        # a real SIGINT (Ctrl-C / a kernel interrupt) while the cell waits, once a few rows are
+        # answered (not after a fixed delay: on a loaded machine the run may not have started)
+        def interrupt_when_under_way():
+            deadline = time.monotonic() + 30
+            while len(sim.calls()) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_when_under_way, daemon=True).start()
         return real_run_sync(coro, on_interrupt)
 
     monkeypatch.setattr(_loop, "run_sync", interrupted)
     try:
-        ip.user_ns["texts"] = [f"i{i}" for i in range(30)]
+        sim.reset()
+        ip.user_ns["texts"] = [f"i{i}" for i in range(60)]
         cell(ip, "--on texts -o out -m m -c 2 --no-cache", "{}")
         df = ip.user_ns["out"]
-        assert len(df) == 30 and df.attrs["batchmagic"]["state"] == "cancelled"
+        assert len(df) == 60 and df.attrs["batchmagic"]["state"] == "cancelled"
         assert df["output"].notna().sum() >= 2  # finished rows kept
         out = capsys.readouterr().out
         lines = [ln for ln in out.splitlines() if ln.startswith("batch cancelled")]
