@@ -407,6 +407,9 @@ def test_foreground_interrupt_assigns_partial_frame_and_says_it_once(ip, sim, ca
         return real_run_sync(coro, on_interrupt)
 
     monkeypatch.setattr(_loop, "run_sync", interrupted)
+    # Ctrl-C as a terminal or kernel delivers it: an earlier test in the session (a library it
+    # drives) may have left SIGINT ignored, which would swallow the simulated interrupt
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         sim.reset()
         ip.user_ns["texts"] = [f"i{i}" for i in range(60)]
@@ -420,4 +423,5 @@ def test_foreground_interrupt_assigns_partial_frame_and_says_it_once(ip, sim, ca
         assert "not started" in lines[0] and "cancelled in flight" in lines[0]
         assert lines[0].endswith("the finished rows are in out")
     finally:
+        signal.signal(signal.SIGINT, previous)
         sim.configure(latency=0.0)
