@@ -556,6 +556,27 @@ PREP = {
 }
 
 
+def _bm_version() -> str | None:
+    import batchmagic
+
+    return getattr(batchmagic, "__version__", None) or _version("batchmagic")
+
+
+VERSIONS: dict[str, Callable[[], str | None]] = {
+    "aiohttp": lambda: _version("aiohttp"),
+    "httpx": lambda: _version("httpx"),
+    "httpx2": lambda: _version("httpx2"),
+    "openai": lambda: _version("openai"),
+    "openai-aiohttp": lambda: _version("openai"),
+    "qianfan": lambda: _version("qianfan"),
+    "litellm": lambda: _version("litellm"),
+    "curator": lambda: _version("bespokelabs-curator"),
+    "langchain": lambda: f"langchain-openai {_version('langchain-openai')}, openai "
+                         f"{_version('openai')}",
+    "batchmagic": _bm_version,
+}
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     try:
@@ -564,7 +585,8 @@ def main() -> None:
         print("SETUP-FAILED " + json.dumps({"error": f"{type(exc).__name__}: {exc}"[:400]}),
               flush=True)
         return
-    print("READY", flush=True)
+    print("READY " + json.dumps({"version": VERSIONS.get(spec["contender"], lambda: None)()}),
+          flush=True)
     if sys.stdin.readline().strip() != "GO":
         return
     t_cpu, t0 = time.process_time(), time.perf_counter()

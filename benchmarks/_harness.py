@@ -110,6 +110,7 @@ class RunResult:
     server: dict = field(default_factory=dict)  #: sim.stats() after the run
     calls: list = field(default_factory=list)  #: the call log, where the workload asked for it
     context: dict = field(default_factory=dict)  #: what before_go returned (e.g. schedule start)
+    version: str | None = None  #: the contender's library version, as its child reported it
 
 
 def child_env(contender: Contender, sim_url: str, scratch: Path) -> dict[str, str]:
@@ -218,6 +219,9 @@ def run_one(contender: str, spec: dict, sim: Any, *, timeout: float, calls: bool
             else:
                 err = _last_line(stderr) or "exited before it was ready"
             return RunResult(False, error=f"cannot start: {err}")
+        version = None
+        with contextlib.suppress(ValueError, KeyError):
+            version = json.loads(line[len("READY "):] or "{}")["version"]
         sim.reset()
         context = before_go(sim) if before_go else {}
         assert proc.stdin is not None
@@ -235,6 +239,7 @@ def run_one(contender: str, spec: dict, sim: Any, *, timeout: float, calls: bool
                                context=context)
         else:
             result = RunResult(True, data=json.loads(line[len("RESULT "):]), context=context)
+        result.version = version
         with contextlib.suppress(Exception):
             result.server = sim.stats()
         if calls:

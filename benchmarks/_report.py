@@ -136,10 +136,8 @@ def versions(workloads: dict[str, Workload]) -> dict[str, str]:
     out: dict[str, str] = {}
     for w in workloads.values():
         for c in w.cases:
-            for r in c.runs:
-                v = r.get("version")
-                if v and c.contender not in out:
-                    out[c.contender] = str(v)
+            if c.version and c.contender not in out:
+                out[c.contender] = str(c.version)
     from importlib.metadata import PackageNotFoundError, version
 
     for name, dist in (("aiohttp", "aiohttp"), ("httpx", "httpx"), ("httpx2", "httpx2"),
