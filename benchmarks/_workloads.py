@@ -191,8 +191,8 @@ class Workload:
         """Fewer requests for a contender whose per-request cost (from the probe) would make one
         run longer than ``budget_s``; its rates stay comparable, its wall time does not."""
         per = self.ctx.probe.get(contender)
-        if self.q or not per:
-            return n
+        if self.q or not per or contender in self.always_repeat:
+            return n  # batchmagic and the floor always run the full size
         return max(floor_n, min(n, int(budget_s / per) // 100 * 100))
 
 
@@ -222,7 +222,7 @@ class LatencyBound(Workload):
     contenders = ["aiohttp", "httpx", "httpx2", "openai", "openai-aiohttp", "qianfan", "litellm",
                   "curator", "langchain", "batchmagic"]
     target = "batchmagic ≤ 1.15× the raw aiohttp floor at 256 in flight."
-    slow_after = 10.0
+    slow_after = 6.0
 
     def __init__(self, ctx: Ctx):
         super().__init__(ctx)
@@ -254,7 +254,7 @@ class LatencyBound(Workload):
                 f"{self.c} in flight: ideal N·latency/C = {self.ideal(self.n):.2f} s. A contender "
                 "whose per-request cost (measured by a short probe) would make a run last over "
                 "~8 s runs fewer requests (column n; at least 4 waves); its × ideal is then at "
-                "its own n. Runs over 10 s are not repeated (except batchmagic and the floor)."]
+                "its own n. Runs over 6 s are not repeated (except batchmagic and the floor)."]
 
     def summary(self) -> dict:
         floor = self.case("aiohttp")
@@ -283,7 +283,7 @@ class LatencyBound(Workload):
 
     def estimate_s(self) -> float:
         return _estimate(self, lambda c: max(self.ideal(c.spec["n"]) * 1.2,
-                                             1.4 * c.spec["n"] * self.ctx.probe.get(c.contender, 0)))
+                                             1.2 * c.spec["n"] * self.ctx.probe.get(c.contender, 0)))
 
 
 def _estimate(w: Workload, per_run) -> float:  # noqa: ANN001
@@ -308,7 +308,7 @@ class CpuBound(Workload):
     title = "CPU-bound ceiling"
     contenders = LatencyBound.contenders
     target = "batchmagic's client CPU ≤ 250 µs per request."
-    slow_after = 8.0
+    slow_after = 5.0
 
     def __init__(self, ctx: Ctx):
         super().__init__(ctx)
@@ -379,9 +379,9 @@ class RateLimited(Workload):
             self.n = self.size(600, 100)
         self.charge = PROMPT_TOKENS + MAX_TOKENS
         self.binding = min(self.rpm / 60, self.tpm / 60 / self.charge)  # requests per second
-        # a run still going at 1.5x the ideal time is stopped: its share of the limit is
+        # a run still going at 1.3x the ideal time is stopped: its share of the limit is
         # measured over the time it ran, its unanswered rows are reported as unknown
-        self.timeout = max(10.0, 1.5 * self.n / self.binding + 5)
+        self.timeout = max(10.0, 1.3 * self.n / self.binding + 3)
 
     def sim_config(self) -> dict:
         return {"latency": self.latency, "rpm": self.rpm, "tpm": self.tpm,
@@ -419,7 +419,7 @@ class RateLimited(Workload):
                 "with Retry-After and x-ratelimit-* headers. % of limit = answers per second at "
                 "the server (200s in its call log) from one second after the first request, when "
                 "the burst allowance is spent, to the last answer, over the binding limit. A run "
-                "still going at 1.5× the ideal time is stopped there (its share is measured over "
+                "still going at 1.3× the ideal time is stopped there (its share is measured over "
                 "that time)."]
 
     def measure(self, case: Case, rr: RunResult) -> dict:
@@ -882,7 +882,7 @@ class Scale(Workload):
         return lines
 
     def estimate_s(self) -> float:
-        return 2 * (self.n / 9000 + 4)
+        return self.n / 16_000 + self.n / 45_000 + 10
 
 
 WORKLOADS = {w.key: w for w in (LatencyBound, CpuBound, RateLimited, Faults, MovingLimit,
