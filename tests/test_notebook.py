@@ -135,7 +135,7 @@ def test_widget_message_rate_is_bounded(kernel, sim):
 
 
 def test_background_run_leaves_the_kernel_responsive(kernel, sim):
-    sim.configure(latency=0.05)
+    sim.configure(latency=0.1)
     try:
         kernel.ok("texts = [f'bg {i}' for i in range(6000)]")
         out = kernel.ok("%%batch --on texts -o bg_out -c 64 --bg --no-cache\nEcho {}")
@@ -143,6 +143,16 @@ def test_background_run_leaves_the_kernel_responsive(kernel, sim):
         r = kernel.ok("type(bg_out).__name__, bg_out.shape, int(bg_out['output'].notna().sum())")
         name, shape, filled = eval(r["result"])  # noqa: S307
         assert name == "DataFrame" and shape[0] == 6000 and filled < 6000
+        # a loaded machine may take a moment to start the run: wait until rows are arriving
+        deadline = time.monotonic() + 30
+        while True:
+            r = kernel.ok("int(bg_out['output'].notna().sum()), "
+                          "bg_out.attrs['batchmagic'].get('state')")
+            filled, state = eval(r["result"])  # noqa: S307
+            if filled > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert state == "running" and 0 < filled < 6000, (state, filled)
         latencies = []
         for i in range(25):
             t0 = time.monotonic()
