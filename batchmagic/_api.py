@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import pandas as pd
 
 from . import _kinds, _loop
@@ -173,6 +172,11 @@ class _Run:
                                    model=o.model)
             cached_rows = self.durable.fill_from_journal()
         self.units = self._units()
+        if self.engine is None and o.mode in (None, "online", "batch-chat"):
+            # the units hold the bytes each request sends: the dicts behind them are not needed
+            # again (the first stays, for showing), and a million of them cost hundreds of MB
+            for item in self.plan.items[1:]:
+                item.body = None
         self.progress = Progress(
             title=f"{o.kind} {o.model or ''} @ {self.target.name}".replace("  ", " "),
             rows=self.plan.n_rows, requests=sum(len(u.items) for u in self.units),
@@ -209,7 +213,7 @@ class _Run:
 
             return engine_units(plan.items, todo)
         if plan.kind != "embedding":
-            return [Unit([i], orjson.dumps(plan.items[i].body),
+            return [Unit([i], _kinds.encode_body(plan.items[i].body),
                          plan.items[i].prompt_tokens + plan.items[i].max_output) for i in todo]
         preset = self.target.preset
         max_inputs = preset.embedding_max_inputs if preset else 256
@@ -235,7 +239,7 @@ class _Run:
 
     def _pack(self, chunk: list[int], tokens: int, base64_ok: bool) -> Unit:
         body = _kinds.pack_embeddings([self.plan.items[i].body for i in chunk], base64_ok)
-        return Unit(chunk, orjson.dumps(body), tokens)
+        return Unit(chunk, _kinds.encode_body(body), tokens)
 
     # -- execution (loop thread) ------------------------------------------------------------------
 

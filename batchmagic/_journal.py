@@ -12,8 +12,9 @@ torn last write is SQLite's to discard on open; a row whose stored answer no lon
 skipped and asked again; a file that is not a database is moved aside.
 
 Two processes can share a journal: SQLite serialises writers, and *leases* stop two runs paying
-for the same row at once: a run claims the keys it is about to send; a key claimed by another live
-run (same host, process alive, lease fresh) is not sent but waited for.
+for the same row at once: a run claims the keys it is about to send (one row per run, the keys in
+one blob); a key claimed by another live run (same host, process alive, lease fresh) is not sent
+but waited for.
 """
 
 from __future__ import annotations
@@ -80,15 +81,15 @@ CREATE TABLE IF NOT EXISTS runs (
     cost REAL,
     pid INTEGER
 );
-CREATE TABLE IF NOT EXISTS leases (
-    key TEXT PRIMARY KEY,
-    run_id TEXT,
+-- one claim per live run: the keys it is sending, newline-joined in one blob (a million
+-- keys cost one write, not a million index inserts)
+CREATE TABLE IF NOT EXISTS claims (
+    run_id TEXT PRIMARY KEY,
     host TEXT,
     pid INTEGER,
-    expires REAL
+    expires REAL,
+    keys BLOB
 );
-CREATE INDEX IF NOT EXISTS leases_run ON leases(run_id);
-CREATE INDEX IF NOT EXISTS rows_updated ON rows(updated);
 -- Batch API jobs (batchapi/): a job is recorded before any provider call, so a crash never
 -- loses track of a batch the provider may be running (and billing).
 CREATE TABLE IF NOT EXISTS jobs (
@@ -220,6 +221,7 @@ class Journal:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
+                conn.execute("PRAGMA cache_size=-65536")  # up to 64 MB: random row keys touch every page
                 conn.executescript(_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 for suffix in ("-wal", "-shm"):
@@ -304,23 +306,29 @@ class Journal:
     # -- leases ------------------------------------------------------------------------------
 
     def claim(self, keys: list[str], run_id: str) -> dict[str, tuple[str, int]]:
-        """Claim ``keys`` for ``run_id``. Returns the keys another live run holds: key -> (run, pid)."""
+        """Claim ``keys`` for ``run_id``. Returns the keys another live run holds: key -> (run, pid).
+        A run's claims add up; claims of runs whose process died or whose lease expired are void
+        (and removed)."""
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
         held: dict[str, tuple[str, int]] = {}
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                for start in range(0, len(keys), 900):
-                    chunk = keys[start:start + 900]
-                    marks = ",".join("?" * len(chunk))
-                    for key, other, other_host, other_pid, expires in self._conn.execute(
-                            f"SELECT key, run_id, host, pid, expires FROM leases WHERE key IN ({marks})",
-                            chunk):
-                        if other != run_id and _alive(other_host, other_pid, expires, now):
-                            held[key] = (other, other_pid)
-                    self._conn.executemany(
-                        "INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
-                        [(k, run_id, host, pid, now + LEASE_SECONDS) for k in chunk if k not in held])
+                mine: bytes = b""
+                for other, other_host, other_pid, expires, blob in self._conn.execute(
+                        "SELECT run_id, host, pid, expires, keys FROM claims").fetchall():
+                    if other == run_id:
+                        mine = blob or b""
+                    elif not _alive(other_host, other_pid, expires, now):
+                        self._conn.execute("DELETE FROM claims WHERE run_id=?", (other,))
+                    elif blob:
+                        theirs = set(blob.decode().split("\n"))
+                        held.update((k, (other, other_pid)) for k in keys if k in theirs)
+                claimed = "\n".join(k for k in keys if k not in held).encode()
+                if mine and claimed:
+                    claimed = mine + b"\n" + claimed
+                self._conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
+                                   (run_id, host, pid, now + LEASE_SECONDS, claimed or mine))
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
@@ -332,12 +340,12 @@ class Journal:
 
     def renew(self, run_id: str) -> None:
         with self._lock:
-            self._conn.execute("UPDATE leases SET expires=? WHERE run_id=?",
+            self._conn.execute("UPDATE claims SET expires=? WHERE run_id=?",
                                (time.time() + LEASE_SECONDS, run_id))
 
     def release(self, run_id: str) -> None:
         with self._lock:
-            self._conn.execute("DELETE FROM leases WHERE run_id=?", (run_id,))
+            self._conn.execute("DELETE FROM claims WHERE run_id=?", (run_id,))
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -463,7 +471,7 @@ class Journal:
             if before is None:
                 n = self._conn.execute("DELETE FROM rows").rowcount
                 self._conn.execute("DELETE FROM runs")
-                self._conn.execute("DELETE FROM leases")
+                self._conn.execute("DELETE FROM claims")
             else:
                 n = self._conn.execute("DELETE FROM rows WHERE updated < ?", (before,)).rowcount
                 self._conn.execute("DELETE FROM runs WHERE started < ?", (before,))

@@ -453,3 +453,26 @@ def test_property_list_of_texts_round_trips(values):
     expected = [f"» {v} «" for v in values]
     assert sorted(user_text(b) for b in s.bodies) == sorted(set(expected))
     assert list(df["output"]) == ["echo:" + e for e in expected]
+
+
+def test_queued_requests_are_stored_compactly():
+    """The bytes of queued requests are sized exactly (orjson's own buffers are ~4 KB each), and
+    the body dicts behind them are dropped once the bytes exist (the first stays, for showing)."""
+    import tracemalloc
+
+    from batchmagic import _api
+
+    texts = [f"question {i}" for i in range(5_000)]
+    opts = _api._options(dict(provider="simulator", base_url="http://127.0.0.1:9/v1",
+                              model="m", progress=False, cache=False))
+    tracemalloc.start()
+    try:
+        run = _api._Run(texts, "Answer: {}", opts)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(run.units) == 5_000
+    assert all(len(u.body) < 200 for u in run.units)
+    assert kept < 5_000 * 1_000, kept  # was over 4 KB per queued request
+    assert run.plan.items[0].body is not None and run.plan.items[1].body is None
+    _api._recent.remove(run)

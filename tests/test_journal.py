@@ -280,3 +280,34 @@ def test_runs_listing_and_clearing(fresh, tmp_path):
     assert bm.clear_journal(cache=str(folder)) == 5
     run(fresh, texts(5, "l1"), cache=str(folder))
     assert len(fresh.calls()) == 10
+
+
+def test_claims_hold_keys_for_live_runs_only(tmp_path):
+    journal = open_journal(tmp_path / "claims")
+    assert journal.claim(["a", "b", "c"], "run-1") == {}
+    # another run in this process (alive) is told which keys run-1 is sending
+    assert journal.claim(["b", "c", "d"], "run-2") == {"b": ("run-1", os.getpid()),
+                                                      "c": ("run-1", os.getpid())}
+    # claims add up: run-1 claiming more keeps the first ones
+    assert journal.claim(["e"], "run-1") == {}
+    assert set(journal.claim(["a", "e", "d"], "run-3")) == {"a", "e", "d"}
+    journal.release("run-1")
+    assert journal.claim(["a", "b"], "run-3") == {}
+    # a dead process's claim is void, and removed
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    journal._conn.execute("UPDATE claims SET pid=? WHERE run_id='run-3'", (int(dead.stdout),))
+    assert journal.claim(["a", "b", "d"], "run-4") == {"d": ("run-2", os.getpid())}
+    assert [r[0] for r in journal._conn.execute("SELECT run_id FROM claims ORDER BY run_id")] \
+        == ["run-2", "run-4"]
+
+
+def test_a_million_keys_are_one_claim_row(tmp_path):
+    journal = open_journal(tmp_path / "big")
+    keys = [f"{i:032x}" for i in range(1_000_000)]
+    t0 = time.perf_counter()
+    assert journal.claim(keys, "big-run") == {}
+    claimed = time.perf_counter() - t0
+    assert journal._conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 1
+    assert journal.claim(keys[:10], "other") == {k: ("big-run", os.getpid()) for k in keys[:10]}
+    assert claimed < 30  # one blob write, not a million index inserts (generous: shared machines)
