@@ -201,7 +201,7 @@ def test_rate_gate_concurrent_waiters_are_fifo_and_paced():
 
     order, elapsed = asyncio.run(main())
     assert order == [0, 1, 2, 3, 4]
-    assert elapsed == pytest.approx(0.4, abs=0.12)
+    assert 0.28 <= elapsed < 1.0  # about 0.4 s; a loaded machine only adds to it
 
 
 def test_rate_gate_pause_for():

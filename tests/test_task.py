@@ -52,7 +52,7 @@ def test_submit_returns_at_once_and_wait_returns_the_frame():
     s = _gated_server(release)
     t0 = time.monotonic()
     task = _submit(["a", "b", "c", "d"], server=s, concurrency=4)
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 2.0  # the server holds every answer: it returned without them
     assert isinstance(task, bm.BatchTask)
     assert task.task_count() == 4 and len(task) == 4
     assert not task.done()
