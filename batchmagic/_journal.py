@@ -20,13 +20,14 @@ but waited for.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,26 +276,14 @@ class Journal:
                                         cost, latency, attempts or 0)
         return found
 
-    def write_rows(self, records: list[tuple]) -> None:
-        """One transaction. Each record matches the ``rows`` columns after ``key``."""
-        now = time.time()
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the connection lock; any SQLite failure rolls it back and
+        becomes a ``JournalError`` (a full disk, a read-only folder, a lock held too long)."""
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
-                    "INSERT INTO rows (key, status, kind, model, result, input_tokens, "
-                    "output_tokens, cost, latency, attempts, error_class, error_message, "
-                    "error_status, error_code, possibly_billed, run_id, created, updated) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(key) DO UPDATE SET status=excluded.status, kind=excluded.kind, "
-                    "model=excluded.model, result=excluded.result, input_tokens=excluded.input_tokens, "
-                    "output_tokens=excluded.output_tokens, cost=excluded.cost, latency=excluded.latency, "
-                    "attempts=excluded.attempts, error_class=excluded.error_class, "
-                    "error_message=excluded.error_message, error_status=excluded.error_status, "
-                    "error_code=excluded.error_code, possibly_billed=excluded.possibly_billed, "
-                    "run_id=excluded.run_id, updated=excluded.updated "
-                    "WHERE rows.status != 'ok' OR excluded.status = 'ok'",  # never lose an answer
-                    [r + (now, now) for r in records])
+                yield self._conn
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 try:
@@ -302,6 +291,25 @@ class Journal:
                 except sqlite3.Error:
                     pass
                 raise JournalError(f"cannot write the journal in {self.folder}: {_why(exc)}") from None
+
+    def write_rows(self, records: list[tuple]) -> None:
+        """One transaction. Each record matches the ``rows`` columns after ``key``."""
+        now = time.time()
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO rows (key, status, kind, model, result, input_tokens, "
+                "output_tokens, cost, latency, attempts, error_class, error_message, "
+                "error_status, error_code, possibly_billed, run_id, created, updated) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(key) DO UPDATE SET status=excluded.status, kind=excluded.kind, "
+                "model=excluded.model, result=excluded.result, input_tokens=excluded.input_tokens, "
+                "output_tokens=excluded.output_tokens, cost=excluded.cost, latency=excluded.latency, "
+                "attempts=excluded.attempts, error_class=excluded.error_class, "
+                "error_message=excluded.error_message, error_status=excluded.error_status, "
+                "error_code=excluded.error_code, possibly_billed=excluded.possibly_billed, "
+                "run_id=excluded.run_id, updated=excluded.updated "
+                "WHERE rows.status != 'ok' OR excluded.status = 'ok'",  # never lose an answer
+                [r + (now, now) for r in records])
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -311,31 +319,22 @@ class Journal:
         (and removed)."""
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
         held: dict[str, tuple[str, int]] = {}
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                mine: bytes = b""
-                for other, other_host, other_pid, expires, blob in self._conn.execute(
-                        "SELECT run_id, host, pid, expires, keys FROM claims").fetchall():
-                    if other == run_id:
-                        mine = blob or b""
-                    elif not _alive(other_host, other_pid, expires, now):
-                        self._conn.execute("DELETE FROM claims WHERE run_id=?", (other,))
-                    elif blob:
-                        theirs = set(blob.decode().split("\n"))
-                        held.update((k, (other, other_pid)) for k in keys if k in theirs)
-                claimed = "\n".join(k for k in keys if k not in held).encode()
-                if mine and claimed:
-                    claimed = mine + b"\n" + claimed
-                self._conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
-                                   (run_id, host, pid, now + LEASE_SECONDS, claimed or mine))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise JournalError(f"cannot write the journal in {self.folder}: {_why(exc)}") from None
+        with self._transaction() as conn:
+            mine: bytes = b""
+            for other, other_host, other_pid, expires, blob in conn.execute(
+                    "SELECT run_id, host, pid, expires, keys FROM claims").fetchall():
+                if other == run_id:
+                    mine = blob or b""
+                elif not _alive(other_host, other_pid, expires, now):
+                    conn.execute("DELETE FROM claims WHERE run_id=?", (other,))
+                elif blob:
+                    theirs = set(blob.decode().split("\n"))
+                    held.update((k, (other, other_pid)) for k in keys if k in theirs)
+            claimed = "\n".join(k for k in keys if k not in held).encode()
+            if mine and claimed:
+                claimed = mine + b"\n" + claimed
+            conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
+                         (run_id, host, pid, now + LEASE_SECONDS, claimed or mine))
         return held
 
     def renew(self, run_id: str) -> None:
@@ -376,21 +375,12 @@ class Journal:
     def _write(self, statements: list[tuple[str, Any]]) -> None:
         """Run ``(sql, params)`` statements in one transaction (``params`` a tuple, or a list of
         tuples for executemany)."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                for sql, params in statements:
-                    if isinstance(params, list):
-                        self._conn.executemany(sql, params)
-                    else:
-                        self._conn.execute(sql, params)
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise JournalError(f"cannot write the journal in {self.folder}: {_why(exc)}") from None
+        with self._transaction() as conn:
+            for sql, params in statements:
+                if isinstance(params, list):
+                    conn.executemany(sql, params)
+                else:
+                    conn.execute(sql, params)
 
     def _select(self, sql: str, params: tuple = ()) -> list[dict]:
         with self._lock:
