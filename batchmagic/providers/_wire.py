@@ -141,11 +141,11 @@ class AiohttpWire(_Wire):
                     return WireResponse(status, resp.headers, None,
                                         f"the answer is {length:,} bytes, over the {max_bytes:,} cap")
                 try:
-                    data = await resp.content.read(max_bytes + 1) if length is None else await resp.read()
+                    data = await _read_whole(resp.content, max_bytes)
                 except aiohttp.ClientPayloadError as exc:
                     return WireResponse(status, resp.headers, None,
                                         f"the answer body was cut off ({_short(exc)})")
-                if len(data) > max_bytes:
+                if data is None:
                     return WireResponse(status, resp.headers, None,
                                         f"the answer is over the {max_bytes:,} byte cap")
                 return WireResponse(status, resp.headers, data)
@@ -248,6 +248,26 @@ class HttpxWire(_Wire):
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+
+async def _read_whole(stream: Any, max_bytes: int) -> bytes | None:
+    """Read an aiohttp body to its end (Content-Length or chunked), or None past ``max_bytes``.
+
+    ``StreamReader.read(n)`` returns whatever has arrived, which for a chunked answer is often
+    only its first chunk: reading to EOF is the only way to know the body is whole. A body that
+    ends early raises ``ClientPayloadError`` (aiohttp checks Content-Length and the final chunk).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(1 << 16)
+        if not chunk:  # EOF: aiohttp has checked the framing
+            break
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _proxy_configured() -> bool:
