@@ -29,6 +29,7 @@ from ._inputs import Plan, make_plan
 from ._journal import folder_for, open_journal
 from ._limits import RateGate, Window
 from ._progress import Progress, Snapshot
+from ._secrets import check_headers
 from .providers._openai import OpenAICompatible
 from .providers._target import Target, resolve_target
 from .providers._wire import make_wire
@@ -97,6 +98,7 @@ def _validate(o: _Options) -> None:
     elif o.engine_options is not None:
         raise ConfigError("engine_options= applies to engine= runs only")
     _positive("budget", o.budget)
+    check_headers(o.headers)
     if o.http not in ("aiohttp", "httpx", "httpx2"):
         raise ConfigError(f"http must be 'aiohttp', 'httpx' or 'httpx2'; got {o.http!r}")
     _positive("concurrency", o.concurrency, integer=True)

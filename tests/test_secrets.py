@@ -213,3 +213,117 @@ def test_credentials_in_base_url_are_refused():
     with pytest.raises(bm.ConfigError) as info:
         run(["a"], server=Server(), base_url=f"http://user:{KEY}@test/v1")
     assert_clean(str(info.value))
+
+
+# -- keys and headers the HTTP client cannot send: refused up front, never quoted -----------------
+
+# distinctive on both sides of the break, so any echo of either half is caught
+BROKEN_KEY = "sk-QWxF7pZk3Lm9\r\nRtYv2Hs8Nd4Bj6"
+NUL_KEY = "sk-QWxF7pZk3Lm9\x00RtYv2Hs8Nd4Bj6"
+
+
+def assert_no_piece_of(value: str, text: str, where: str) -> None:
+    """No run of 4 or more of the value's characters appears in ``text``."""
+    for start in range(len(value) - 3):
+        piece = value[start:start + 4]
+        assert piece not in text, f"a piece of the value ({piece!r}) leaked into {where}: {text!r}"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    from batchmagic.simulator import SimulatorThread
+
+    s = SimulatorThread().start()
+    yield s
+    s.stop()
+
+
+def _sim_batch(sim, **kw):
+    return bm.batch(["a", "b"], model="sim-chat", provider="simulator", base_url=sim.base_url,
+                    progress=False, cache=False, retries=0, **kw)
+
+
+@pytest.mark.parametrize("http", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("key", [BROKEN_KEY, NUL_KEY], ids=["crlf", "nul"])
+def test_key_with_a_control_character_is_refused_before_sending(sim, http, key, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    sim.reset()
+    with pytest.raises(bm.ConfigError) as info:
+        _sim_batch(sim, api_key=key, http=http)
+    message = str(info.value)
+    assert "control character" in message and "api_key" in message
+    out, err = capsys.readouterr()
+    for text, where in ((message, "the error"), (repr(info.value), "its repr"), (out, "stdout"),
+                        (err, "stderr"), (caplog.text, "the logs")):
+        assert_no_piece_of(key, text, where)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert sim.calls() == []  # nothing sent, so nothing "possibly billed"
+
+
+@pytest.mark.parametrize("http", ["aiohttp", "httpx"])
+def test_key_from_the_environment_with_a_line_break_is_refused(sim, http, monkeypatch):
+    sim.reset()
+    monkeypatch.setenv("BATCHMAGIC_SIM_API_KEY", BROKEN_KEY)
+    with pytest.raises(bm.ConfigError) as info:
+        _sim_batch(sim, http=http)
+    assert "BATCHMAGIC_SIM_API_KEY" in str(info.value)  # names where the bad key came from
+    assert_no_piece_of(BROKEN_KEY, str(info.value), "the error")
+    assert sim.calls() == []
+
+
+def test_a_trailing_newline_is_trimmed_not_refused(sim):
+    sim.reset()
+    df = _sim_batch(sim, api_key="sk-QWxF7pZk3Lm9RtYv2Hs8Nd4Bj6\n")
+    assert df["error"].isna().all()
+    assert len(sim.calls()) == 2
+
+
+@pytest.mark.parametrize("http", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("headers", [{"x-api-key": BROKEN_KEY}, {"x-api-key": NUL_KEY}],
+                         ids=["crlf", "nul"])
+def test_header_value_with_a_control_character_is_refused_before_sending(sim, http, headers):
+    sim.reset()
+    with pytest.raises(bm.ConfigError) as info:
+        _sim_batch(sim, headers=headers, http=http)
+    assert "x-api-key" in str(info.value)
+    assert_no_piece_of(headers["x-api-key"], str(info.value), "the error")
+    assert sim.calls() == []
+
+
+@pytest.mark.parametrize("headers", [{"bad name": "v"}, {"x-ok": 5}, ["x-api-key", "v"]],
+                         ids=["name", "value-type", "not-a-dict"])
+def test_malformed_headers_are_refused_before_sending(sim, headers):
+    sim.reset()
+    with pytest.raises(bm.ConfigError):
+        _sim_batch(sim, headers=headers)
+    assert sim.calls() == []
+
+
+def test_good_headers_still_arrive(sim):
+    sim.reset()
+    df = _sim_batch(sim, headers={"X-Trace-Id": "abc-123"})
+    assert df["error"].isna().all()
+    assert len(sim.calls()) == 2
+
+
+def test_non_ascii_key_is_refused_without_showing_it(sim):
+    sim.reset()
+    key = "sk-QWxF7pZk3Lm9\u2013RtYv2Hs8Nd4Bj6"  # an en dash from a word processor
+    with pytest.raises(bm.ConfigError) as info:
+        _sim_batch(sim, api_key=key, http="httpx")
+    assert "non-ASCII" in str(info.value)
+    assert_no_piece_of(key, str(info.value), "the error")
+    assert sim.calls() == []
+
+
+@pytest.mark.parametrize("value", [12345, 3.5, b"sk-bytes-key-0123456789", ["sk-x"]])
+def test_a_key_that_is_not_a_string_says_so_without_echoing_it(sim, value):
+    sim.reset()
+    with pytest.raises(bm.ConfigError) as info:
+        _sim_batch(sim, api_key=value)
+    message = str(info.value)
+    assert "must be a string" in message and type(value).__name__ in message
+    assert "empty" not in message
+    shown = value.decode() if isinstance(value, bytes) else str(value)
+    assert shown not in message and "12345" not in message
+    assert sim.calls() == []

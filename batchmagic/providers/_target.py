@@ -72,40 +72,55 @@ def _find_key(api_key, preset: Preset | None, name: str, interactive: bool | Non
     if isinstance(api_key, Secret):
         return api_key
     if api_key is not None:
-        try:
-            return Secret(api_key)
-        except ValueError:
-            raise ConfigError("api_key is empty") from None
+        return Secret(api_key, "api_key")  # a ConfigError that never shows the value
     envs = preset.key_env if preset is not None else ("BATCHMAGIC_API_KEY",)
     for env in envs:
         value = os.environ.get(env, "").strip()
         if value:
-            return Secret(value)
+            return Secret(value, env)
     if preset is not None and not preset.needs_key:
         return None
     if preset is None:
         return None  # a bare base URL may well be an open local server
     if interactive is None:
         interactive = _interactive()
-    if interactive:
-        import getpass
-
-        value = getpass.getpass(f"API key for {name} (not echoed, not stored): ").strip()
-        if value:
-            return Secret(value)
+    value = _prompt_for_key(name) if interactive else ""
+    if value:
+        return Secret(value, f"the API key for {name}")
     raise ConfigError(
         f"no API key for {name}: set {' or '.join(envs)} or pass api_key= "
         "(the key is never printed, logged or stored)"
     )
 
 
-def _interactive() -> bool:
-    if "ipykernel" in sys.modules:
-        try:
-            from IPython import get_ipython
+def _prompt_for_key(name: str) -> str:
+    """The key typed at a prompt; "" when the front end turns the prompt down after all."""
+    import getpass
 
-            ip = get_ipython()
-            return ip is not None and getattr(ip, "kernel", None) is not None
-        except Exception:
-            return False
-    return sys.stdin is not None and sys.stdin.isatty()
+    try:
+        return getpass.getpass(f"API key for {name} (not echoed, not stored): ").strip()
+    except (EOFError, OSError, NotImplementedError):  # IPython's StdinNotImplementedError included
+        return ""
+
+
+def _interactive() -> bool:
+    """Whether a person can answer a prompt: a kernel whose front end accepts input requests
+    (papermill, nbclient and ``nbconvert --execute`` do not), or a terminal on stdin."""
+    kernel = _kernel()
+    if kernel is not None:
+        return bool(getattr(kernel, "_allow_stdin", True))  # if unknown, the prompt will tell
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):  # a closed or detached stdin
+        return False
+
+
+def _kernel():
+    """The running ipykernel, or None outside one."""
+    if "ipykernel" not in sys.modules:
+        return None
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return getattr(get_ipython(), "kernel", None)
