@@ -1140,3 +1140,75 @@ def test_message_is_trimmed_and_defaulted():
     assert len(found.message) == 500
     assert classify("openai", 502, None).message == "HTTP 502"
     assert classify("openai", 400, {"error": "bad input"}).message == "bad input"
+
+
+# --------------------------------------------------------------------------------------------------
+# Key lookup in a kernel: prompt only where a person can answer
+# --------------------------------------------------------------------------------------------------
+
+KERNEL_SENTINEL = "sk-SENTINEL-typed-at-the-prompt-5c1e"
+NO_KEY_CELL = """
+import batchmagic as bm
+bm.batch(["hi"], model="gpt-4o-mini", provider="openai", progress=False, cache=False)
+"""
+
+
+def _kernel_env(monkeypatch, tmp_path) -> None:
+    """The kernel inherits this process's environment: no OpenAI key anywhere in it."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "BATCHMAGIC_PROVIDER", "BATCHMAGIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+
+
+def test_no_key_in_a_non_interactive_notebook_is_a_clean_config_error(monkeypatch, tmp_path):
+    """nbclient (as papermill and ``nbconvert --execute``) does not answer input requests."""
+    import json
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    _kernel_env(monkeypatch, tmp_path)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NO_KEY_CELL)])
+    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for o in nb.cells[0].outputs if o.output_type == "error"]
+    assert len(errors) == 1, nb.cells[0].outputs
+    assert errors[0].ename == "ConfigError"
+    assert errors[0].evalue.startswith("no API key for openai: set OPENAI_API_KEY")
+    assert "StdinNotImplementedError" not in json.dumps(nb)
+
+
+def test_a_kernel_that_allows_input_prompts_for_the_key(monkeypatch, tmp_path):
+    """A front end that answers input requests (JupyterLab, a console) gets the getpass prompt;
+    the key typed there is used and shows up nowhere."""
+    from jupyter_client.manager import start_new_kernel
+
+    from batchmagic.simulator import SimulatorThread
+
+    _kernel_env(monkeypatch, tmp_path)
+    sim = SimulatorThread(api_key=KERNEL_SENTINEL).start()  # answers only with the typed key
+    monkeypatch.setenv("OPENAI_BASE_URL", sim.base_url)
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        cell = NO_KEY_CELL.replace("gpt-4o-mini", "sim-chat").strip() + '["output"][0]'
+        msg_id = kc.execute(cell, allow_stdin=True)
+        request = kc.get_stdin_msg(timeout=120)
+        assert request["msg_type"] == "input_request" and request["content"]["password"]
+        assert "API key for openai" in request["content"]["prompt"]
+        kc.input(KERNEL_SENTINEL)
+        outputs = []
+        while True:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            outputs.append(msg)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        sim.stop()
+    results = [m["content"]["data"]["text/plain"] for m in outputs
+               if m["msg_type"] == "execute_result"]
+    assert results == ["'echo: hi'"], outputs
+    assert KERNEL_SENTINEL not in repr(outputs) and "SENTINEL" not in repr(outputs)
