@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as _dt
+import math
+import numbers
 import threading
 import time
 import uuid
@@ -73,13 +75,22 @@ class _Options:
     batch_options: dict | None = field(default=None, repr=False)  # may hold Ark's key pair
 
 
-def _positive(name: str, value: Any, *, integer: bool = False) -> None:
+def _positive(name: str, value: Any, *, integer: bool = False, zero_ok: bool = False) -> Any:
+    """``value`` as a plain int / float (numpy scalars welcome), or a ConfigError naming the
+    option. NaN compares false with every limit, so it would silently mean "no limit" (a budget
+    that never stops); inf overflows deadlines; ``True`` is not a count."""
     if value is None:
-        return
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or value <= 0:
-        kind = "a positive integer" if integer else "a positive number"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+        return None
+    wanted = numbers.Integral if integer else numbers.Real
+    number = None
+    if isinstance(value, wanted) and not isinstance(value, bool):
+        number = int(value) if integer else value if type(value) in (int, float) else float(value)
+    if number is None or not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+        kind = "a positive number"
+        if integer:
+            kind = "a whole number >= 0" if zero_ok else "a positive integer"
+        raise ConfigError(f"{name} must be {kind} (finite), got {value!r}")
+    return number
 
 
 def _validate(o: _Options) -> None:
@@ -97,17 +108,28 @@ def _validate(o: _Options) -> None:
             raise ConfigError("engine_options must be a dict of load options, e.g. {'n_ctx': 8192}")
     elif o.engine_options is not None:
         raise ConfigError("engine_options= applies to engine= runs only")
-    _positive("budget", o.budget)
+    o.budget = _positive("budget", o.budget)
     check_headers(o.headers)
     if o.http not in ("aiohttp", "httpx", "httpx2"):
         raise ConfigError(f"http must be 'aiohttp', 'httpx' or 'httpx2'; got {o.http!r}")
-    _positive("concurrency", o.concurrency, integer=True)
-    _positive("rpm", o.rpm)
-    _positive("tpm", o.tpm)
-    _positive("timeout", o.timeout)
-    if o.retries is not None and (not isinstance(o.retries, int) or isinstance(o.retries, bool)
-                                  or o.retries < 0):
-        raise ConfigError(f"retries must be a whole number >= 0, got {o.retries!r}")
+    o.concurrency = _positive("concurrency", o.concurrency, integer=True)
+    o.rpm = _positive("rpm", o.rpm)
+    o.tpm = _positive("tpm", o.tpm)
+    o.timeout = _positive("timeout", o.timeout)
+    o.retries = _positive("retries", o.retries, integer=True, zero_ok=True)
+    # Ark's Batch Chat asks for the longest client deadline we know of (72 h); beyond a week it
+    # is a unit slip (milliseconds for seconds), and a request would hold its slot for good
+    if o.timeout is not None and o.timeout > 7 * 24 * 3600:
+        raise ConfigError(f"timeout is in seconds, at most 604800 (a week); got {o.timeout!r}")
+    if isinstance(o.prices, dict):  # a NaN price makes every cost NaN, and that disarms budget=
+        o.prices = {k: _positive(f"prices[{k!r}]", v, zero_ok=True)
+                    if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
+                    for k, v in o.prices.items()}
+    if isinstance(o.batch_options, dict):  # its numbers (poll intervals, sizes) are all > 0
+        o.batch_options = {k: _positive(f"batch_options[{k!r}]", v,
+                                        integer=isinstance(v, numbers.Integral))
+                           if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
+                           for k, v in o.batch_options.items()}
     if o.params is not None and not isinstance(o.params, dict):
         raise ConfigError(f"params must be a dict of generation parameters, got {type(o.params).__name__}")
     if o.concurrency is not None and o.concurrency > 10_000:

@@ -118,7 +118,7 @@ class RowError(BatchError):
         self.possibly_billed = possibly_billed
 
     def __str__(self) -> str:
-        where = f"row {self.row!r}: " if self.row is not None else ""
+        where = f"row {_label(self.row)}: " if self.row is not None else ""
         facts = []
         if self.provider:
             facts.append(self.provider)
@@ -150,6 +150,17 @@ class RowError(BatchError):
             self.possibly_billed,
         )
         return twin
+
+
+def _label(row: Any) -> str:
+    """A row label as the user wrote it: ``11372``, not ``np.int64(11372)`` (numpy 2 reprs
+    its scalars with their type); strings keep their quotes so ``'7'`` differs from ``7``."""
+    if isinstance(row, tuple):  # a MultiIndex label
+        return "(" + ", ".join(map(_label, row)) + ("," if len(row) == 1 else "") + ")"
+    item = getattr(row, "item", None)
+    if item is not None and type(row).__module__ == "numpy":
+        row = item()
+    return repr(row)
 
 
 def _rebuild_row_error(cls, message, row, attempts, status, provider, code, possibly_billed):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,21 @@ def row_key(endpoint: str, kind: str, body: dict) -> str:
     return hashlib.sha256(b"%s\0%s\0%s" % (endpoint.encode(), kind.encode(), raw)).hexdigest()[:32]
 
 
+def _plain_param(name: str, value: Any) -> Any:
+    """A generation parameter as JSON can carry it: numpy scalars become plain numbers (the wire
+    encoder refuses them, and ``max_tokens`` budgets read ints), NaN and inf are refused (JSON has
+    neither; they would go out as null)."""
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        value = value.tolist()  # a scalar or an array, as plain Python
+    if isinstance(value, Mapping):
+        return {k: _plain_param(f"{name}[{k!r}]", v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_param(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
 def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True
@@ -85,7 +101,12 @@ def make_plan(
         raise ConfigError(f"kind must be one of {', '.join(_kinds.KINDS)}; got {kind!r}")
     if on_missing not in ON_MISSING:
         raise ConfigError(f"on_missing must be one of {', '.join(ON_MISSING)}; got {on_missing!r}")
-    params = dict(params or {})
+    params = {k: _plain_param(f"params[{k!r}]", v) for k, v in (params or {}).items()}
+    for name in ("max_tokens", "max_completion_tokens", "max_new_tokens", "n"):
+        value = params.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise ConfigError(f"params[{name!r}] must be a positive integer, got {value!r}")
     for reserved in ("model", "messages", "prompt", "input"):
         if reserved in params:
             raise ConfigError(f"params may not set {reserved!r}; it comes from the call itself")
@@ -100,14 +121,11 @@ def make_plan(
     if shape == "frame":
         tmpl = _frame_template(template, frame)
         fields = tmpl.fields
-        # template fields are strings; column labels may not be (pd.DataFrame(list) has column 0)
-        by_str = {str(c): c for c in frame.columns}
-        missing_cols = [f for f in fields if f not in frame.columns and f not in by_str]
-        if missing_cols:
-            raise TemplateError(_missing_columns_message(missing_cols, frame.columns))
+        if images is None:  # with images= each row still differs by its pictures
+            _require_a_field(tmpl, frame.columns)
+        labels = _field_columns(fields, frame.columns)
         if images is not None and images not in frame.columns:
             raise TemplateError(_missing_columns_message([images], frame.columns, what="images="))
-        labels = [f if f in frame.columns else by_str[f] for f in fields]
         sub = frame[labels] if fields else frame.iloc[:, :0]
         na = sub.isna().to_numpy() if fields else None
         columns = list(fields)
@@ -148,10 +166,8 @@ def make_plan(
                 f"{len(tmpl.fields)}: {', '.join('{' + f + '}' for f in tmpl.fields)}; "
                 "pass a DataFrame to fill several columns"
             )
-        if tmpl is not None and not tmpl.fields:
-            raise TemplateError(
-                "the template has no field for the text; add {} or {text} where each text goes"
-            )
+        if tmpl is not None:
+            _require_a_field(tmpl, None)
         name = tmpl.fields[0] if tmpl is not None else None
         for pos, value in enumerate(rows):
             if is_missing(value):
@@ -220,6 +236,9 @@ class _Builder:
             except MediaError as exc:
                 row_errors[pos] = InputError(str(exc), row=index[pos])
                 return
+        if self.kind == "embedding" and _nothing_to_embed(prompt):
+            row_errors[pos] = InputError(NOTHING_TO_EMBED, row=index[pos])
+            return
         body = _kinds.build_body(self.kind, prompt, self.model, self.params, self.system, urls)
         self._add(pos, body, row_errors, index)
 
@@ -229,8 +248,9 @@ class _Builder:
             body["model"] = self.model
         for k, v in self.params.items():
             body.setdefault(k, v)
-        if self.kind == "chat" and not isinstance(body.get("messages"), list):
-            row_errors[pos] = InputError("a chat request body needs a 'messages' list", row=index[pos])
+        problem = _body_problem(self.kind, body, self.system)
+        if problem:
+            row_errors[pos] = InputError(problem, row=index[pos])
             return
         self._add(pos, body, row_errors, index)
 
@@ -266,6 +286,51 @@ def _unencodable_message(exc: Exception) -> str:
     return f"the row cannot be encoded as JSON: {text}"
 
 
+#: why an empty text is refused before sending, not left to the provider: embedding inputs are
+#: packed many to a request, and one blank input fails the whole request (OpenAI 400 "'$.input'
+#: is invalid"). Whitespace-only counts as blank: SGLang, NVIDIA NIM and SiliconFlow's bge-m3
+#: refuse it too, and its vector would mean nothing anyway.
+NOTHING_TO_EMBED = ("the text is empty or only whitespace, so there is nothing to embed (a "
+                    "provider would refuse it, and with it every row packed into the same request)")
+
+
+def _nothing_to_embed(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, list) and (not value or all(_nothing_to_embed(v) for v in value))
+
+
+def _body_problem(kind: str, body: dict, system: str | None) -> str | None:
+    """Why a whole request body (Qianfan's ``body_list`` style) cannot be sent, or None."""
+    if kind == "embedding":
+        return NOTHING_TO_EMBED if _nothing_to_embed(body.get("input")) else None
+    if kind != "chat":
+        return None
+    if not isinstance(body.get("messages"), list):
+        return "a chat request body needs a 'messages' list"
+    return _check_messages(body["messages"]) or _system_into_messages(body, system)
+
+
+def _system_into_messages(body: dict, system: str | None) -> str | None:
+    """Qianfan's v1 API took ``system`` as a body field; its OpenAI-compatible v2 (like every
+    server we send to) wants a leading system message, so the field becomes one. ``system=``
+    fills in where a body has neither, as it does for message lists. Returns why not, or None."""
+    own = body.pop("system", None)
+    if own is not None and not isinstance(own, str):
+        return f"the body's 'system' field must be text, not {type(own).__name__}"
+    messages = body["messages"]
+    lead = messages[0]
+    if lead.get("role") in ("system", "developer"):
+        if own and lead.get("content") != own:
+            return ("the body has a 'system' field and a different leading system message; "
+                    "keep one of them")
+        return None
+    text = own or system
+    if text:
+        body["messages"] = [{"role": "system", "content": text}, *messages]  # the caller's list stays
+    return None
+
+
 def _check_messages(messages: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "a chat row must be a non-empty list of messages"
@@ -286,6 +351,44 @@ def _frame_template(template: str | None, frame: pd.DataFrame):
     return parse_template(template)
 
 
+def _require_a_field(tmpl, columns: pd.Index | None) -> None:
+    """One rule for texts and DataFrames: a template with no field would send every row the same
+    prompt (one request, its answer copied to every row), which is never what was meant."""
+    if tmpl.fields:
+        return
+    if columns is None:
+        raise TemplateError(
+            "the template has no field for the text; add {} or {text} where each text goes")
+    names = ", ".join("{" + str(c) + "}" for c in list(columns)[:5]) or "{column}"
+    raise TemplateError(
+        f"the template has no field, so every row would get the same prompt; name the columns "
+        f"each row fills in, e.g. {names} (or pass images= for a prompt about each row's images)")
+
+
+def _field_columns(fields: tuple[str, ...], columns: pd.Index) -> list:
+    """The column label each template field reads. Fields are strings, labels may not be
+    (``pd.DataFrame(list)`` has column 0); ``{}`` reads the only column of a one-column frame."""
+    by_str = {str(c): c for c in columns}
+    labels, missing = [], []
+    for f in fields:
+        if f == "" and len(columns) != 1:
+            raise TemplateError(
+                "{} stands for the one text of each row, but the DataFrame has "
+                f"{len(columns)} columns; name the column instead, e.g. "
+                f"{{{columns[0] if len(columns) else 'text'}}}")
+        if f == "":
+            labels.append(columns[0])
+        elif f in columns:
+            labels.append(f)
+        elif f in by_str:
+            labels.append(by_str[f])
+        else:
+            missing.append(f)
+    if missing:
+        raise TemplateError(_missing_columns_message(missing, columns))
+    return labels
+
+
 def _missing_columns_message(missing, columns, what: str = "the template") -> str:
     have = ", ".join(repr(str(c)) for c in list(columns)[:30])
     more = f" (and {len(columns) - 30} more)" if len(columns) > 30 else ""
@@ -298,6 +401,7 @@ def _normalise(inputs: Any, kind: str) -> tuple[str, pd.Index, pd.DataFrame, lis
     """(shape, index, input frame for the result, per-row values for non-frame shapes)."""
     if inputs is None:
         raise ConfigError("inputs is None; pass a DataFrame, a Series, or a list of prompts")
+    inputs = _from_table_library(inputs)
     if isinstance(inputs, pd.DataFrame):
         if not inputs.columns.is_unique:
             dup = inputs.columns[inputs.columns.duplicated()].tolist()
@@ -306,20 +410,16 @@ def _normalise(inputs: Any, kind: str) -> tuple[str, pd.Index, pd.DataFrame, lis
     if isinstance(inputs, pd.Series):
         name = inputs.name if inputs.name is not None else "input"
         return "texts", inputs.index, inputs.to_frame(name=name), inputs.tolist()
-    if isinstance(inputs, str):
-        rows: list = [inputs]
-    elif isinstance(inputs, Mapping):
-        raise ConfigError("a dict is not a list of rows; pass a DataFrame, or a list of request bodies")
-    elif isinstance(inputs, Iterable):
-        rows = list(inputs)
-    else:
-        raise ConfigError(f"cannot take rows from a {type(inputs).__name__}")
+    rows = _rows_of(inputs)
     index = pd.RangeIndex(len(rows))
     frame = pd.DataFrame({"input": pd.Series(rows, index=index, dtype=object)})
     if not rows:
         return "texts", index, frame, rows
     kinds = {_element_shape(r) for r in rows}
     kinds.discard("missing")
+    if "bytes" in kinds:
+        raise ConfigError("the list holds bytes, not text; decode them first, e.g. "
+                          "[b.decode('utf-8') for b in data]")
     if len(kinds) > 1:
         raise ConfigError(
             "the list mixes texts, message lists and request bodies; pass one kind of element"
@@ -328,9 +428,83 @@ def _normalise(inputs: Any, kind: str) -> tuple[str, pd.Index, pd.DataFrame, lis
     return shape, index, frame, rows
 
 
+def _from_table_library(inputs: Any) -> Any:
+    """A polars or pyarrow table (or column) as its pandas twin; anything else unchanged.
+
+    Neither library is imported for this: an object of theirs means its library is loaded
+    already. Iterating them would be wrong: a polars DataFrame iterates its columns."""
+    pl = sys.modules.get("polars")
+    if pl is not None:
+        if isinstance(inputs, pl.DataFrame):
+            return _frame_of_columns(inputs.columns,
+                                     [inputs.get_column(c).to_list() for c in inputs.columns])
+        if isinstance(inputs, pl.Series):
+            return pd.Series(_column(inputs.to_list()), name=inputs.name or None)
+        if isinstance(inputs, pl.LazyFrame):
+            raise ConfigError("a polars LazyFrame has no rows until it is collected; "
+                              "pass lazy_frame.collect()")
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        if isinstance(inputs, (pa.Table, pa.RecordBatch)):
+            if inputs.schema.pandas_metadata:  # written from pandas: its index and dtypes return
+                return inputs.to_pandas()
+            return _frame_of_columns(inputs.column_names,
+                                     [c.to_pylist() for c in inputs.columns])
+        if isinstance(inputs, (pa.Array, pa.ChunkedArray)):
+            return pd.Series(_column(inputs.to_pylist()))
+    return inputs
+
+
+def _frame_of_columns(names: list[str], columns: list[list]) -> pd.DataFrame:
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"the table has duplicate column names: {dup}")
+    return pd.DataFrame({n: _column(v) for n, v in zip(names, columns)},
+                        index=pd.RangeIndex(len(columns[0]) if columns else 0))
+
+
+def _column(values: list) -> pd.Series:
+    """Nulls stay missing without changing the other values: pandas would turn a column of
+    ints with one null into floats, and ``{n}`` would then read ``2.0``."""
+    if any(v is None for v in values):
+        return pd.Series(values, dtype=object)
+    return pd.Series(values)
+
+
+def _rows_of(inputs: Any) -> list:
+    """The rows of a list-like input, in order; a ConfigError for what has no clear rows."""
+    if isinstance(inputs, str):
+        return [inputs]
+    if isinstance(inputs, (bytes, bytearray, memoryview)):
+        raise ConfigError(f"inputs is {type(inputs).__name__}, not text (it would be one row per "
+                          "byte); decode it first, e.g. data.decode('utf-8')")
+    if isinstance(inputs, Mapping):
+        if any(k in inputs for k in ("messages", "prompt", "input")):
+            raise ConfigError("a dict is one request body; pass a list of them, e.g. [body]")
+        raise ConfigError("a dict is not a list of rows; for columns pass pd.DataFrame(d), "
+                          "for request bodies a list of dicts")
+    if isinstance(inputs, (set, frozenset)):
+        raise ConfigError("a set has no order, so results could not follow the inputs; "
+                          "pass a list, e.g. sorted(s)")
+    ndim = getattr(inputs, "ndim", 1)
+    if ndim != 1:
+        raise ConfigError(f"a {ndim}-dimensional array has no rows of text; pass a 1-D array "
+                          "of texts, or pd.DataFrame(array, columns=[...]) with a template")
+    if hasattr(inputs, "__dataframe__") or hasattr(inputs, "__arrow_c_stream__"):
+        raise ConfigError(f"a {type(inputs).__module__}.{type(inputs).__name__} is a table "
+                          "batchmagic does not read directly; convert it to pandas first "
+                          "(e.g. its .to_pandas())")
+    if isinstance(inputs, Iterable):
+        return list(inputs)
+    raise ConfigError(f"cannot take rows from a {type(inputs).__name__}; pass a DataFrame, "
+                      "a Series or a list of prompts")
+
+
 def _element_shape(value: Any) -> str:
     if isinstance(value, str):
         return "texts"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes"
     if isinstance(value, Mapping):
         return "bodies"
     if isinstance(value, (list, tuple)):

@@ -336,7 +336,9 @@ def test_lone_surrogate_is_a_row_error(server):
 
 
 def test_lone_surrogate_in_a_frame_row(server):
-    df = run(pd.DataFrame({"t": ["a", "\udfff", "c"]}, index=["p", "q", "r"]), "{t}", server=server)
+    # object dtype: pandas' pyarrow-backed strings cannot hold a lone surrogate at all
+    texts = pd.Series(["a", "\udfff", "c"], index=["p", "q", "r"], dtype=object)
+    df = run(pd.DataFrame({"t": texts}), "{t}", server=server)
     assert isinstance(df.loc["q", "error"], bm.InputError)
     assert df.loc["p", "output"] == "echo:a" and df.loc["r", "output"] == "echo:c"
 
@@ -476,3 +478,215 @@ def test_queued_requests_are_stored_compactly():
     assert kept < 5_000 * 1_000, kept  # was over 4 KB per queued request
     assert run.plan.items[0].body is not None and run.plan.items[1].body is None
     _api._recent.remove(run)
+
+
+# -- tables from other libraries, and inputs with no clear rows --------------------------------------------
+
+
+def test_polars_frame_is_read_as_a_table_of_rows(server):
+    pl = pytest.importorskip("polars")
+    df_in = pl.DataFrame({"t": ["a", "b", "c"], "n": [1, None, 3]})
+    df = run(df_in, "{t}#{n}", server=server)
+    assert list(df.index) == [0, 1, 2]
+    assert list(df["t"]) == ["a", "b", "c"]
+    # ints stay ints beside a null (pandas alone would make them 1.0 and 3.0)
+    assert list(df["output"][[0, 2]]) == ["echo:a#1", "echo:c#3"]
+    err = df["error"][1]
+    assert isinstance(err, bm.InputError) and "'n'" in str(err)
+    assert server.count == 2
+
+
+def test_polars_series_is_a_list_of_texts(server):
+    pl = pytest.importorskip("polars")
+    df = run(pl.Series("q", ["x", "y"]), "Q: {q}", server=server)
+    assert list(df["q"]) == ["x", "y"]
+    assert list(df["output"]) == ["echo:Q: x", "echo:Q: y"]
+    df = run(pl.Series(["z"]), server=server)  # polars' default name is ""
+    assert list(df["input"]) == ["z"]
+
+
+def test_polars_lazy_frame_is_refused_until_collected():
+    pl = pytest.importorskip("polars")
+    with pytest.raises(bm.ConfigError, match=r"collect\(\)"):
+        run(pl.LazyFrame({"t": ["a"]}), "{t}", server=Server(_never_called))
+
+
+def test_pyarrow_table_and_record_batch_are_tables(server):
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"t": ["a", "b"], "n": [1, 2]})
+    for value in (table, table.to_batches()[0]):
+        df = run(value, "{t}-{n}", server=server)
+        assert list(df.index) == [0, 1]
+        assert list(df["output"]) == ["echo:a-1", "echo:b-2"]
+    df = run(pa.chunked_array([["p"], ["q"]]), "<{}>", server=server)
+    assert list(df["output"]) == ["echo:<p>", "echo:<q>"]
+
+
+def test_pyarrow_table_written_from_pandas_keeps_its_index(server):
+    pa = pytest.importorskip("pyarrow")
+    table = pa.Table.from_pandas(pd.DataFrame({"t": ["a", "b"]}, index=["r1", "r2"]))
+    df = run(table, "{t}", server=server)
+    assert list(df.index) == ["r1", "r2"]
+    assert list(df["output"]) == ["echo:a", "echo:b"]
+
+
+def test_pyarrow_table_with_duplicate_columns_is_refused():
+    pa = pytest.importorskip("pyarrow")
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["t", "t"])
+    with pytest.raises(bm.ConfigError, match="duplicate"):
+        run(table, "{t}", server=Server(_never_called))
+
+
+@pytest.mark.parametrize("data", [b"hello", bytearray(b"hello"), memoryview(b"hello"),
+                                  [b"hello", b"world"], np.array([b"a", b"b"])])
+def test_bytes_are_refused_with_a_hint_to_decode(data):
+    s = Server(_never_called)
+    with pytest.raises(bm.ConfigError, match="decode"):
+        run(data, server=s)
+    assert s.count == 0
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"a", "b"}, "no order"),
+    (frozenset({"a"}), "no order"),
+    (np.array([["a", "b"], ["c", "d"]]), "2-dimensional"),
+    (np.array("a"), "0-dimensional"),
+    ({"text": ["a", "b"]}, r"pd\.DataFrame\(d\)"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, r"\[body\]"),
+    (42, "cannot take rows from a int"),
+])
+def test_inputs_without_clear_rows_are_refused(data, message):
+    s = Server(_never_called)
+    with pytest.raises(bm.ConfigError, match=message):
+        run(data, server=s)
+    assert s.count == 0
+
+
+def test_one_dimensional_arrays_and_generators_are_rows_in_order(server):
+    df = run(np.array(["a", "b", "c"]), "<{}>", server=server)
+    assert list(df["output"]) == ["echo:<a>", "echo:<b>", "echo:<c>"]
+    df = run((t for t in ["x", "y"]), server=server)
+    assert list(df["output"]) == ["echo:x", "echo:y"]
+
+
+# -- templates over a DataFrame: the same field rule as over texts ----------------------------------------
+
+
+def test_template_without_a_field_over_a_frame_is_a_template_error():
+    s = Server(_never_called)
+    frame = pd.DataFrame({"text": ["good", "bad"], "id": [1, 2]})
+    with pytest.raises(bm.TemplateError, match="same prompt") as info:
+        run(frame, "Classify the sentiment of this review.", server=s)
+    assert "{text}" in str(info.value)  # it names the columns that could fill it
+    with pytest.raises(bm.TemplateError, match="same prompt"):
+        run(frame[["text"]], "Classify the sentiment of this review.", server=s)
+    assert s.count == 0
+
+
+def test_template_without_a_field_is_fine_when_each_row_has_its_images(tmp_path):
+    pic = tmp_path / "p.png"
+    pic.write_bytes(PNG)
+    s = Server(lambda req, body: httpx.Response(200, json=chat_answer("a cat")))
+    df = run(pd.DataFrame({"img": [str(pic)]}), "Describe the image.", images="img", server=s)
+    assert df["error"].isna().all() and s.count == 1
+
+
+def test_empty_braces_fill_the_only_column_of_a_frame(server):
+    df = run(pd.DataFrame({"review": ["a", "b"]}), "Label: {}", server=server)
+    assert list(df["output"]) == ["echo:Label: a", "echo:Label: b"]
+
+
+def test_empty_braces_over_several_columns_ask_for_a_name():
+    with pytest.raises(bm.TemplateError) as info:
+        run(pd.DataFrame({"a": ["x"], "b": ["y"]}), "Label: {}", server=Server(_never_called))
+    msg = str(info.value)
+    assert "2 columns" in msg and "{a}" in msg
+    assert "column ''" not in msg
+
+
+# -- row labels, whole request bodies, embeddings ---------------------------------------------------------
+
+
+def test_row_errors_show_numpy_labels_plainly():
+    frame = pd.DataFrame({"t": ["ok", None]}, index=np.array([11371, 11372], dtype=np.int64))
+    df = run(frame, "{t}", server=Server(echo_chat))
+    err = df["error"][11372]
+    assert str(err).startswith("row 11372: "), str(err)
+    assert "np.int64" not in str(err) and "np.int64" not in repr(err)
+    assert str(err.for_row(np.int64(7))).startswith("row 7: ")
+    assert str(bm.InputError("x", row=(np.int64(1), "a"))) == "row (1, 'a'): x"
+
+
+def test_body_with_a_system_field_sends_it_as_the_leading_message(server):
+    """Qianfan v1 ``body_list`` rows carry ``system`` beside ``messages``; v2 and every other
+    OpenAI-compatible server want it as a system message."""
+    user = {"role": "user", "content": "hi"}
+    bodies = [
+        {"system": "Be brief.", "messages": [user]},
+        {"system": "Be brief.", "messages": [{"role": "system", "content": "Be brief."}, user]},
+        {"system": "Be long.", "messages": [{"role": "system", "content": "Be brief."}, user]},
+        {"messages": [user]},
+    ]
+    df = run(bodies, server=server, system="Default.", cache=False)
+    assert df["error"][:2].isna().all() and df["error"][3] is None
+    assert isinstance(df["error"][2], bm.InputError) and "keep one" in str(df["error"][2])
+    sent = [b["messages"] for b in server.bodies]
+    assert all("system" not in b for b in server.bodies)
+    assert [{"role": "system", "content": "Be brief."}, user] in sent
+    assert [{"role": "system", "content": "Default."}, user] in sent
+    assert server.count == 2  # rows 0 and 1 are the same request
+    assert bodies[0] == {"system": "Be brief.", "messages": [user]}  # the caller's dict is kept
+
+
+def _embeddings_like_a_provider(request, body):
+    """Refuses a whole packed request when any input is blank, as OpenAI, SGLang and NIM do."""
+    inputs = body["input"]
+    if any(not text.strip() for text in inputs):
+        return httpx.Response(400, json={"error": {"message": "'$.input' is invalid.",
+                                                   "type": "invalid_request_error"}})
+    data = [{"index": i, "embedding": [float(len(t)), 1.0]} for i, t in enumerate(inputs)]
+    return httpx.Response(200, json={"data": data, "usage": {"prompt_tokens": len(inputs)}})
+
+
+def test_blank_embedding_inputs_are_row_errors_and_the_rest_are_embedded():
+    s = Server(_embeddings_like_a_provider)
+    df = run(["alpha", "", "  \n", "be", pd.NA], server=s, kind="embedding")
+    assert [type(e).__name__ if e is not None else None for e in df["error"]] == \
+        [None, "InputError", "InputError", None, "InputError"]
+    assert "nothing to embed" in str(df["error"][1])
+    assert [list(v) for v in df["output"][[0, 3]]] == [[5.0, 1.0], [2.0, 1.0]]
+    assert s.count == 1 and s.bodies[0]["input"] == ["alpha", "be"]
+
+
+def test_blank_embedding_input_in_a_request_body_is_a_row_error():
+    s = Server(_embeddings_like_a_provider)
+    df = run([{"input": "x"}, {"input": " "}, {"input": [""]}], server=s, kind="embedding")
+    assert df["error"][0] is None
+    assert all(isinstance(e, bm.InputError) for e in df["error"][1:])
+    assert s.count == 1
+
+
+# -- numbers in params ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": np.float64("inf")}, "top_p"),
+    ({"logit_bias": {"50256": float("-inf")}}, "logit_bias"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": True}, "max_tokens"),
+    ({"max_tokens": 2.5}, "max_tokens"),
+])
+def test_non_finite_or_bad_params_are_config_errors(params, name):
+    s = Server(_never_called)
+    with pytest.raises(bm.ConfigError, match=name):
+        run(["a"], server=s, params=params)
+    assert s.count == 0
+
+
+def test_numpy_numbers_in_params_are_sent_as_plain_numbers(server):
+    df = run(["a"], server=server, params={"max_tokens": np.int64(7), "temperature": np.float32(0.5),
+                                            "stop": np.array(["\n"])})
+    assert df["error"][0] is None
+    assert server.bodies[0]["max_tokens"] == 7 and server.bodies[0]["temperature"] == 0.5
+    assert server.bodies[0]["stop"] == ["\n"]
