@@ -3,7 +3,8 @@
     batchmagic demo                 label the bundled reviews with a small model on this machine
                                     (llama.cpp + SmolLM2-135M; no key, no network; --simulator
                                     uses the bundled OpenAI-compatible simulator instead)
-    batchmagic run FILE -p PROMPT   run a CSV / JSONL / Parquet file through a model, write the result
+    batchmagic run FILE -o OUT      run a CSV / JSONL / Parquet / .txt file through a model, write the
+                                    result (-p 'template over {columns}')
                                     (--mode batch-api: through the provider's Batch API)
     batchmagic jobs create|list|status|cancel|results|resubmit
                                     provider Batch API jobs (recorded in the journal)
@@ -13,33 +14,179 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 import sys
 from importlib import resources
 
+from ._errors import ConfigError
+
+# -- files in and out --------------------------------------------------------------------------------
+
+INPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "txt", ".jsonl": "jsonl",
+                 ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet"}
+OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".json": "json", ".parquet": "parquet"}
+
+
+def _format_of(path: str, formats: dict[str, str], verb: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        known = ", ".join(dict.fromkeys(formats))
+        raise ConfigError(f"cannot {verb} {path!r}: the name must end in one of {known}")
+    return formats[ext]
+
+
+def _check_output(path: str, input_path: str | None = None) -> None:
+    """Everything about the output file that can be known before a request is paid for."""
+    fmt = _format_of(path, OUTPUT_FORMATS, "write")
+    if os.path.isdir(path):
+        raise ConfigError(f"cannot write {path!r}: it is a folder; name a file in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"cannot write {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path)
+                                                   and not os.access(path, os.W_OK)):
+        raise ConfigError(f"cannot write {path!r}: permission denied")
+    if (input_path and os.path.exists(path) and os.path.exists(input_path)
+            and os.path.samefile(path, input_path)):
+        raise ConfigError(f"-o {path!r} is the input file: write the result somewhere else")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow "
+                              "(or write .csv / .jsonl)") from None
+
 
 def _read_table(path: str):
+    """A table whose text stays text: ``"007"`` is read as ``"007"``, not 7."""
+    fmt = _format_of(path, INPUT_FORMATS, "read")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no such file: {path!r}" if not os.path.exists(path)
+                          else f"{path!r} is not a file")
+    try:
+        return _read(path, fmt)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas' parser errors included
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot read {path!r} as {fmt}: {first_line}") from None
+
+
+def _read(path: str, fmt: str):
     import pandas as pd
 
-    lower = path.lower()
-    if lower.endswith((".jsonl", ".ndjson")):
-        return pd.read_json(path, lines=True)
-    if lower.endswith(".json"):
-        return pd.read_json(path)
-    if lower.endswith(".parquet"):
+    if fmt == "txt":
+        with open(path, encoding="utf-8-sig") as fh:  # one prompt per line, no header
+            return pd.DataFrame({"text": [line for line in fh.read().splitlines() if line.strip()]})
+    if fmt in ("csv", "tsv"):
+        # every cell as its text, only empty cells missing ("NA" and "None" are words too);
+        # then the columns whose every value is a number written the one way pandas writes it
+        df = pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str,
+                         keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+        return df.apply(_numbers_if_lossless)
+    if fmt == "parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path)
+    # JSON says which values are strings: keep them (dtype=False: no "007" -> 7, no date guessing)
+    return pd.read_json(path, lines=fmt == "jsonl", dtype=False, precise_float=True)
+
+
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")  # no leading zeros, fits in int64
+
+
+def _numbers_if_lossless(column):
+    """The column as numbers when that changes no value's text; else the column unchanged."""
+    import pandas as pd
+
+    texts = column.dropna().tolist()
+    if not texts:
+        return column
+    if all(_INTEGER.fullmatch(t) for t in texts):
+        return pd.to_numeric(column).astype("Int64" if column.isna().any() else "int64")
+    if all(_plain_float(t) for t in texts):
+        return pd.to_numeric(column)
+    return column
+
+
+def _plain_float(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and repr(value) == text
 
 
 def _write_table(df, path: str) -> None:
     out = df.copy()
     out["error"] = [None if e is None else f"{type(e).__name__}: {e}" for e in out["error"]]
-    lower = path.lower()
-    if lower.endswith((".jsonl", ".ndjson")):
-        out.to_json(path, orient="records", lines=True, force_ascii=False, default_handler=str)
-    elif lower.endswith(".parquet"):
+    fmt = _format_of(path, OUTPUT_FORMATS, "write")
+    if fmt in ("jsonl", "json"):
+        out.to_json(path, orient="records", lines=fmt == "jsonl", force_ascii=False,
+                    default_handler=str)
+    elif fmt == "parquet":
         out.to_parquet(path)
     else:
-        out.to_csv(path, index=False)
+        out.to_csv(path, index=False, sep="\t" if fmt == "tsv" else ",")
+
+
+def _default_prompt(df, path: str) -> str:
+    """``{column}`` for a .txt file or a table with one text column; else say what -p needs."""
+    import pandas as pd
+
+    text = list(df.columns) if len(df.columns) == 1 else [
+        c for c in df.columns
+        if pd.api.types.is_string_dtype(df[c]) or pd.api.types.is_object_dtype(df[c])]
+    if len(text) != 1:
+        found = (f"{len(text)} text columns ({', '.join(map(str, text))})" if text
+                 else "no text column")
+        example = max(text, key=lambda c: df[c].astype(str).str.len().mean()) if text else "text"
+        raise ConfigError(f"-p is needed: {path} has {found}; say which to use, "
+                          f"e.g. -p 'Summarise: {{{example}}}'")
+    name = str(text[0])
+    if any(ch in name for ch in "{}:!") or name != text[0]:
+        raise ConfigError(f"the column {name!r} cannot be named in a template as it is: "
+                          "rename it, or pass -p")
+    return "{" + name + "}"
+
+
+def _row_counts(out) -> str:
+    """Counted in rows of the frame (a request can answer several rows; cached rows cost none)."""
+    failed = int(sum(e is not None for e in out["error"]))
+    ok = len(out) - failed
+    cached = 0
+    if "attempts" in out.columns:  # answered from the journal: no attempt in this run
+        cached = int(sum(e is None and a == 0 for e, a in zip(out["error"], out["attempts"])))
+    from_journal = f" ({cached} from the journal)" if cached else ""
+    return f"{len(out)} rows: {ok} ok{from_journal}, {failed} failed"
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _parse_params(text: str | None) -> dict:
+    import json
+
+    if not text:
+        return {}
+
+    def refuse_constant(name: str):
+        raise ConfigError(f"--params: {name} is not a number a provider accepts")
+
+    try:
+        params = json.loads(text, parse_constant=refuse_constant)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"--params is not valid JSON ({exc}); e.g. --params "
+                          "'{\"temperature\": 0, \"max_tokens\": 64}'") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"--params must be a JSON object of generation parameters, "
+                          f"not a JSON {type(params).__name__}")
+    return params
 
 
 DEMO_PROMPT = ("Classify the sentiment of this review as positive, negative or mixed. "
@@ -51,6 +198,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     import batchmagic as bm
 
+    if args.output:
+        _check_output(args.output)
     with resources.files("batchmagic").joinpath("data/reviews.csv").open("r", encoding="utf-8") as fh:
         reviews = pd.read_csv(fh)
     sim = None
@@ -93,40 +242,51 @@ def _demo(args: argparse.Namespace) -> int:
     rate = ""
     if facts.get("wall_s") and facts.get("output_tokens"):
         rate = f", {facts['output_tokens'] / facts['wall_s']:.0f} output tokens/s"
-    print(f"\n{facts['ok']} ok, {facts['failed']} failed, {facts['requests']} requests in "
-          f"{facts['wall_s']:.2f} s{rate} (run {facts['run_id']}"
-          f"{', answered from the journal' if facts.get('cached') else ''})")
+    print(f"\n{_row_counts(out)}; {facts['requests']} requests in {facts['wall_s']:.2f} s{rate} "
+          f"(run {facts['run_id']})")
     if not args.simulator and args.model is None:
         print("SmolLM2-135M is a tiny model: this shows the machinery (order, usage, errors, "
               "resume), not a good classifier. Pass --model path/to/model.gguf for a bigger one.",
               file=sys.stderr)
     if args.output:
-        _write_table(out, args.output)
+        _save(out, args.output, journal=not args.no_cache)
         print(f"wrote {args.output}")
-    return 0 if facts["failed"] == 0 else 1
+    return 0 if out["error"].isna().all() else 1
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-
     import batchmagic as bm
 
-    df = _read_table(args.input)
-    params = json.loads(args.params) if args.params else {}
+    # all that can fail without the provider is checked before the first request is paid for
+    _check_output(args.output, args.input)
+    params = _parse_params(args.params)
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
     if args.temperature is not None:
         params["temperature"] = args.temperature
+    df = _read_table(args.input)
+    prompt = args.prompt if args.prompt is not None else _default_prompt(df, args.input)
     out = bm.batch(
-        df, args.prompt, kind=args.kind, model=args.model, provider=args.provider,
+        df, prompt, kind=args.kind, model=args.model, provider=args.provider,
         base_url=args.base_url, engine=args.engine, system=args.system, params=params or None,
         concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, progress=not args.quiet,
-        mode=args.mode, batch_options=_batch_options(args) if args.mode == "batch-api" else None,
+        cache=not args.no_cache, mode=args.mode,
+        batch_options=_batch_options(args) if args.mode == "batch-api" else None,
     )
-    _write_table(out, args.output)
-    facts = out.attrs["batchmagic"]
-    print(f"wrote {args.output}: {facts['ok']} ok, {facts['failed']} failed", file=sys.stderr)
-    return 0 if facts["failed"] == 0 else 1
+    _save(out, args.output, journal=not args.no_cache)
+    print(f"wrote {args.output}: {_row_counts(out)}", file=sys.stderr)
+    return 0 if out["error"].isna().all() else 1
+
+
+def _save(out, path: str, *, journal: bool) -> None:
+    """Write the result; if that fails now, after paying, say where the answers still are."""
+    try:
+        _write_table(out, path)
+    except (OSError, ValueError, TypeError, ImportError) as exc:
+        where = ("the answers are in the journal: the same command again answers from it without "
+                 "sending" if journal else "the answers were not kept (--no-cache)")
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"could not write {path!r} ({detail}); {where}") from None
 
 
 # -- batchmagic jobs -------------------------------------------------------------------------------
@@ -177,19 +337,37 @@ def _add_jobs_parser(sub) -> None:
     create.add_argument("-o", "--output", help="with --wait: write the results here")
     create.add_argument("-q", "--quiet", action="store_true")
     _add_batch_flags(create)
-    verbs.add_parser("list", help="the jobs in the journal, oldest first")
+    listing = verbs.add_parser("list", help="the jobs in the journal, oldest first; with "
+                                            "--provider, the provider's own batches")
+    _add_provider_flags(listing, "list this provider's batches (made anywhere), not the journal's")
+    listing.add_argument("--status", help="only jobs in this state: the provider's word "
+                                          "(in_progress, Running) or running, completed, expired, "
+                                          "...; without --provider: submitting, running, finished")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (newest)")
     for verb, text in (("status", "the provider's status and request counts"),
                        ("cancel", "cancel at the provider (finished rows are kept)"),
                        ("resubmit", "send the rows a finished job left unanswered as a new job")):
         cmd = verbs.add_parser(verb, help=text)
-        cmd.add_argument("id", help="a job id (a unique prefix is enough)")
+        cmd.add_argument("id", help="a job id (a unique prefix is enough) or a provider batch id")
+        if verb != "resubmit":
+            _add_provider_flags(cmd, "for a batch made elsewhere: the provider to ask")
     results = verbs.add_parser("results", help="wait for a job and write its rows")
     results.add_argument("id")
     results.add_argument("-o", "--output", required=True, help="a .jsonl, .csv or .parquet file")
     results.add_argument("--no-wait", action="store_true",
                          help="write what the journal has now instead of waiting")
     results.add_argument("-q", "--quiet", action="store_true")
+    _add_provider_flags(results, "for a batch made elsewhere: the provider to ask")
     jobs.set_defaults(fn=_jobs)
+
+
+def _add_provider_flags(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--provider", help=text)
+    parser.add_argument("--base-url", help="an OpenAI-compatible server's URL, e.g. "
+                                           "https://host/v1")
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="a Batch API option (repeatable): Ark's openapi_url, project_name, "
+                             "poll_interval, ...")
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -198,14 +376,18 @@ def _jobs(args: argparse.Namespace) -> int:
     cache = args.cache or True
     if args.verb == "create":
         return _jobs_create(args, cache)
+    where = dict(provider=getattr(args, "provider", None), base_url=getattr(args, "base_url", None),
+                 batch_options=_batch_options(args))
     if args.verb == "list":
-        found = _handle.jobs(cache, None)
+        found = _handle.jobs(cache, args.limit, status=args.status, **where)
         if not found:
-            print("no Batch API jobs in the journal")
+            place = where["provider"] or where["base_url"]
+            print(f"no Batch API jobs {'at ' + place if place else 'in the journal'}"
+                  f"{' with status ' + args.status if args.status else ''}")
         for job in found:
             print(repr(job))
         return 0
-    job = _handle.job(args.id, cache)
+    job = _handle.job(args.id, cache, **where)
     if args.verb == "status":
         status = job.status()
         print(status)
@@ -302,10 +484,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(fn=_demo)
 
-    run = sub.add_parser("run", help="run a CSV / JSONL / Parquet file through a model")
-    run.add_argument("input", help="a .csv, .jsonl or .parquet file")
-    run.add_argument("-p", "--prompt", required=True, help="template over the columns, e.g. 'Summarise: {text}'")
-    run.add_argument("-o", "--output", required=True, help="where to write the result")
+    run = sub.add_parser("run", help="run a CSV / JSONL / Parquet / text file through a model")
+    run.add_argument("input", help="a .csv, .tsv, .jsonl, .json or .parquet table, or a .txt file "
+                                   "with one prompt per line (blank lines skipped); cells are read "
+                                   "as text, and a column becomes numbers only when no value's "
+                                   "text changes ('007' stays '007')")
+    run.add_argument("-p", "--prompt",
+                     help="template over the columns, e.g. 'Summarise: {text}' (default for a "
+                          ".txt file or a table with one text column: that text as it is)")
+    run.add_argument("-o", "--output", required=True,
+                     help="where to write the result: .csv, .tsv, .jsonl, .json or .parquet")
     run.add_argument("-k", "--kind", default="chat", choices=["chat", "completion", "embedding", "image"])
     run.add_argument("-m", "--model")
     run.add_argument("--provider")
@@ -314,11 +502,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--system")
     run.add_argument("--params", help="JSON object of generation parameters")
     run.add_argument("--max-tokens", type=int)
-    run.add_argument("--temperature", type=float)
+    run.add_argument("--temperature", type=_finite_float)
     run.add_argument("-c", "--concurrency", type=int)
     run.add_argument("--rpm", type=float)
     run.add_argument("--tpm", type=float)
     run.add_argument("-q", "--quiet", action="store_true")
+    run.add_argument("--no-cache", action="store_true",
+                     help="send every row again instead of answering from the journal, and "
+                          "keep no journal of this run")
     run.add_argument("--mode", choices=["online", "batch-api", "batch-chat"],
                      help="online (default); batch-api: the provider's Batch API (about half the "
                           "price, answers within the completion window); batch-chat: its Batch "
@@ -337,8 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from batchmagic import BatchError
 
-        if isinstance(exc, BatchError):
-            print(f"batchmagic: {exc}", file=sys.stderr)
+        if isinstance(exc, BatchError):  # one line, no traceback: the message says what to do
+            print("batchmagic: " + " ".join(str(exc).split()), file=sys.stderr)
             return 2
         raise
 
