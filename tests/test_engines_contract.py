@@ -110,10 +110,59 @@ def test_preflight_flags_rows_that_cannot_fit_and_records_real_counts():
     failures = preflight(backend, items, skip={5})
     assert items[0].prompt_tokens == 3
     assert sorted(failures) == [1, 2, 3]
-    assert "45 tokens + max_tokens 10 = 55" in failures[1]
-    assert "at least 1 output token" in failures[2]
-    assert "could not tokenize" in failures[3]
+    assert isinstance(failures[1], bm.ContextLengthError)
+    assert "45 tokens + max_tokens 10 = 55" in str(failures[1])
+    assert isinstance(failures[2], bm.ContextLengthError)
+    assert "at least 1 output token" in str(failures[2])
+    assert isinstance(failures[3], bm.InputError) and "could not tokenize" in str(failures[3])
+    assert all(f.provider == "scripted" for f in failures.values())
     assert 4 not in failures  # 49 + 1 output token fits in 50
+
+
+class WordEngine(_base.Engine):
+    """A test double for completion and embedding rows: one token per word, and a record of
+    every body it was asked to count."""
+
+    name = "words"
+    context_window = 50
+
+    def __init__(self):
+        self.counted: list[dict] = []
+
+    def count_tokens(self, body: dict) -> int:
+        self.counted.append(body)
+        if "messages" in body:  # a chat template's own tokens, then the words
+            return 3 + len(body["messages"][-1]["content"].split())
+        content, _ = _base.split_body(body)
+        return len(content.split())
+
+
+def test_preflight_makes_empty_and_zero_token_rows_input_errors():
+    engine = WordEngine()
+    backend = _base.EngineBackend(engine)
+    bodies = [{"prompt": ""}, {"prompt": "a b"}, {"input": ""}, {"input": "a"},
+              {"prompt": "   "}, {"input": "\n"}, chat("")]
+    items = [SimpleNamespace(body=b, prompt_tokens=7) for b in bodies]
+    failures = preflight(backend, items)
+    assert sorted(failures) == [0, 2, 4, 5]
+    assert all(isinstance(failures[i], bm.InputError) for i in failures)
+    assert "completion prompt is empty" in str(failures[0])
+    assert "embedding input is empty" in str(failures[2])
+    assert "0 tokens" in str(failures[4]) and "0 tokens" in str(failures[5])
+    # an empty text never reaches the tokenizer; an empty chat message is still a prompt (the
+    # chat template surrounds it), so the engine decides about it
+    assert {"prompt": ""} not in engine.counted and {"input": ""} not in engine.counted
+    assert 6 not in failures
+    assert items[1].prompt_tokens == 2 and items[3].prompt_tokens == 1
+    assert items[0].prompt_tokens == 7  # a refused row keeps its estimate
+
+
+def test_subprocess_worker_refuses_a_zero_token_prompt():
+    from batchmagic.engines import _worker
+
+    with pytest.raises(_worker.RowError, match="0 tokens"):
+        _worker._budget({}, 0, 100, 16)
+    assert _worker._budget({}, 3, 100, 16)["max_tokens"] == 16
 
 
 def test_engine_units_carry_body_dicts_and_pack_embeddings():

@@ -40,13 +40,22 @@ from typing import Any
 
 from .. import _tokens
 from .._backend import CONTEXT, FATAL, OK, ROW, TRANSIENT, Outcome, Unit
-from .._errors import BadRequestError, ContextLengthError, FatalProviderError, ServerError
+from .._errors import (
+    BadRequestError,
+    ContextLengthError,
+    FatalProviderError,
+    InputError,
+    RowError,
+    ServerError,
+)
 from .._kinds import Parsed
 
 log = logging.getLogger("batchmagic")
 
 #: how many times one backend restarts a crashed engine before the run stops
 MAX_RESTARTS = 2
+#: why an engine refuses a row that tokenizes to nothing (pre-flight says it first, per row)
+EMPTY_ROW = "this row's text tokenizes to 0 tokens, so the model has nothing to read"
 
 
 class RowFailure(Exception):
@@ -244,44 +253,79 @@ def explicit_max_tokens(body: dict) -> int | None:
     return None
 
 
-def preflight(backend: EngineBackend, items: list, skip: Any = ()) -> dict[int, str]:
-    """Count every item's prompt with the model's tokenizer and check it fits the context window
-    with its output budget. Returns ``{item index: why it cannot run}``; the items' token
-    estimates are replaced by the real counts. ``skip`` holds items already answered."""
-    window = backend.context_window
-    todo = [i for i in range(len(items)) if i not in skip]
-    failures: dict[int, str] = {}
+def preflight(backend: EngineBackend, items: list, skip: Any = ()) -> dict[int, RowError]:
+    """Check every item before any row runs, so nothing a row contains can crash the engine: an
+    empty completion or embedding text, a prompt that tokenizes to 0 tokens or cannot be
+    tokenized is an ``InputError``; a prompt that does not fit the context window with its output
+    budget is a ``ContextLengthError``. Returns ``{item index: that error}``; the other items'
+    token estimates are replaced by the model's real counts. ``skip`` holds items already
+    answered."""
+    failures: dict[int, RowError] = {}
+    todo = []
+    for i in range(len(items)):
+        if i in skip:
+            continue
+        why = nothing_to_read(items[i].body)
+        if why is None:
+            todo.append(i)
+        else:
+            failures[i] = InputError(why, provider=backend.name)
     chunk = 512
     for start in range(0, len(todo), chunk):
         idxs = todo[start:start + chunk]
-        bodies = [items[i].body for i in idxs]
-        try:
-            counts: list[Any] = backend.count_tokens_many(bodies)
-        except Exception:  # one unreadable body must not sink its neighbours: count one by one
-            counts = []
-            for body in bodies:
-                try:
-                    counts.append(backend.count_tokens(body))
-                except Exception as exc:
-                    counts.append(exc)
+        counts = _count_each(backend, [items[i].body for i in idxs])
         for i, n in zip(idxs, counts):
-            if isinstance(n, BaseException):
-                failures[i] = f"could not tokenize this row: {type(n).__name__}: {n}"
-                continue
-            item = items[i]
-            item.prompt_tokens = n
-            asked = explicit_max_tokens(item.body)
-            if item.body.get("input") is not None and "messages" not in item.body \
-                    and "prompt" not in item.body:
-                need, what = n, ""  # embeddings: the input alone must fit
-            elif asked is not None:
-                need, what = n + asked, f" + max_tokens {asked:,}"
-            else:
-                need, what = n + 1, " + at least 1 output token"
-            if need > window:
-                failures[i] = (f"the prompt is {n:,} tokens{what} = {need:,}, more than the model's "
-                               f"context window of {window:,} tokens")
+            err = _check_count(items[i], n, backend.context_window, backend.name)
+            if err is not None:
+                failures[i] = err
     return failures
+
+
+def nothing_to_read(body: dict) -> str | None:
+    """Why a completion or embedding row has no text for the model, or None. (A chat row always
+    has the chat template's tokens around its messages, so an empty message is still a prompt.)"""
+    if "messages" in body:
+        return None
+    if "prompt" in body:
+        return "the completion prompt is empty" if body["prompt"] == "" else None
+    if body.get("input") == "":
+        return "the embedding input is empty"
+    return None
+
+
+def _count_each(backend: EngineBackend, bodies: list[dict]) -> list[Any]:
+    """Token counts for ``bodies``; a body that cannot be counted gets its exception instead."""
+    try:
+        return list(backend.count_tokens_many(bodies))
+    except Exception:  # one unreadable body must not sink its neighbours: count one by one
+        counts: list[Any] = []
+        for body in bodies:
+            try:
+                counts.append(backend.count_tokens(body))
+            except Exception as exc:
+                counts.append(exc)
+        return counts
+
+
+def _check_count(item: Any, n: Any, window: int, engine: str) -> RowError | None:
+    """The error for an item whose prompt is ``n`` tokens, or None (its count is recorded)."""
+    if isinstance(n, BaseException):
+        return InputError(f"could not tokenize this row: {type(n).__name__}: {n}", provider=engine)
+    if n == 0:  # the engines cannot run an empty sequence (llama.cpp crashes on one)
+        return InputError(EMPTY_ROW, provider=engine)
+    item.prompt_tokens = n
+    body = item.body
+    asked = explicit_max_tokens(body)
+    if body.get("input") is not None and "messages" not in body and "prompt" not in body:
+        need, what = n, ""  # embeddings: the input alone must fit
+    elif asked is not None:
+        need, what = n + asked, f" + max_tokens {asked:,}"
+    else:
+        need, what = n + 1, " + at least 1 output token"
+    if need <= window:
+        return None
+    return ContextLengthError(f"the prompt is {n:,} tokens{what} = {need:,}, more than the "
+                              f"model's context window of {window:,} tokens", provider=engine)
 
 
 class StopFlag:

@@ -33,6 +33,7 @@ from .._errors import ConfigError
 from .._kinds import Parsed
 from . import _params
 from ._base import (
+    EMPTY_ROW,
     ContextOverflow,
     Engine,
     RowFailure,
@@ -238,6 +239,8 @@ class LlamaCppEngine(Engine):
                 tokens, stops = self._chat_prompt(llm, messages)
             else:
                 tokens, stops = self._completion_tokens(llm, content), []
+            if not tokens:  # llama.cpp asserts on an empty sequence (pre-flight refuses it first)
+                raise RowFailure(EMPTY_ROW)
             n_ctx = self.context_window
             if len(tokens) >= n_ctx:
                 raise ContextOverflow(f"the prompt is {len(tokens):,} tokens; the context window "
@@ -302,6 +305,8 @@ class LlamaCppEngine(Engine):
         llm = self._contexts.get()
         try:
             counts = [len(self._completion_tokens(llm, t)) for t in texts]
+            if 0 in counts:  # an empty input corrupts llama.cpp's heap (a crash at exit)
+                raise RowFailure(EMPTY_ROW)
             for n in counts:
                 if n > self.context_window:
                     raise ContextOverflow(f"an input is {n:,} tokens; the context window is "

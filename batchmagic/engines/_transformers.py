@@ -25,6 +25,7 @@ from .._errors import ConfigError
 from .._kinds import Parsed
 from . import _models, _params
 from ._base import (
+    EMPTY_ROW,
     ContextOverflow,
     Engine,
     RowFailure,
@@ -202,6 +203,8 @@ class TransformersEngine(Engine):
 
     async def generate(self, body: dict) -> Parsed:
         ids = self._prompt_ids(body)
+        if not ids:  # an all-padding row: nothing to attend to
+            raise RowFailure(EMPTY_ROW)
         _, params = split_body(body)
         params = _params.normalise(params)
         if len(ids) >= self.context_window:
@@ -222,6 +225,8 @@ class TransformersEngine(Engine):
 
     async def embed(self, bodies: list[dict]) -> list[Parsed]:
         ids = [self._embed_ids(b) for b in bodies]
+        if not all(ids):  # mean pooling over no tokens is a zero vector, not an embedding
+            raise RowFailure(EMPTY_ROW)
         for n in map(len, ids):
             if n > self.context_window:
                 raise ContextOverflow(f"an input is {n:,} tokens; the context window is "

@@ -59,6 +59,8 @@ def _prompt_ids(tokenizer, msg: dict) -> list:
 
 
 def _budget(kw: dict, n_prompt: int, window: int, default_max: int) -> dict:
+    if n_prompt == 0:  # the engines refuse an empty sequence (vLLM: "prompt cannot be empty")
+        raise RowError("this row's text tokenizes to 0 tokens, so the model has nothing to read")
     if n_prompt >= window:
         raise ContextError(f"the prompt is {n_prompt:,} tokens; the context window is {window:,}")
     kw = dict(kw)
