@@ -428,6 +428,18 @@ def _normalise(inputs: Any, kind: str) -> tuple[str, pd.Index, pd.DataFrame, lis
     return shape, index, frame, rows
 
 
+def is_foreign_table(value: Any) -> bool:
+    """A polars or pyarrow table or column: rows to read, though not a pandas object."""
+    classes: list[type] = []
+    pl = sys.modules.get("polars")
+    if pl is not None:
+        classes += [pl.DataFrame, pl.Series, pl.LazyFrame]
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        classes += [pa.Table, pa.RecordBatch, pa.Array, pa.ChunkedArray]
+    return isinstance(value, tuple(classes))
+
+
 def _from_table_library(inputs: Any) -> Any:
     """A polars or pyarrow table (or column) as its pandas twin; anything else unchanged.
 

@@ -34,6 +34,7 @@ from traitlets import Bool, Enum, Float, Int, Unicode
 from . import _api
 from ._display import TextDisplay, summary_line
 from ._errors import ConfigError
+from ._inputs import is_foreign_table
 from ._kinds import KINDS
 
 #: option -> (type, help). The order is the order ``%config BatchMagics`` lists them in.
@@ -300,14 +301,14 @@ class BatchMagics(Magics):
         if name not in ns:
             hidden = self.shell.user_ns_hidden  # In, Out and the like
             frames = [k for k, v in ns.items() if not k.startswith("_") and k not in hidden
-                      and isinstance(v, (pd.DataFrame, pd.Series, list, tuple))]
+                      and _has_rows(v)]
             close = difflib.get_close_matches(name, frames, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else \
                 (f"; DataFrames, Series and lists here: {', '.join(sorted(frames)[:10])}"
                  if frames else "")
             raise UsageError(f"--on {name}: no variable named {name!r} in the notebook{hint}")
         value = ns[name]
-        if not isinstance(value, (pd.DataFrame, pd.Series, list, tuple)):
+        if not _has_rows(value):
             raise UsageError(f"--on {name}: {name} is a {type(value).__name__}; pass a "
                              "DataFrame, a Series or a list")
         return value, body or None
@@ -431,6 +432,11 @@ class BatchMagics(Magics):
         for run in targets:
             run.control(action)
         print(f"{action}: {', '.join(r.id for r in targets) or 'no running runs'}")
+
+
+def _has_rows(value: Any) -> bool:
+    """What --on may name: pandas, polars or pyarrow tables and columns, lists, tuples."""
+    return isinstance(value, (pd.DataFrame, pd.Series, list, tuple)) or is_foreign_table(value)
 
 
 def _parse(magic, line: str):

@@ -425,3 +425,53 @@ def test_foreground_interrupt_assigns_partial_frame_and_says_it_once(ip, sim, ca
     finally:
         signal.signal(signal.SIGINT, previous)
         sim.configure(latency=0.0)
+
+
+# -- bad input caught before sending -----------------------------------------------------------------
+
+
+def test_a_template_without_a_field_over_a_frame_is_a_usage_error(ip, sim):
+    """A forgotten {text} used to send one request and copy its answer to every row."""
+    point_at(ip, sim)
+    sim.reset()
+    ip.user_ns["reviews"] = pd.DataFrame({"text": ["good", "bad"], "stars": [5, 1]})
+    for line in ("--on reviews -m m", "--on reviews -m m --dry-run", "--on reviews -m m --bg"):
+        with pytest.raises(UsageError, match="same prompt.*[{]text[}]"):
+            cell(ip, line, "Classify the sentiment of this review.\n")
+    assert sim.stats()["total"] == 0
+    assert "out" not in ip.user_ns
+
+
+@pytest.mark.parametrize("flags, option", [
+    ("--rpm nan", "rpm"),
+    ("--tpm inf", "tpm"),
+    ("--budget nan", "budget"),
+    ("--temperature nan", "temperature"),
+    ("--budget inf --dry-run", "budget"),
+])
+def test_non_finite_numbers_in_flags_are_usage_errors(ip, sim, flags, option):
+    point_at(ip, sim)
+    sim.reset()
+    ip.user_ns["reviews"] = pd.DataFrame({"text": ["a"]})
+    with pytest.raises(UsageError, match=rf"{option}\W.*must be .*finite"):
+        cell(ip, f"--on reviews -m m {flags}", "{text}")
+    assert sim.stats()["total"] == 0
+
+
+def test_a_non_finite_configured_default_is_a_usage_error(ip, sim):
+    point_at(ip, sim)
+    sim.reset()
+    ip.run_line_magic("config", "BatchMagics.rpm = float('nan')")
+    ip.user_ns["reviews"] = pd.DataFrame({"text": ["a"]})
+    with pytest.raises(UsageError, match="rpm must be a positive number"):
+        cell(ip, "--on reviews -m m", "{text}")
+    assert sim.stats()["total"] == 0
+
+
+def test_on_takes_a_polars_frame(ip, sim):
+    pl = pytest.importorskip("polars")
+    point_at(ip, sim)
+    ip.user_ns["reviews"] = pl.DataFrame({"text": ["good", "bad"]})
+    df = cell(ip, "--on reviews -m m", "Sentiment of: {text}")
+    assert df["output"].tolist() == ["echo: Sentiment of: good", "echo: Sentiment of: bad"]
+    assert list(df.index) == [0, 1]
