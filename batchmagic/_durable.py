@@ -42,6 +42,10 @@ class Durable:
         self._held: list[Unit] = []
         self._watcher: asyncio.Task | None = None
         self.write_error: BaseException | None = None
+        # the items this run has committed, and the journal file (generation) they are in: if
+        # the file is replaced (deleted, or damaged and moved aside) they are written again
+        self._saved: list[int] = []
+        self._generation = journal.generation
         self.write_seconds = 0.0  # time spent committing, for the overhead report
 
     # -- before: the cache --------------------------------------------------------------------
@@ -170,24 +174,47 @@ class Durable:
 
     def _write(self, batch: list[int]) -> None:
         t0 = time.perf_counter()
-        records = [rec for rec in (self._record(i) for i in batch) if rec is not None]
-        if records:
-            self.journal.write_rows(records)
+        self._commit(batch)
+        self._saved.extend(batch)
         self.write_seconds += time.perf_counter() - t0
+
+    def _commit(self, batch: list[int]) -> None:
+        """Write ``batch``. If the journal file was replaced since this run's last write, the
+        answers this run wrote before went with the old file: write them again with it."""
+        for _ in range(3):
+            generation = self.journal.generation
+            items = batch if generation == self._generation else self._saved + batch
+            records = [rec for rec in (self._record(i) for i in items) if rec is not None]
+            if records:
+                self.journal.write_rows(records)
+            if self.journal.generation == generation:  # no new file under the write
+                self._generation = generation
+                return
+        raise JournalError(f"the journal {self.journal.path} was replaced again at each write")
+
+    def _confirm(self) -> None:
+        """After the last write: the journal file is still the one written to, or this run's
+        answers are written again into the one now at its path."""
+        self.journal.check()
+        if self.journal.generation != self._generation:
+            self._commit([])
 
     def _written(self, fut, batch: list[int]) -> None:
         self._writing = None
         exc = fut.exception()
         if exc is not None:
-            self.write_error = exc
-            if self._on_error is not None:
-                self._on_error(exc if isinstance(exc, JournalError)
-                               else JournalError(f"cannot write the journal: {exc}"))
+            self._failed(exc)
         if self._on_saved is not None:
             # rows whose write failed are still returned (they are in memory), but the run stops
             self._on_saved(batch)
         if self._pending:
             self._flush()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.write_error = exc
+        if self._on_error is not None:
+            self._on_error(exc if isinstance(exc, JournalError)
+                           else JournalError(f"cannot write the journal: {exc}"))
 
     def _record(self, i: int) -> tuple | None:
         r = self.results
@@ -205,7 +232,8 @@ class Durable:
                 err.status, err.code, int(err.possibly_billed), self.run_id)
 
     async def drain(self) -> None:
-        """Wait until every answer so far is committed."""
+        """Wait until every answer so far is committed, and is still in the journal file at the
+        journal's path (never report as kept what went with a deleted file)."""
         while self._pending or self._writing is not None:
             if self._writing is None:
                 self._flush()
@@ -213,6 +241,11 @@ class Durable:
             if writing is not None:
                 await asyncio.wait({writing})
             await asyncio.sleep(0)  # let the write's done-callback run
+        if self._saved and self.write_error is None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._pool(), self._confirm)
+            except Exception as exc:
+                self._failed(exc)
 
     # -- after --------------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ to move it), mode 0700, holding ``journal.sqlite3`` (0600; SQLite gives its -wal
 same mode). JSON only, never pickle; no secret is ever written (request bodies are not stored,
 only the answers, except a Batch API job's inputs, kept so its frame can be rebuilt later). A
 torn last write is SQLite's to discard on open; a row whose stored answer no longer decodes is
-skipped and asked again; a file that is not a database is moved aside.
+skipped and asked again; a damaged file (header, any page, a truncated file, a WAL that does not
+match) is moved aside as ``journal.corrupt-*.sqlite3`` and a new one started; a journal deleted or
+replaced during a run is started again at its path and each run writes its answers into it again.
 
 Two processes can share a journal: SQLite serialises writers, and *leases* stop two runs paying
 for the same row at once: a run claims the keys it is about to send (one row per run, the keys in
@@ -27,10 +29,10 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -38,6 +40,7 @@ import orjson
 from ._errors import JournalError
 
 log = logging.getLogger("batchmagic")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 LEASE_SECONDS = 60.0
@@ -194,18 +197,29 @@ def decode_result(raw: str | bytes) -> tuple[Any, str | None, str | None]:
 
 
 class Journal:
-    """One SQLite journal. Thread-safe: every call takes the connection lock."""
+    """One SQLite journal. Thread-safe: every call goes through ``_use``, under the connection lock.
+
+    The file at ``path`` is followed, not trusted: a journal deleted or replaced while open (on
+    Linux SQLite goes on writing to the unlinked file, so nothing errors) is noticed before and
+    after each write, and a damaged one (at open by ``PRAGMA quick_check``, or on any later read)
+    is moved aside as ``journal.corrupt-*``. Either way a new journal is started at the path and
+    ``generation`` moves on, so that each run writes again the answers it had kept in the old one.
+    """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self.path = self.folder / "journal.sqlite3"
+        self.generation = 0  # bumped each time a new file replaces the one open
         self._lock = threading.Lock()
+        self._conn, self._identity = self._connect()
+
+    def _connect(self, trouble: str = "cannot open the journal") -> tuple[sqlite3.Connection, tuple]:
         try:
             self._prepare_folder()
-            self._conn = self._open()
+            return self._open()
         except (OSError, sqlite3.Error) as exc:
-            raise JournalError(f"cannot open the journal in {self.folder}: {_why(exc)}; pass "
-                               "cache=False to run without one, or cache='other/folder'") from None
+            raise JournalError(f"{trouble} in {self.folder}: {_why(exc)}; pass cache=False to run "
+                               "without one, or cache='other/folder'") from None
 
     def _prepare_folder(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -215,33 +229,148 @@ class Journal:
             os.close(fd)
         os.chmod(self.path, 0o600)
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> tuple[sqlite3.Connection, tuple]:
+        """Connect to the file at the path; a damaged one is moved aside once and a new one made.
+        Returns the connection and the identity of the files it has open."""
         for attempt in (1, 2):
+            # taken before connecting: if the file changes in between, the next call reopens
+            main = _inode(self.path)
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                    check_same_thread=False)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
-                conn.execute("PRAGMA cache_size=-65536")  # up to 64 MB: random row keys touch every page
-                conn.executescript(_SCHEMA)
-                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                for suffix in ("-wal", "-shm"):
-                    side = Path(str(self.path) + suffix)
-                    if side.exists():
-                        os.chmod(side, 0o600)
-                return conn
-            except sqlite3.DatabaseError as exc:
-                conn.close()
-                if attempt == 2 or "not a database" not in str(exc) and "malformed" not in str(exc):
+                damage = self._set_up(conn)
+            except sqlite3.Error as exc:
+                if attempt == 2 or not _is_damage(exc):
+                    conn.close()
                     raise
-                aside = self.path.with_name(f"journal.corrupt-{int(time.time())}.sqlite3")
-                log.warning("batchmagic: the journal %s is damaged (%s); moved it to %s and "
-                            "started a new one", self.path, exc, aside.name)
-                os.replace(self.path, aside)
-                for suffix in ("-wal", "-shm"):
-                    Path(str(self.path) + suffix).unlink(missing_ok=True)
-                self._prepare_folder()
+                damage = str(exc)
+            if damage is None:
+                return conn, (main, _inode(_side(self.path, "-wal")))
+            if attempt == 2:
+                conn.close()
+                raise sqlite3.DatabaseError(f"a new journal is damaged too ({damage})")
+            self._set_aside(damage, conn)
+            self._prepare_folder()
         raise AssertionError("unreachable")
+
+    def _set_up(self, conn: sqlite3.Connection) -> str | None:
+        """Settings, the damage check and the schema. Returns what is damaged, or None."""
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
+        conn.execute("PRAGMA cache_size=-65536")  # up to 64 MB: random row keys touch every page
+        # SQLite reports a damaged page only when it reads it: read them all now (cheap next to
+        # a run: the pages land in the cache that the cache lookup reads next anyway)
+        verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if verdict != "ok":
+            return verdict
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        for suffix in ("-wal", "-shm"):
+            side = _side(self.path, suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+        return None
+
+    def _set_aside(self, damage: str, conn: sqlite3.Connection) -> None:
+        """Move a damaged journal and its WAL aside, as they are, and close ``conn`` to it (after
+        the move: closing the last connection to a file still in place would checkpoint the WAL
+        into it and delete the WAL)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"journal.corrupt-{stamp}.sqlite3")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"journal.corrupt-{stamp}-{n}.sqlite3")
+        log.warning("batchmagic: the journal %s is damaged (%s); moved it to %s and started a new "
+                    "one (its answers will be asked again)", self.path, " ".join(damage.split()),
+                    aside.name)
+        try:
+            os.replace(self.path, aside)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        if _side(self.path, "-wal").exists():
+            os.replace(_side(self.path, "-wal"), _side(aside, "-wal"))
+        _side(self.path, "-shm").unlink(missing_ok=True)
+
+    def _follow_path(self) -> bool:
+        """Reopen if the files at the path are no longer the ones open (deleted, their folder
+        deleted, or replaced). Returns whether it reopened."""
+        if (_inode(self.path), _inode(_side(self.path, "-wal"))) == self._identity:
+            return False
+        self._reopen()
+        log.warning("batchmagic: the journal %s was deleted or replaced while open; started a "
+                    "new one there (runs write their answers into it again)", self.path)
+        return True
+
+    def _reopen(self, damage: str | None = None) -> None:
+        """Close the connection and open the file at the path anew, after moving it aside when
+        it is damaged. Closing never touches new files: SQLite skips its checkpoint and WAL
+        removal for a file that has moved or gone."""
+        old_wal = self._identity[1]
+        self._identity = ("reopening", old_wal)  # matches no file: after a failure, try again
+        what = "damaged" if damage is not None else "deleted or replaced while open"
+        trouble = f"the journal was {what}, and a new one cannot be started"
+        try:
+            if damage is not None:
+                self._set_aside(damage, self._conn)
+            else:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._drop_old_sides(old_wal)
+        except OSError as exc:
+            raise JournalError(f"{trouble} in {self.folder}: {_why(exc)}") from None
+        self._conn, self._identity = self._connect(trouble)
+        self.generation += 1
+
+    def _drop_old_sides(self, old_wal: tuple[int, int] | None) -> None:
+        """Remove the -wal and -shm of a file that was deleted or replaced: SQLite would lay its
+        pages over the new file. A WAL that is not the old one belongs to the new file: kept."""
+        wal = _side(self.path, "-wal")
+        if not self.path.exists() or (old_wal is not None and _inode(wal) == old_wal):
+            wal.unlink(missing_ok=True)
+            _side(self.path, "-shm").unlink(missing_ok=True)
+
+    def _use(self, work: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+        """Run ``work`` under the lock (one transaction when it writes) on the file at the path.
+
+        A deleted or replaced journal is reopened first; a write is checked again after its
+        commit and done again on a new file if the old one went away meanwhile. A damaged journal
+        is moved aside and the call done again on a new one. Any other SQLite failure is a
+        ``JournalError``: a raw sqlite3 exception never reaches the user.
+        """
+        with self._lock:
+            for _ in range(3):
+                self._follow_path()
+                try:
+                    result = self._transact(work) if write else work(self._conn)
+                except sqlite3.Error as exc:
+                    if not _is_damage(exc):
+                        verb = "write" if write else "read"
+                        raise JournalError(f"cannot {verb} the journal in {self.folder}: "
+                                           f"{_why(exc)}") from None
+                    self._reopen(damage=str(exc))
+                    continue
+                if not (write and self._follow_path()):
+                    return result
+        raise JournalError(f"the journal in {self.folder} was deleted, replaced or damaged again "
+                           "at each try; pass cache=False to run without one, or "
+                           "cache='other/folder'")
+
+    def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self._conn)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def check(self) -> None:
+        """Follow the path now (a run calls this before it reports its answers kept)."""
+        self._use(lambda conn: None)
 
     def close(self) -> None:
         with self._lock:
@@ -252,64 +381,43 @@ class Journal:
     def lookup(self, keys: Iterable[str], *, include_errors: bool = False) -> dict[str, Record]:
         """Finished answers for ``keys``. Rows whose stored answer cannot be decoded are skipped
         (and will be asked again)."""
-        found: dict[str, Record] = {}
         keys = list(keys)
         statuses = ("ok", "error") if include_errors else ("ok",)
-        with self._lock:
+
+        def read(conn: sqlite3.Connection) -> dict[str, Record]:
+            found: dict[str, Record] = {}
             for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
                 chunk = keys[start:start + 900]
                 marks = ",".join("?" * len(chunk))
-                rows = self._conn.execute(
+                rows = conn.execute(
                     f"SELECT key, status, result, input_tokens, output_tokens, cost, latency, "
                     f"attempts FROM rows WHERE key IN ({marks})", chunk).fetchall()
                 for key, status, result, in_tok, out_tok, cost, latency, attempts in rows:
-                    if status not in statuses:
-                        continue
-                    output = finish = reasoning = None
-                    if status == "ok":
-                        try:
-                            output, finish, reasoning = decode_result(result)
-                        except Exception:  # garbage: ask again
-                            log.debug("batchmagic: journal row %s does not decode; re-asking", key)
-                            continue
-                    found[key] = Record(key, status, output, finish, reasoning, in_tok, out_tok,
-                                        cost, latency, attempts or 0)
-        return found
+                    if status in statuses:
+                        rec = _record(key, status, result, in_tok, out_tok, cost, latency, attempts)
+                        if rec is not None:
+                            found[key] = rec
+            return found
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the connection lock; any SQLite failure rolls it back and
-        becomes a ``JournalError`` (a full disk, a read-only folder, a lock held too long)."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise JournalError(f"cannot write the journal in {self.folder}: {_why(exc)}") from None
+        return self._use(read)
 
     def write_rows(self, records: list[tuple]) -> None:
         """One transaction. Each record matches the ``rows`` columns after ``key``."""
         now = time.time()
-        with self._transaction() as conn:
-            conn.executemany(
-                "INSERT INTO rows (key, status, kind, model, result, input_tokens, "
-                "output_tokens, cost, latency, attempts, error_class, error_message, "
-                "error_status, error_code, possibly_billed, run_id, created, updated) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(key) DO UPDATE SET status=excluded.status, kind=excluded.kind, "
-                "model=excluded.model, result=excluded.result, input_tokens=excluded.input_tokens, "
-                "output_tokens=excluded.output_tokens, cost=excluded.cost, latency=excluded.latency, "
-                "attempts=excluded.attempts, error_class=excluded.error_class, "
-                "error_message=excluded.error_message, error_status=excluded.error_status, "
-                "error_code=excluded.error_code, possibly_billed=excluded.possibly_billed, "
-                "run_id=excluded.run_id, updated=excluded.updated "
-                "WHERE rows.status != 'ok' OR excluded.status = 'ok'",  # never lose an answer
-                [r + (now, now) for r in records])
+        self._use(lambda conn: conn.executemany(
+            "INSERT INTO rows (key, status, kind, model, result, input_tokens, "
+            "output_tokens, cost, latency, attempts, error_class, error_message, "
+            "error_status, error_code, possibly_billed, run_id, created, updated) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(key) DO UPDATE SET status=excluded.status, kind=excluded.kind, "
+            "model=excluded.model, result=excluded.result, input_tokens=excluded.input_tokens, "
+            "output_tokens=excluded.output_tokens, cost=excluded.cost, latency=excluded.latency, "
+            "attempts=excluded.attempts, error_class=excluded.error_class, "
+            "error_message=excluded.error_message, error_status=excluded.error_status, "
+            "error_code=excluded.error_code, possibly_billed=excluded.possibly_billed, "
+            "run_id=excluded.run_id, updated=excluded.updated "
+            "WHERE rows.status != 'ok' OR excluded.status = 'ok'",  # never lose an answer
+            [r + (now, now) for r in records]), write=True)
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -318,8 +426,9 @@ class Journal:
         A run's claims add up; claims of runs whose process died or whose lease expired are void
         (and removed)."""
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
-        held: dict[str, tuple[str, int]] = {}
-        with self._transaction() as conn:
+
+        def work(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+            held: dict[str, tuple[str, int]] = {}
             mine: bytes = b""
             for other, other_host, other_pid, expires, blob in conn.execute(
                     "SELECT run_id, host, pid, expires, keys FROM claims").fetchall():
@@ -335,16 +444,17 @@ class Journal:
                 claimed = mine + b"\n" + claimed
             conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
                          (run_id, host, pid, now + LEASE_SECONDS, claimed or mine))
-        return held
+            return held
+
+        return self._use(work, write=True)
 
     def renew(self, run_id: str) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE claims SET expires=? WHERE run_id=?",
-                               (time.time() + LEASE_SECONDS, run_id))
+        self._use(lambda conn: conn.execute("UPDATE claims SET expires=? WHERE run_id=?",
+                                            (time.time() + LEASE_SECONDS, run_id)), write=True)
 
     def release(self, run_id: str) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM claims WHERE run_id=?", (run_id,))
+        self._use(lambda conn: conn.execute("DELETE FROM claims WHERE run_id=?", (run_id,)),
+                  write=True)
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -352,19 +462,20 @@ class Journal:
         cols = ",".join(fields)
         marks = ",".join("?" * len(fields))
         updates = ",".join(f"{c}=excluded.{c}" for c in fields if c != "run_id")
-        with self._lock:
-            self._conn.execute(
-                f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
-                tuple(fields.values()))
+        self._use(lambda conn: conn.execute(
+            f"INSERT INTO runs ({cols}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
+            tuple(fields.values())), write=True)
 
     def runs(self, limit: int | None = None):
         import pandas as pd
 
         sql = "SELECT * FROM runs ORDER BY started DESC" + (f" LIMIT {int(limit)}" if limit else "")
-        with self._lock:
-            cur = self._conn.execute(sql)
-            cols = [c[0] for c in cur.description]
-            data = cur.fetchall()
+
+        def read(conn: sqlite3.Connection) -> tuple[list[str], list]:
+            cur = conn.execute(sql)
+            return [c[0] for c in cur.description], cur.fetchall()
+
+        cols, data = self._use(read)
         df = pd.DataFrame(data, columns=cols)
         for col in ("started", "finished"):
             df[col] = pd.to_datetime(df[col], unit="s", utc=True)
@@ -375,18 +486,22 @@ class Journal:
     def _write(self, statements: list[tuple[str, Any]]) -> None:
         """Run ``(sql, params)`` statements in one transaction (``params`` a tuple, or a list of
         tuples for executemany)."""
-        with self._transaction() as conn:
+        def work(conn: sqlite3.Connection) -> None:
             for sql, params in statements:
                 if isinstance(params, list):
                     conn.executemany(sql, params)
                 else:
                     conn.execute(sql, params)
 
+        self._use(work, write=True)
+
     def _select(self, sql: str, params: tuple = ()) -> list[dict]:
-        with self._lock:
-            cur = self._conn.execute(sql, params)
+        def read(conn: sqlite3.Connection) -> list[dict]:
+            cur = conn.execute(sql, params)
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+        return self._use(read)
 
     def add_job(self, job: dict, shards: list[tuple[int, str, int]],
                 rows: list[tuple[str, str, int]]) -> None:
@@ -439,45 +554,87 @@ class Journal:
     def active_jobs_for(self, keys: Iterable[str]) -> dict[str, str]:
         """Row key -> the unfinished job (provider may still answer it) that holds it."""
         keys = list(keys)
-        found: dict[str, str] = {}
-        with self._lock:
+
+        def read(conn: sqlite3.Connection) -> dict[str, str]:
+            found: dict[str, str] = {}
             for start in range(0, len(keys), 900):
                 chunk = keys[start:start + 900]
                 marks = ",".join("?" * len(chunk))
-                for key, job_id in self._conn.execute(
+                for key, job_id in conn.execute(
                         f"SELECT r.key, r.job_id FROM job_rows r JOIN jobs j ON j.job_id = r.job_id "
                         f"WHERE j.state != 'finished' AND r.outcome IS NULL AND r.key IN ({marks})",
                         chunk):
                     found.setdefault(key, job_id)
-        return found
+            return found
+
+        return self._use(read)
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._conn.execute("SELECT status, COUNT(*) FROM rows GROUP BY status"))
+        return self._use(lambda conn: dict(
+            conn.execute("SELECT status, COUNT(*) FROM rows GROUP BY status")))
 
     def clear(self, before: float | None = None) -> int:
         """Delete rows (and runs) last written before ``before`` (a UNIX time), or all."""
-        with self._lock:
+        def delete(conn: sqlite3.Connection) -> int:
             if before is None:
-                n = self._conn.execute("DELETE FROM rows").rowcount
-                self._conn.execute("DELETE FROM runs")
-                self._conn.execute("DELETE FROM claims")
+                n = conn.execute("DELETE FROM rows").rowcount
+                conn.execute("DELETE FROM runs")
+                conn.execute("DELETE FROM claims")
             else:
-                n = self._conn.execute("DELETE FROM rows WHERE updated < ?", (before,)).rowcount
-                self._conn.execute("DELETE FROM runs WHERE started < ?", (before,))
+                n = conn.execute("DELETE FROM rows WHERE updated < ?", (before,)).rowcount
+                conn.execute("DELETE FROM runs WHERE started < ?", (before,))
             # finished Batch API jobs go too; unfinished ones stay, or a batch the provider is
             # still running (and billing) would be forgotten
-            self._conn.execute("DELETE FROM job_shards WHERE job_id IN (SELECT job_id FROM jobs "
-                               "WHERE state = 'finished' AND created < ?)", (before or 1e18,))
-            self._conn.execute("DELETE FROM job_rows WHERE job_id IN (SELECT job_id FROM jobs "
-                               "WHERE state = 'finished' AND created < ?)", (before or 1e18,))
-            self._conn.execute("DELETE FROM jobs WHERE state = 'finished' AND created < ?",
-                               (before or 1e18,))
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("DELETE FROM job_shards WHERE job_id IN (SELECT job_id FROM jobs "
+                         "WHERE state = 'finished' AND created < ?)", (before or 1e18,))
+            conn.execute("DELETE FROM job_rows WHERE job_id IN (SELECT job_id FROM jobs "
+                         "WHERE state = 'finished' AND created < ?)", (before or 1e18,))
+            conn.execute("DELETE FROM jobs WHERE state = 'finished' AND created < ?",
+                         (before or 1e18,))
+            return n
+
+        n = self._use(delete, write=True)
+        self._use(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
         if before is None:
-            with self._lock:
-                self._conn.execute("VACUUM")
+            self._use(lambda conn: conn.execute("VACUUM"))
         return n
+
+
+def _record(key: str, status: str, result: str | None, *usage: Any) -> Record | None:
+    """A stored row as a ``Record``; None when its answer does not decode (it is asked again)."""
+    in_tok, out_tok, cost, latency, attempts = usage
+    output = finish = reasoning = None
+    if status == "ok":
+        try:
+            output, finish, reasoning = decode_result(result)
+        except Exception:  # garbage: ask again
+            log.debug("batchmagic: journal row %s does not decode; re-asking", key)
+            return None
+    return Record(key, status, output, finish, reasoning, in_tok, out_tok, cost, latency,
+                  attempts or 0)
+
+
+def _side(path: Path, suffix: str) -> Path:
+    """SQLite's -wal / -shm file beside ``path``."""
+    return Path(str(path) + suffix)
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` now (None: none, or it cannot be seen)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file is damaged (not locked, full or read-only)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (11, 26)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
 
 
 def _alive(host: str, pid: int, expires: float, now: float) -> bool:
@@ -539,6 +696,8 @@ def open_journal(folder: Path) -> Journal:
     key = str(folder.resolve())
     with _journals_lock:
         j = _journals.get(key)
-        if j is None or not Path(j.path).exists():
+        if j is None:
             j = _journals[key] = Journal(folder)
+        else:
+            j.check()  # deleted or replaced since: the same object follows the path
         return j
