@@ -207,9 +207,11 @@ class Journal:
     """
 
     def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
+        # absolute: the file is followed by its path, and a notebook's %cd must not move it
+        self.folder = Path(os.path.abspath(folder))
         self.path = self.folder / "journal.sqlite3"
         self.generation = 0  # bumped each time a new file replaces the one open
+        self._files = (str(self.path), str(self.path) + "-wal")  # stat'ed around every write
         self._lock = threading.Lock()
         self._conn, self._identity = self._connect()
 
@@ -234,7 +236,7 @@ class Journal:
         Returns the connection and the identity of the files it has open."""
         for attempt in (1, 2):
             # taken before connecting: if the file changes in between, the next call reopens
-            main = _inode(self.path)
+            main = _inode(self._files[0])
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                    check_same_thread=False)
             try:
@@ -245,7 +247,7 @@ class Journal:
                     raise
                 damage = str(exc)
             if damage is None:
-                return conn, (main, _inode(_side(self.path, "-wal")))
+                return conn, (main, _inode(self._files[1]))
             if attempt == 2:
                 conn.close()
                 raise sqlite3.DatabaseError(f"a new journal is damaged too ({damage})")
@@ -296,7 +298,7 @@ class Journal:
     def _follow_path(self) -> bool:
         """Reopen if the files at the path are no longer the ones open (deleted, their folder
         deleted, or replaced). Returns whether it reopened."""
-        if (_inode(self.path), _inode(_side(self.path, "-wal"))) == self._identity:
+        if (_inode(self._files[0]), _inode(self._files[1])) == self._identity:
             return False
         self._reopen()
         log.warning("batchmagic: the journal %s was deleted or replaced while open; started a "
@@ -326,9 +328,8 @@ class Journal:
     def _drop_old_sides(self, old_wal: tuple[int, int] | None) -> None:
         """Remove the -wal and -shm of a file that was deleted or replaced: SQLite would lay its
         pages over the new file. A WAL that is not the old one belongs to the new file: kept."""
-        wal = _side(self.path, "-wal")
-        if not self.path.exists() or (old_wal is not None and _inode(wal) == old_wal):
-            wal.unlink(missing_ok=True)
+        if not self.path.exists() or (old_wal is not None and _inode(self._files[1]) == old_wal):
+            _side(self.path, "-wal").unlink(missing_ok=True)
             _side(self.path, "-shm").unlink(missing_ok=True)
 
     def _use(self, work: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
@@ -619,7 +620,7 @@ def _side(path: Path, suffix: str) -> Path:
     return Path(str(path) + suffix)
 
 
-def _inode(path: Path) -> tuple[int, int] | None:
+def _inode(path: str) -> tuple[int, int] | None:
     """Which file is at ``path`` now (None: none, or it cannot be seen)."""
     try:
         st = os.stat(path)

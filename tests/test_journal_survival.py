@@ -63,16 +63,15 @@ def echoes(rows: list[str]) -> set:
 # -- deleted or replaced during a run ---------------------------------------------------------------
 
 
-def _start_then_remove(sim, tmp_path, rows, remove) -> tuple[bm.BatchTask, Path]:
+def _start_then_remove(sim, folder: Path, rows, remove) -> bm.BatchTask:
     """Start a run, let some rows finish, then take its journal away with ``remove(folder)``."""
     sim.configure(latency=0.02)
-    folder = tmp_path / ".batchmagic"
     task = bm.submit(rows, **options(sim, cache=str(folder), concurrency=4))
     wait_until(lambda: task.finished_count() >= 30)
     task.pause()  # the rest of the run surely comes after the removal
     remove(folder)
     task.resume()
-    return task, folder
+    return task
 
 
 def _remove_folder(folder: Path) -> None:
@@ -97,7 +96,8 @@ def _replace_file(folder: Path) -> None:
                          ids=["folder", "file", "replaced"])
 def test_journal_removed_during_a_run_keeps_every_answer(fresh, tmp_path, caplog, remove):
     rows = [f"gone {remove.__name__} {i}" for i in range(200)]
-    task, folder = _start_then_remove(fresh, tmp_path, rows, remove)
+    folder = tmp_path / ".batchmagic"
+    task = _start_then_remove(fresh, folder, rows, remove)
     out = task.wait(timeout=120)
     assert out["error"].isna().all()
     assert out.attrs["batchmagic"]["state"] == "done"
@@ -118,7 +118,7 @@ def test_journal_that_cannot_be_started_again_stops_the_run(fresh, tmp_path):
         folder.write_text("a file where the journal folder was")  # nothing can be made there
 
     rows = [f"blocked {i}" for i in range(200)]
-    task, folder = _start_then_remove(fresh, tmp_path, rows, block)
+    task = _start_then_remove(fresh, tmp_path / ".batchmagic", rows, block)
     out = task.wait(timeout=120)
     facts = out.attrs["batchmagic"]
     assert facts["state"] == "aborted"
@@ -127,6 +127,20 @@ def test_journal_that_cannot_be_started_again_stops_the_run(fresh, tmp_path):
     assert len(out) == len(rows)
     assert any(isinstance(e, bm.NotSentError) for e in out["error"])
     assert len(fresh.calls()) < len(rows)  # it stopped buying answers it could not keep
+
+
+def test_changing_directory_during_a_run_does_not_move_its_journal(fresh, tmp_path, caplog,
+                                                                    monkeypatch):
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(start)
+    rows = [f"cd {i}" for i in range(200)]
+    task = _start_then_remove(fresh, Path("journal"), rows, lambda folder: os.chdir(elsewhere))
+    assert task.wait(timeout=120)["error"].isna().all()
+    assert "deleted or replaced" not in caplog.text
+    assert kept_answers(start / "journal") == echoes(rows)
+    assert not (elsewhere / "journal").exists()
 
 
 # -- damaged --------------------------------------------------------------------------------------
