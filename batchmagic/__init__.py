@@ -16,6 +16,7 @@ from ._errors import (
     BatchError,
     BudgetExceededError,
     CancelledRowError,
+    CircuitOpenError,
     ColumnClashError,
     ConfigError,
     ConnectError,
@@ -38,6 +39,7 @@ from ._errors import (
 
 if TYPE_CHECKING:
     from ._api import BatchTask, Estimate, abatch, batch, estimate, submit
+    from ._breaker import Breaker
     from ._frame import RESULT_COLUMNS, raise_for_errors
     from ._image import GeneratedImage
     from ._journal import clear_journal, runs
@@ -51,6 +53,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "batch": "_api", "abatch": "_api", "submit": "_api", "estimate": "_api",
     "BatchTask": "_api", "Estimate": "_api",
+    "Breaker": "_breaker",
     "raise_for_errors": "_frame", "RESULT_COLUMNS": "_frame",
     "GeneratedImage": "_image",
     "BatchMagics": "_magic",  # for `%config BatchMagics` and ip.register_magics; loads IPython
@@ -91,6 +94,7 @@ __all__ = [
     "BatchTask",
     "BatchJob",
     "Estimate",
+    "Breaker",
     "raise_for_errors",
     "runs",
     "clear_journal",
@@ -106,6 +110,7 @@ __all__ = [
     "RunError",
     "JournalError",
     "BudgetExceededError",
+    "CircuitOpenError",
     "RowError",
     "InputError",
     "NotSentError",

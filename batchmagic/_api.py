@@ -21,6 +21,7 @@ import pandas as pd
 
 from . import _kinds, _loop
 from ._backend import Unit
+from ._breaker import CircuitBreaker, breaker_for
 from ._cost import BudgetGuard, resolve_price
 from ._dispatch import Dispatcher, ItemResults, RetryPolicy
 from ._display import make_display, quiet_logs, summary_line
@@ -73,6 +74,7 @@ class _Options:
     transport: Any = None
     headers: dict | None = field(default=None, repr=False)
     batch_options: dict | None = field(default=None, repr=False)  # may hold Ark's key pair
+    breaker: Any = True
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, zero_ok: bool = False) -> Any:
@@ -141,6 +143,7 @@ class _Run:
 
     def __init__(self, inputs: Any, prompt: str | None, o: _Options):
         _validate(o)
+        self.breaker = breaker_for(o.breaker)
         self.options = o
         self.id = uuid.uuid4().hex[:12]
         self.engine = None  # an offline engine's EngineSpec, when engine= is given
@@ -274,6 +277,7 @@ class _Run:
 
             return await execute(self)
         self.state = "running"
+        breaker = None  # an engine on this machine has no server to give up on
         if self.engine is not None:  # an offline engine: loaded (or reused), then pre-flight
             backend = await self._engine_backend()
             window = Window(self.max_window, self.max_window, adaptive=False)
@@ -289,6 +293,9 @@ class _Run:
             if o.concurrency:
                 window.ssthresh = float(o.concurrency)
             gate = RateGate(o.rpm, o.tpm)
+            if self.breaker is not None:
+                breaker = CircuitBreaker(self.breaker, provider=self.target.name,
+                                         url=backend.url, deadline=backend.timeout)
         policy = RetryPolicy() if o.retries is None else RetryPolicy(retries=o.retries)
         units, held = self.units, []
         if self.durable is not None:
@@ -297,7 +304,7 @@ class _Run:
         self.dispatcher = d = Dispatcher(units, len(self.plan.items), backend, window=window,
                                          gate=gate, policy=policy, progress=self.progress,
                                          on_item=self._on_item, results=self.results,
-                                         price=self.price, budget=budget)
+                                         price=self.price, budget=budget, breaker=breaker)
         if self.durable is not None:
             self.durable.start_writes(self._on_saved, d.stop)
             self.durable.watch_held(held, d, self.progress, self._on_cached)
@@ -537,7 +544,8 @@ def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: 
           prices: dict | None = None,
           on_missing: str = "error", images: str | None = None, allow_private_urls: bool = False,
           http: str = "aiohttp", transport: Any = None,
-          headers: dict | None = None, batch_options: dict | None = None) -> pd.DataFrame:
+          headers: dict | None = None, batch_options: dict | None = None,
+          breaker: Any = True) -> pd.DataFrame:
     """Run every row through a model and return the rows with the answers, in input order.
 
     ``inputs`` is a DataFrame (``prompt`` is a template over its columns, ``{column}``), a Series
@@ -555,6 +563,8 @@ def batch(inputs: Any, prompt: str | None = None, *, kind: str = "chat", model: 
     httpx transport (e.g. ``httpx.MockTransport``). ``mode="batch-api"`` sends the rows through
     the provider's Batch API (about half the price; ``batch_options`` sets its completion window,
     polling and, for Ark, the TOS bucket) and ``mode="batch-chat"`` through its Batch Chat endpoint.
+    ``breaker`` (a ``bm.Breaker``; ``False`` turns it off) stops a run whose attempts keep failing
+    the same way: a server that never answers, a daily quota, a wrong URL.
 
     Failed rows stay in the frame with their exception in ``error``; ``bm.raise_for_errors(df)``
     escalates. Ctrl-C stops the run and returns the rows finished so far.

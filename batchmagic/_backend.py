@@ -38,6 +38,7 @@ class Unit:
     billed_failures: int = 0  # failures after which the provider may have charged
     rate_limited: int = 0
     worst_cost: float = 0.0  # USD if every token of max_tokens is used (budget reservations)
+    last: Any = None  # the Outcome of its last failed attempt: what a stopped run reports
 
 
 @dataclass(slots=True)

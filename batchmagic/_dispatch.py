@@ -15,6 +15,10 @@ What happens after an attempt depends on its outcome's category:
                 a possibly billed failure is retried at most ``billed_retries`` times
     context/row this row's error, no retry
     fatal       the run stops dispatching; finished rows are kept, the rest become NotSentError
+
+Every failure is also shown to the circuit breaker (``_breaker.py``), which stops the run the
+same way when the failures say the rest would fail too (a dead server, a daily quota, a wrong
+URL). A Retry-After of 0, negative or NaN is no hint at all: the row backs off as if none came.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Backend, Outcome, Unit
+from ._breaker import CircuitBreaker
 from ._cost import BudgetGuard, Price
-from ._errors import BudgetExceededError, CancelledRowError, NotSentError, RowError
+from ._errors import (
+    BudgetExceededError,
+    CancelledRowError,
+    CircuitOpenError,
+    NotSentError,
+    RowError,
+)
 from ._limits import RateGate, Window
 from ._progress import Progress
 
@@ -72,7 +83,9 @@ class Dispatcher:
     def __init__(self, units: list[Unit], n_items: int, backend: Backend, *, window: Window,
                  gate: RateGate, policy: RetryPolicy, progress: Progress,
                  on_item: Callable[[int], None] | None = None, results: ItemResults | None = None,
-                 price: Price | None = None, budget: BudgetGuard | None = None):
+                 price: Price | None = None, budget: BudgetGuard | None = None,
+                 breaker: CircuitBreaker | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.units = units
         self.backend = backend
         self.window = window
@@ -83,6 +96,8 @@ class Dispatcher:
         self.on_item = on_item  # called with the item index as each item finishes
         self.price = price  # per-row cost from real usage, when the price is known
         self.budget = budget
+        self.breaker = breaker
+        self.clock = clock  # latencies and congestion times; the limits carry their own
         self.spent = 0.0  # cost of the answers received in this run
         self.aborted: BaseException | None = None  # what stopped the run (fatal error, budget, ...)
         self.cancelled = False
@@ -247,7 +262,7 @@ class Dispatcher:
         unit.attempts += 1
         progress.in_flight += 1
         progress.concurrency = self.window.current
-        sent_at = time.monotonic()
+        sent_at = self.clock()
         try:
             outcome = await self.backend.call(unit)
         except asyncio.CancelledError:
@@ -262,15 +277,22 @@ class Dispatcher:
             log.debug("backend raised", exc_info=True)
             outcome = Outcome(ROW, error_type=RowError,
                               message=f"internal error in {self.backend.name}: {type(exc).__name__}: {exc}")
-        latency = time.monotonic() - sent_at
+        latency = self.clock() - sent_at
         self.window.release()
         progress.in_flight -= 1
         if outcome.rate_info is not None:
             self.gate.learn(outcome.rate_info)
         self._recent.append(outcome.category == RATE_LIMIT)
         if outcome.category == OK:
+            self.gate.answered()
+            if self.breaker is not None:
+                self.breaker.success()
             self._succeed(unit, outcome, latency)
         else:
+            if self.breaker is not None and not self._stop:
+                reason = self.breaker.failure(outcome)
+                if reason is not None:
+                    self.stop(CircuitOpenError(reason))
             self._failed(unit, outcome, sent_at)
         progress.concurrency = self.window.current
         progress.rate_waits = self.gate.waits
@@ -303,12 +325,13 @@ class Dispatcher:
         # mistaken for a congested server
         norm = latency / (1.0 + out_tokens / 32.0)
         self.window.on_success(norm)
-        self.window.latency_congested(time.monotonic() - latency)
+        self.window.latency_congested(self.clock() - latency)
         progress.ok += len(unit.items)
         self._finished(unit)
 
     def _failed(self, unit: Unit, outcome: Outcome, sent_at: float) -> None:
         policy, progress = self.policy, self.progress
+        unit.last = outcome
         if outcome.possibly_billed:
             unit.billed_failures += 1
             self.possibly_billed += 1
@@ -334,6 +357,8 @@ class Dispatcher:
                     delay = self._rate_limit_wait(unit, outcome)
                     if self._storm():
                         self.gate.pause_for(delay)  # many are throttled: the whole run waits
+                        if outcome.rate_info is None:
+                            self.gate.throttled()  # and no stated limit: probe for the rate
             elif category == TRANSIENT:
                 transient_tries = unit.attempts - unit.rate_limited
                 if outcome.possibly_billed and unit.billed_failures > policy.billed_retries:
@@ -341,7 +366,7 @@ class Dispatcher:
                 elif transient_tries <= policy.retries:
                     retry = True
                     delay = self._backoff(transient_tries)
-                    if outcome.retry_after is not None:
+                    if outcome.retry_after is not None and outcome.retry_after > 0:
                         delay = max(delay, min(outcome.retry_after, policy.max_wait))
         if retry:
             progress.retries += 1
@@ -357,9 +382,15 @@ class Dispatcher:
         return len(recent) >= 4 and sum(recent) >= max(2, len(recent) // 10)
 
     def _rate_limit_wait(self, unit: Unit, outcome: Outcome) -> float:
-        if outcome.retry_after is not None:
-            return min(outcome.retry_after, self.policy.max_wait)
-        return self._backoff(unit.rate_limited, base=1.0)
+        """Retry-After when the provider gives a usable one, else an exponential backoff. A hint
+        of 0 or less is no hint (it would turn backoff off: a thousand calls a second), and a row
+        throttled again and again waits at least a quarter of its backoff, whatever the hint."""
+        backoff = self._backoff(unit.rate_limited, base=1.0)
+        hint = outcome.retry_after
+        if hint is None or not hint > 0:
+            return backoff
+        floor = backoff / 4 if unit.rate_limited > 1 else 0.0
+        return min(max(hint, floor), self.policy.max_wait)
 
     def _backoff(self, attempt: int, base: float | None = None) -> float:
         base = self.policy.backoff_base if base is None else base
@@ -408,6 +439,19 @@ class Dispatcher:
         if self._outstanding == 0:
             self._wake.set()
 
+    def _unsent_error(self, unit: Unit, stop: str) -> RowError:
+        """A unit never sent is a NotSentError; one that was sent and waited for a retry keeps
+        what its last attempt got, and says why it was not tried again."""
+        if unit.last is None:
+            return NotSentError(f"not sent: {stop}", attempts=unit.attempts,
+                                provider=self.backend.name,
+                                possibly_billed=unit.billed_failures > 0)
+        last = unit.last
+        cls = last.error_type or RowError
+        return cls(f"{last.message or last.category}; not retried: {stop}",
+                   attempts=unit.attempts, status=last.status, provider=self.backend.name,
+                   code=last.code, possibly_billed=unit.billed_failures > 0)
+
     def _finish_unsent(self) -> None:
         """After a stop: every unit not yet finished becomes NotSentError (parked ones too)."""
         for handle in self._parked:
@@ -422,12 +466,11 @@ class Dispatcher:
             return
         if self.aborted is not None:
             reason = getattr(self.aborted, "message", None) or str(self.aborted)
-            why = f"not sent: the run stopped after {type(self.aborted).__name__}: {reason}"
+            stop = f"the run stopped after {type(self.aborted).__name__}: {reason}"
         else:
-            why = "not sent: the run was cancelled"
+            stop = "the run was cancelled"
         for unit in pending:
-            err = NotSentError(why, attempts=unit.attempts, provider=self.backend.name,
-                               possibly_billed=unit.billed_failures > 0)
+            err = self._unsent_error(unit, stop)
             r = self.results
             for item in unit.items:
                 if not r.done[item]:

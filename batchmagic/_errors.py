@@ -7,6 +7,7 @@
     ├── RunError                    raised by bm.raise_for_errors(df) when rows failed
     ├── JournalError                the journal cannot be opened or written (disk full, read-only)
     ├── BudgetExceededError         why a run stopped: the next request could pass the budget
+    ├── CircuitOpenError            why a run stopped: every recent attempt failed the same way
     └── RowError                    one row's failure; lives in the frame's ``error`` column
         ├── InputError              found before sending: a missing value, text JSON cannot carry, too long
         ├── NotSentError            never sent: the run was cancelled, or stopped by a fatal error or budget
@@ -43,6 +44,7 @@ __all__ = [
     "RunError",
     "JournalError",
     "BudgetExceededError",
+    "CircuitOpenError",
     "RowError",
     "InputError",
     "NotSentError",
@@ -92,6 +94,11 @@ class JournalError(BatchError):
 
 class BudgetExceededError(BatchError):
     """The reason a run stopped: its next request could have taken spend past the budget."""
+
+
+class CircuitOpenError(BatchError):
+    """The reason a run stopped: its attempts kept failing the same way (a server that never
+    answers, a daily quota, a wrong URL), so the rest would fail too. See ``bm.Breaker``."""
 
 
 class RowError(BatchError):

@@ -4,10 +4,15 @@
 * ``RateGate``: the run-wide gate every request passes: the RPM and TPM buckets plus a run-wide
   pause set by ``Retry-After``. Waiters queue in order and each sleeps for the exact time it
   needs; nothing polls.
+* ``RateProbe``: the request rate to keep when a provider throttles without saying its limit (no
+  ``x-ratelimit-*`` headers): multiplicative decrease on a 429, exponential growth while answers
+  succeed, the same AIMD idea as the window but in requests per second.
 * ``Window``: the number of requests allowed in flight, adjusted AIMD-style: slow start, additive
   increase per success, multiplicative decrease on 429 / 503 / overload or a latency blow-up,
   at most once per round trip.
 * header parsing: ``Retry-After`` (seconds or HTTP date), ``retry-after-ms``, ``x-ratelimit-*``.
+
+Every class takes ``clock`` (default ``time.monotonic``) so tests can move time by hand.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 # -- headers -------------------------------------------------------------------------------------
@@ -50,17 +55,21 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            seconds = float(ms) / 1000.0
         except ValueError:
-            pass
+            seconds = math.nan
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
     value = headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "NaN" and "inf" parse as floats but say nothing usable
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -112,13 +121,15 @@ class TokenBucket:
     """``rate`` units per second, holding at most ``capacity``; may go negative after a refund
     correction so that an under-estimate is paid back by waiting."""
 
-    __slots__ = ("rate", "capacity", "level", "stamp")
+    __slots__ = ("rate", "capacity", "level", "stamp", "clock")
 
-    def __init__(self, rate: float, capacity: float | None = None, *, full: bool = True):
+    def __init__(self, rate: float, capacity: float | None = None, *, full: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
         self.rate = float(rate)
         self.capacity = float(capacity if capacity is not None else max(1.0, rate))
         self.level = self.capacity if full else 0.0
-        self.stamp = time.monotonic()
+        self.clock = clock
+        self.stamp = clock()
 
     def _refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
@@ -136,7 +147,7 @@ class TokenBucket:
         self.level = min(self.capacity, self.level + amount)
 
     def set_rate(self, rate: float, capacity: float | None = None) -> None:
-        self._refill(time.monotonic())
+        self._refill(self.clock())
         self.rate = float(rate)
         self.capacity = float(capacity if capacity is not None else max(1.0, rate))
         self.level = min(self.level, self.capacity)
@@ -145,20 +156,25 @@ class TokenBucket:
 class RateGate:
     """Requests per minute, tokens per minute and a run-wide pause, for one run."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, *, burst_seconds: float = 1.0):
+    def __init__(self, rpm: float | None, tpm: float | None, *, burst_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.burst = burst_seconds
+        self.clock = clock
         self.user_rpm, self.user_tpm = rpm, tpm
         self.requests = self._bucket(rpm)
         self.tokens = self._bucket(tpm)
         self.pause_until = 0.0
         self.waits = 0  # how many times a request had to wait for the gate
+        self.headers_seen = False  # the provider states its limits: no need to probe for them
+        # probing only when nobody gave or stated a request limit
+        self.probe: RateProbe | None = RateProbe(clock) if rpm is None else None
         self._lock = asyncio.Lock()
 
     def _bucket(self, per_minute: float | None) -> TokenBucket | None:
         if not per_minute:
             return None
         rate = per_minute / 60.0
-        return TokenBucket(rate, max(1.0, rate * self.burst))
+        return TokenBucket(rate, max(1.0, rate * self.burst), clock=self.clock)
 
     @property
     def rpm(self) -> float | None:
@@ -178,11 +194,11 @@ class RateGate:
 
     async def acquire(self, tokens: float) -> None:
         if self.requests is None and self.tokens is None and not self._lock.locked():
-            if self.pause_until <= time.monotonic():
+            if self.pause_until <= self.clock():
                 return  # the common unlimited case costs one comparison
         async with self._lock:  # FIFO: the head of the queue sleeps exactly as long as it must
             while True:
-                now = time.monotonic()
+                now = self.clock()
                 wait = self._wait_time(tokens, now)
                 if wait <= 0:
                     break
@@ -199,22 +215,89 @@ class RateGate:
             self.tokens.level = min(self.tokens.capacity, self.tokens.level + charged - actual)
 
     def pause_for(self, seconds: float) -> None:
-        self.pause_until = max(self.pause_until, time.monotonic() + seconds)
+        self.pause_until = max(self.pause_until, self.clock() + seconds)
 
     def learn(self, info: RateInfo) -> None:
         """Seed or follow the provider's limits when the user gave none."""
+        self.headers_seen = True
+        self.probe = None  # stated limits beat guessed ones
         if self.user_rpm is None and info.limit_requests:
             self._follow("requests", info.limit_requests)
         if self.user_tpm is None and info.limit_tokens:
             self._follow("tokens", info.limit_tokens)
 
+    def answered(self) -> None:
+        """A request succeeded: a probed rate may grow."""
+        if self.probe is not None:
+            rate = self.probe.success()
+            if rate is not None:
+                self._set_probed(rate)
+
+    def throttled(self) -> None:
+        """A 429 without limit headers: start or tighten the probed request rate."""
+        if self.probe is not None:
+            self._set_probed(self.probe.throttled())
+
+    def _set_probed(self, rate: float) -> None:
+        capacity = max(1.0, rate * self.burst)
+        if self.requests is None:
+            self.requests = TokenBucket(rate, capacity, full=False, clock=self.clock)
+        elif abs(self.requests.rate - rate) > 1e-9:
+            self.requests.set_rate(rate, capacity)
+
     def _follow(self, which: str, per_minute: int) -> None:
         bucket = getattr(self, which)
         rate = per_minute / 60.0
         if bucket is None:
-            setattr(self, which, TokenBucket(rate, max(1.0, rate * self.burst), full=False))
+            setattr(self, which, TokenBucket(rate, max(1.0, rate * self.burst), full=False,
+                                             clock=self.clock))
         elif abs(bucket.rate - rate) > 1e-9:
             bucket.set_rate(rate, max(1.0, rate * self.burst))
+
+
+class RateProbe:
+    """Find a request rate the provider accepts when it throttles without stating its limit.
+
+    The dispatcher calls ``throttled`` only when throttling is general (a tenth of recent
+    answers), never for a stray 429. The first call sets the rate to the pace that was
+    succeeding just before (answers in the last second); each later one cuts it by
+    ``DECREASE``, at most once a second (requests already in flight when a cut happens carry no
+    news). Every success adds ``GROWTH`` requests per second, and successes arrive at about the
+    rate, so the rate grows about 10% a second: back to the limit within 4 s of a cut.
+    """
+
+    DECREASE = 0.7
+    GROWTH = 0.1
+    FLOOR = 0.1  # requests per second: even a very tight limit gets some traffic
+    WINDOW = 1.0  # seconds of recent answers that say what pace was succeeding
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.rate: float | None = None  # None until the first 429
+        self._recent: collections.deque[float] = collections.deque(maxlen=4096)
+        self._last_cut = -math.inf
+
+    def success(self) -> float | None:
+        now = self.clock()
+        if self.rate is None:
+            self._recent.append(now)
+            return None
+        self.rate += self.GROWTH
+        return self.rate
+
+    def throttled(self) -> float:
+        now = self.clock()
+        if self.rate is None:
+            recent = self._recent
+            while recent and recent[0] < now - self.WINDOW:
+                recent.popleft()
+            self.rate = max(self.FLOOR, len(recent) / self.WINDOW)
+            self._recent.clear()
+            self._last_cut = now
+        elif now - self._last_cut >= self.WINDOW:
+            self.rate = max(self.FLOOR, self.rate * self.DECREASE)
+            self._last_cut = now
+        return self.rate
 
 
 # -- adaptive concurrency ------------------------------------------------------------------------
@@ -223,7 +306,9 @@ class RateGate:
 class Window:
     """How many requests may be in flight. ``adaptive`` turns AIMD on; ``maximum`` is the pool."""
 
-    def __init__(self, start: int, maximum: int, *, adaptive: bool):
+    def __init__(self, start: int, maximum: int, *, adaptive: bool,
+                 clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
         self.maximum = max(1, maximum)
         self.limit = float(min(max(1, start), self.maximum))
         self.adaptive = adaptive
@@ -277,7 +362,7 @@ class Window:
             self._lat_fast += 0.1 * (latency - self._lat_fast)
         self._lat_base = min(self._lat_base, self._lat_fast)
         if self.ssthresh < self.maximum and \
-                time.monotonic() - self._last_cut > max(1.0, 10.0 * self._lat_fast):
+                self.clock() - self._last_cut > max(1.0, 10.0 * self._lat_fast):
             self.ssthresh = float(self.maximum)  # quiet for a while: an isolated signal, grow fast again
         if self.limit < self.ssthresh:
             self.limit = min(self.maximum, self.limit + 1.0)  # slow start: doubles per round trip
@@ -297,6 +382,6 @@ class Window:
         # the failing request has already released its slot: count it as still in flight
         self.limit = max(1.0, min(self.limit, self.active + 1) * factor)
         self.ssthresh = max(2.0, self.limit)
-        self._last_cut = time.monotonic()
+        self._last_cut = self.clock()
         self.cuts += 1
         return True

@@ -403,6 +403,9 @@ DIALECTS: dict[str, _Dialect] = {
     "deepseek": _DEEPSEEK,
 }
 
+#: the generic dialect's lookup order: OpenAI first, then every preset's own codes
+_GENERIC_ORDER = (_OPENAI, _QIANFAN, _ARK, _DASHSCOPE)
+
 
 # --------------------------------------------------------------------------------------------------
 # Envelope parsing
@@ -482,20 +485,33 @@ def _envelope(payload: object) -> _Envelope | None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _tables(dialect: _Dialect) -> tuple[_Dialect, ...]:
+    """Where codes are looked up, in order. A provider's own dialect falls back on OpenAI's; the
+    generic dialect (``base_url=`` servers, gateways, proxies) also knows every preset's codes,
+    since gateways pass a provider's errors through (a Qianfan ``336501`` RPM throttle inside an
+    HTTP 200 is a throttle wherever it comes from). OpenAI's meaning wins where two differ
+    (``insufficient_quota`` is money at OpenAI, TPM throttling at DashScope)."""
+    if dialect is _OPENAI:
+        return _GENERIC_ORDER
+    return (dialect, _OPENAI)
+
+
 def _lookup(key: str | None, dialect: _Dialect) -> str | None:
     if not key:
         return None
-    for table in (dialect.codes, _OPENAI.codes):
-        if key in table:
-            return table[key]
+    tables = _tables(dialect)
+    for d in tables:
+        if key in d.codes:
+            return d.codes[key]
     folded = key.casefold()
-    for table in (dialect.codes, _OPENAI.codes):
-        for name, category in table.items():
+    for d in tables:
+        for name, category in d.codes.items():
             if name.casefold() == folded:
                 return category
-    for prefix, category in dialect.prefixes:
-        if key.startswith(prefix):
-            return category
+    for d in tables:
+        for prefix, category in d.prefixes:
+            if key.startswith(prefix):
+                return category
     return None
 
 
@@ -543,7 +559,7 @@ def classify(dialect: str, status: int, payload: object | None) -> Classified | 
     lowered = envelope.message.lower()
 
     category: str | None = None
-    for phrase, rule_category in rules.message_rules:
+    for phrase, rule_category in (r for d in _tables(rules) for r in d.message_rules):
         if phrase in lowered:
             category = rule_category
             break

@@ -112,6 +112,9 @@ class OpenAICompatible:
                                possibly_billed=True)
             return Outcome(OK, results=results, status=status, rate_info=info)
 
+        if 300 <= status < 400:  # applies to every row: never re-send paid requests elsewhere
+            return Outcome(FATAL, error_type=_ERROR_TYPES[FATAL], status=status, rate_info=info,
+                           message=self._redirect_message(status, headers.get("location")))
         found = classify(self.dialect, status, payload if isinstance(payload, dict) else None)
         if found is None:  # the dialect saw no error in a non-2xx answer: judge by the status
             from ._dialects import Classified
@@ -119,6 +122,12 @@ class OpenAICompatible:
             found = Classified(TRANSIENT if status >= 500 or status in (408, 409) else ROW, None,
                                f"HTTP {status}")
         return self._error(found, status, headers, info)
+
+    def _redirect_message(self, status: int, location: str | None) -> str:
+        where = f" to {self._clean(location)[:200]}" if location else ""
+        return (f"HTTP {status}: {self.url} redirects{where}. batchmagic does not follow "
+                "redirects of paid requests: set base_url to the address the server names "
+                "(http:// to https://? a missing or extra /v1?)")
 
     def _error(self, found, status: int, headers, info) -> Outcome:
         category = found.category

@@ -299,7 +299,8 @@ class SimState:
                     limiter.headers(headers)
                 if refusal is not None:
                     what, wait = refusal
-                    retry_after_headers(cfg.retry_after_format, wait, headers)
+                    retry_after_headers(cfg.retry_after_format, wait, headers,
+                                        cfg.retry_after_value)
                     self._record(now, path, job.model, digest, job.tag, job.n_inputs, 429, None,
                                  job.prompt_tokens, attempt)
                     return json_response(429, _rate_limit_body(what, limiter, job.charge, wait),

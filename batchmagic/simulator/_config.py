@@ -67,6 +67,9 @@ class SimConfig:
     tpm: float | None = None  #: tokens per minute (prompt + max_tokens or 16); None = unlimited
     burst: float = 1.0  #: bucket capacity in seconds' worth of the rate
     retry_after_format: str = "seconds"  #: seconds | ms | http-date | none
+    #: send this Retry-After text as it is instead of the computed wait: a misbehaving server
+    #: ("0", "-1", "NaN") or a daily quota ("86400")
+    retry_after_value: str | None = None
     ratelimit_headers: bool = True  #: send x-ratelimit-* headers on every answer
     #: [(at_seconds, {field: value}), ...] applied automatically; times count from when the
     #: schedule was set (server start for a startup schedule)
@@ -282,6 +285,7 @@ _KINDS: dict[str, str] = {
     "api_key": "opt_str", "latency": "float", "latency_dist": "str", "latency_jitter": "float",
     "per_token_latency": "float", "capacity": "opt_int", "overload": "opt_int",
     "rpm": "opt_float", "tpm": "opt_float", "burst": "float", "retry_after_format": "str",
+    "retry_after_value": "opt_str",
     "ratelimit_headers": "bool", "schedule": "schedule", "faults": "faults",
     "fault_seed": "int", "fault_attempts": "int", "hang_seconds": "float",
     "trickle_interval": "float", "error_200_code": "int", "log_calls": "bool",
@@ -315,6 +319,7 @@ _HELP = {
     "tpm": "tokens per minute limit (prompt + max_tokens, or 16)",
     "burst": "bucket size in seconds' worth of rpm/tpm",
     "retry_after_format": f"one of {', '.join(RETRY_AFTER_FORMATS)}",
+    "retry_after_value": 'send this Retry-After text verbatim ("0", "NaN", "86400")',
     "ratelimit_headers": "send x-ratelimit-* headers",
     "fault_seed": "seed of the per-body fault draws",
     "fault_attempts": "a body can be faulted only on its first N arrivals",

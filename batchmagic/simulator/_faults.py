@@ -122,7 +122,7 @@ def immediate_response(name: str, model: str | None, cfg: SimConfig,
     if name == "529":
         return json_response(529, error_obj("Overloaded", "overloaded_error"), headers)
     if name == "429":
-        retry_after_headers(cfg.retry_after_format, 1.0, headers)
+        retry_after_headers(cfg.retry_after_format, 1.0, headers, cfg.retry_after_value)
         body = error_obj("Rate limit reached for requests. Please try again in 1s.", "requests",
                          "rate_limit_exceeded")
         return json_response(429, body, headers)

@@ -143,8 +143,13 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def retry_after_headers(fmt: str, wait: float, out: dict[str, str]) -> None:
-    """Add the retry hint for a wait of ``wait`` seconds in the configured format."""
+def retry_after_headers(fmt: str, wait: float, out: dict[str, str],
+                        verbatim: str | None = None) -> None:
+    """Add the retry hint for a wait of ``wait`` seconds in the configured format, or the
+    ``verbatim`` text when one is configured (a misbehaving server)."""
+    if verbatim is not None:
+        out["retry-after"] = verbatim
+        return
     if fmt == "none":
         return
     secs = max(1, math.ceil(wait - 1e-9))
