@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ._frame import RESULT_COLUMNS, raise_for_errors
     from ._image import GeneratedImage
     from ._journal import clear_journal, runs
-    from .batchapi import BatchJob, jobs
+    from .batchapi import BatchJob, job, jobs
     from .engines import unload
 
 __version__ = "0.1.0"
@@ -59,7 +59,7 @@ _LAZY = {
     "BatchMagics": "_magic",  # for `%config BatchMagics` and ip.register_magics; loads IPython
     "runs": "_journal", "clear_journal": "_journal",
     "unload": "engines",  # offline engines load on first use; this frees them
-    "jobs": "batchapi", "BatchJob": "batchapi",  # provider Batch API jobs, across restarts
+    "jobs": "batchapi", "job": "batchapi", "BatchJob": "batchapi",  # provider Batch API jobs
 }
 
 
@@ -99,6 +99,7 @@ __all__ = [
     "runs",
     "clear_journal",
     "jobs",
+    "job",
     "unload",
     "RESULT_COLUMNS",
     "GeneratedImage",

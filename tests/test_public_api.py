@@ -46,6 +46,7 @@ EXPECTED_ALL = [
     "batch",
     "clear_journal",
     "estimate",
+    "job",
     "jobs",
     "raise_for_errors",
     "runs",

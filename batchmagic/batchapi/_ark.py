@@ -38,7 +38,14 @@ import orjson
 
 from .._errors import BadRequestError, ConfigError, ResponseError
 from .._secrets import Secret
-from ._client import FILE_DEADLINE, MAX_FILE_BYTES, ApiCaller, RemoteBatch
+from ._client import (
+    FILE_DEADLINE,
+    LIST_PAGES,
+    MAX_FILE_BYTES,
+    ApiCaller,
+    RemoteBatch,
+    check_status,
+)
 from ._sign import sign
 
 OPENAPI_URL = "https://ark.cn-beijing.volcengineapi.com"
@@ -53,6 +60,13 @@ TAG_KEY = "batchmagic-nonce"
 ARK_STATES = {
     "Queued": "pending", "Initializing": "pending", "Running": "running",
     "Completed": "completed", "Terminating": "cancelling", "Failed": "failed",
+}
+#: a status filter -> the ListBatchInferenceJobs ``Filter.Phases`` value that holds it (the
+#: filter takes Queued, Running, Completed, Terminating, Terminated, Failed)
+FILTER_PHASES = {
+    "queued": "Queued", "running": "Running", "completed": "Completed",
+    "terminating": "Terminating", "cancelling": "Terminating", "terminated": "Terminated",
+    "cancelled": "Terminated", "expired": "Terminated", "failed": "Failed",
 }
 
 
@@ -122,22 +136,25 @@ class ArkBatch:
 
     line_format = "ark"
 
-    def __init__(self, *, name: str, options: dict, wire: Any, model: str | None):
+    def __init__(self, *, name: str, options: dict, wire: Any, model: str | None,
+                 creating: bool = True):
+        """``creating=False``: a client that only looks at, lists, stops and collects jobs made
+        elsewhere (no bucket or model needed: each job names its own output location)."""
         self.name = name
         self.access_key, self.secret_key = ark_credentials(options)
         bucket = options.get("bucket")
-        if not bucket:
+        if not bucket and creating:
             raise ConfigError("Ark batch jobs read and write TOS: pass batch_options={'bucket': "
                               "'your-bucket'} (in cn-beijing, like the job)")
-        self.bucket = str(bucket)
-        self.output_bucket = str(options.get("output_bucket") or bucket)
+        self.bucket = str(bucket or "")
+        self.output_bucket = str(options.get("output_bucket") or bucket or "")
         prefix = str(options.get("prefix", "batchmagic/"))
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.region = str(options.get("region") or REGION)
         self.openapi = str(options.get("openapi_url") or OPENAPI_URL).rstrip("/")
         self.tos = str(options.get("tos_endpoint") or TOS_ENDPOINT).rstrip("/")
         self.project = options.get("project_name")
-        self.model_ref = model_reference(model, options)
+        self.model_ref = model_reference(model, options) if creating else None
         self.wire = wire
         self.caller = ApiCaller(name, wire, "ark", [self.access_key, self.secret_key])
 
@@ -246,6 +263,32 @@ class ArkBatch:
                 return await self.retrieve(item["Id"])
         return None
 
+    async def list_batches(self, *, status: str | None = None, limit: int = 100,
+                           page_size: int = 100) -> list[RemoteBatch]:
+        """The account's jobs (in ``project_name``), newest first, up to ``limit``. A status
+        that is one of ListBatchInferenceJobs' filter phases is filtered by Ark; the rest
+        ("pending" takes in Initializing, which the filter does not list; expired and cancelled
+        are both Terminated) are sorted out here. The order of Ark's pages is not documented,
+        so the jobs are sorted by CreateTime here."""
+        status = check_status(status, [*ARK_STATES, "Terminated"])
+        payload: dict[str, Any] = {"PageSize": max(1, min(100, page_size))}
+        phase = FILTER_PHASES.get(status or "")
+        if phase:
+            payload["Filter"] = {"Phases": [phase]}
+        if self.project:
+            payload["ProjectName"] = self.project
+        found: list[RemoteBatch] = []
+        for number in range(1, LIST_PAGES + 1):
+            result = await self._action("ListBatchInferenceJobs", {**payload, "PageNumber": number})
+            items = [i for i in result.get("Items") or [] if isinstance(i, dict)]
+            found += [job for job in map(self._job, items) if job.matches(status)]
+            total = result.get("TotalCount")
+            seen = number * payload["PageSize"]
+            if len(items) < payload["PageSize"] or (isinstance(total, int) and seen >= total):
+                break
+        found.sort(key=lambda job: job.created or 0.0, reverse=True)
+        return found[:limit]
+
     async def cancel(self, batch_id: str) -> RemoteBatch:
         await self._action("StopBatchInferenceJob", {"Id": batch_id})
         return await self.retrieve(batch_id)
@@ -288,6 +331,9 @@ class ArkBatch:
             error_ref=error_ref if terminal_ish else None,
             message=self.caller.clean(str(status.get("Message") or "")),
             nonce=self._nonce(item),
+            created=_stamp(item.get("CreateTime")),
+            endpoint="/v1/chat/completions",  # Ark's batch jobs answer chat requests
+            name=item.get("Name") if isinstance(item.get("Name"), str) else None,
         )
 
     async def aclose(self) -> None:
@@ -301,13 +347,19 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _past(stamp: Any) -> bool:
+def _stamp(stamp: Any) -> float | None:
+    """An RFC 3339 time (Ark's CreateTime, ExpireTime) as a UNIX time."""
     if not isinstance(stamp, str) or not stamp:
-        return False
+        return None
     try:
         when = _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
-        return False
+        return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.timezone.utc)
-    return when <= _dt.datetime.now(_dt.timezone.utc)
+    return when.timestamp()
+
+
+def _past(stamp: Any) -> bool:
+    when = _stamp(stamp)
+    return when is not None and when <= _dt.datetime.now(_dt.timezone.utc).timestamp()

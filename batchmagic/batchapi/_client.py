@@ -7,6 +7,7 @@
         async def create(self, file_ref, *, endpoint, window, model, nonce, job_id, shard) -> RemoteBatch
         async def retrieve(self, batch_id) -> RemoteBatch
         async def find(self, nonce, since) -> RemoteBatch | None             # adopt after a crash
+        async def list_batches(self, *, status, limit) -> list[RemoteBatch]  # newest first
         async def cancel(self, batch_id) -> RemoteBatch
         async def download(self, file_ref) -> bytes | None                   # None: no such file
         async def aclose(self) -> None
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ import orjson
 from .._backend import CONTEXT, FATAL, RATE_LIMIT, ROW, TRANSIENT
 from .._errors import (
     BadRequestError,
+    ConfigError,
     ConnectError,
     ConnectionLostError,
     ContextLengthError,
@@ -69,6 +72,12 @@ OPENAI_STATES = {
     "cancelling": "cancelling", "cancelled": "cancelled",
 }
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+STATES = ("pending", "running", "finalizing", "completed", "failed", "expired", "cancelling",
+          "cancelled")
+#: GET /batches takes ``after`` and ``limit`` (1-100) and no status filter: a status is
+#: filtered here, reading at most this many pages
+LIST_PAGE_SIZE = 100
+LIST_PAGES = 50
 NONCE_KEY = "batchmagic_nonce"
 #: DashScope documents two metadata keys, a batch's name and description (its list call can
 #: filter by name); the nonce goes into the name there
@@ -91,10 +100,27 @@ class RemoteBatch:
     message: str = ""
     nonce: str | None = None
     created: float | None = None
+    endpoint: str | None = None  # the URL its lines were sent to ("/v1/chat/completions")
+    name: str | None = None  # what the provider shows: Ark's Name, DashScope's ds_name
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    def matches(self, status: str | None) -> bool:
+        """``status`` is batchmagic's state ("completed") or the provider's own word."""
+        return status is None or status.lower() in (self.state, self.status.lower())
+
+
+def check_status(status: str | None, provider_words: Iterable[str]) -> str | None:
+    """A status filter someone typed: one of the normalised states or the provider's words."""
+    if status is None:
+        return None
+    words = {w.lower() for w in provider_words} | set(STATES)
+    if not isinstance(status, str) or status.strip().lower() not in words:
+        raise ConfigError(f"status {status!r} is not a batch status; one of: "
+                          f"{', '.join(sorted(words))}")
+    return status.strip().lower()
 
 
 def _int(value: Any) -> int | None:
@@ -284,6 +310,26 @@ class OpenAIBatch:
             after = page.get("last_id") or data[-1].get("id")
         return None
 
+    async def list_batches(self, *, status: str | None = None, limit: int = 100,
+                           page_size: int = LIST_PAGE_SIZE) -> list[RemoteBatch]:
+        """The server's batches, newest first (as ``GET /batches`` returns them), up to
+        ``limit``, following ``has_more`` / ``after`` across pages."""
+        status = check_status(status, OPENAI_STATES)
+        found: list[RemoteBatch] = []
+        after = None
+        for _ in range(LIST_PAGES):
+            query = f"?limit={max(1, min(100, page_size))}" + (f"&after={after}" if after else "")
+            page = await self._json("GET", "/batches" + query)
+            data = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(data, list) or not data:
+                break
+            batches = [self._batch(item) for item in data if isinstance(item, dict)]
+            found += [b for b in batches if b.matches(status)]
+            if len(found) >= limit or not page.get("has_more"):
+                break
+            after = page.get("last_id") or batches[-1].id
+        return found[:limit]
+
     async def cancel(self, batch_id: str) -> RemoteBatch:
         return self._batch(await self._json("POST", f"/batches/{batch_id}/cancel", {}))
 
@@ -319,6 +365,8 @@ class OpenAIBatch:
             message=self.caller.clean(message),
             nonce=_nonce(item),
             created=float(created) if isinstance(created, (int, float)) else None,
+            endpoint=item.get("endpoint") if isinstance(item.get("endpoint"), str) else None,
+            name=_name(item),
         )
 
     async def aclose(self) -> None:
@@ -335,6 +383,12 @@ def _nonce(item: dict) -> str | None:
     if isinstance(name, str) and name.startswith(NAME_PREFIX):
         return name[len(NAME_PREFIX):]
     return None
+
+
+def _name(item: dict) -> str | None:
+    meta = item.get("metadata")
+    name = meta.get(DS_NAME) if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _field(resp: WireResponse | None, name: str) -> Any:

@@ -31,6 +31,16 @@ from ._run import RunDriver, driver_for
 STATUS_TIMEOUT = 120.0
 
 
+def _on_loop(coro, timeout: float | None = STATUS_TIMEOUT):
+    """Run ``coro`` on batchmagic's loop and wait for it; an interrupt or timeout cancels it."""
+    fut = _loop.submit(coro)
+    try:
+        return fut.result(timeout)
+    except (concurrent.futures.TimeoutError, KeyboardInterrupt):
+        fut.cancel()
+        raise
+
+
 def _merge(statuses: list[JobStatus]) -> JobStatus:
     if len(statuses) == 1:
         return statuses[0]
@@ -91,12 +101,7 @@ class BatchJob(BatchTask):
         return [self._engine]
 
     def _on_loop(self, coro, timeout: float | None = STATUS_TIMEOUT):
-        fut = _loop.submit(coro)
-        try:
-            return fut.result(timeout)
-        except (concurrent.futures.TimeoutError, KeyboardInterrupt):
-            fut.cancel()
-            raise
+        return _on_loop(coro, timeout)
 
     # -- the contract ---------------------------------------------------------------------------
 
@@ -364,31 +369,108 @@ class BatchJob(BatchTask):
                            extra={"mode": "batch-api+online", "online": len(missing)})
 
 
-def jobs(cache: Any = True, limit: int | None = 50, *, api_key: str | None = None,
-         batch_options: dict | None = None, transport: Any = None,
-         http: str = "aiohttp") -> list[BatchJob]:
-    """Batch API jobs recorded in the journal, oldest first (``bm.jobs()[-1]`` is the newest),
-    across kernel restarts. Each is a ``BatchJob``: ``status()``, ``wait()``, ``result()``,
-    ``cancel()``, ``resubmit()``, ``finish_online()``. Keys come from the provider's usual
-    environment variable (or ``api_key=``; Ark's Access Key pair from ``VOLC_ACCESSKEY`` /
-    ``VOLC_SECRETKEY`` or ``batch_options``); the journal never holds one."""
+def jobs(cache: Any = True, limit: int | None = 50, *, provider: str | None = None,
+         base_url: str | None = None, status: str | None = None, api_key: str | None = None,
+         batch_options: dict | None = None, transport: Any = None, http: str = "aiohttp",
+         headers: dict | None = None) -> list[BatchJob]:
+    """Batch API jobs, oldest first (``bm.jobs()[-1]`` is the newest). Each is a ``BatchJob``:
+    ``status()``, ``wait()``, ``result()``, ``cancel()``, and for jobs of the journal
+    ``resubmit()`` and ``finish_online()``.
+
+    Without ``provider=`` / ``base_url=``: the jobs recorded in the journal, across kernel
+    restarts (``status`` filters on their state: submitting, running or finished). With them:
+    the provider's own batches, newest ``limit`` of them, wherever they were made (OpenAI-
+    compatible ``GET /batches``, Ark's ``ListBatchInferenceJobs``); ``status`` is the
+    provider's word ("in_progress", "Running") or batchmagic's ("running", "completed",
+    "expired", ...). A batch the journal knows comes back as the journal's job; the others are
+    adopted (see ``bm.job``).
+
+    Keys come from the provider's usual environment variable (or ``api_key=``; Ark's Access Key
+    pair from ``VOLC_ACCESSKEY`` / ``VOLC_SECRETKEY`` or ``batch_options``); the journal never
+    holds one."""
+    journal = _journal_for(cache)
+    options = check_options(batch_options)
+    if provider is not None or base_url is not None:
+        from ._adopt import ProviderAccess, list_batches
+
+        access = ProviderAccess(provider, base_url, api_key, options, transport, http, headers)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise ConfigError("limit must be a positive whole number of jobs")
+        found = _on_loop(list_batches(access, status, limit or 1000))
+        return [_known_or_adopted(journal, rb, access, api_key, options, transport, http)
+                for rb in reversed(found)]
+    access = Access(api_key=api_key, options={k: v for k, v in options.items()
+                                              if k in SECRET_OPTIONS},
+                    transport=transport, http=http, headers=headers)
+    found = [BatchJob(rec["job_id"], journal, access=access, record=rec)
+             for rec in journal.jobs(None if status is not None else limit)]
+    if status is not None:
+        if status not in JOB_STATES:
+            raise ConfigError(f"a journal job's state is one of {', '.join(JOB_STATES)}, not "
+                              f"{status!r}; pass provider= to filter on the provider's status")
+        found = [j for j in found if j._record.get("state") == status]
+        found = found[-limit:] if limit else found
+    return found
+
+
+def job(job_id: str, cache: Any = True, *, provider: str | None = None,
+        base_url: str | None = None, api_key: str | None = None,
+        batch_options: dict | None = None, transport: Any = None, http: str = "aiohttp",
+        headers: dict | None = None) -> BatchJob:
+    """One Batch API job: from the journal by its job id (a unique prefix is enough) or by the
+    id of one of its provider batches; else, given ``provider=`` (or ``base_url=``), the
+    provider's batch ``job_id`` made elsewhere (its console, another tool), adopted: it
+    answers ``status()``, ``wait()`` / ``result()`` (a frame of its answers, one row per
+    ``custom_id``: see ``batchmagic.batchapi._adopt``) and ``cancel()``."""
+    if not isinstance(job_id, str) or not job_id.strip():
+        raise ConfigError("job_id must be a job or batch id (a string)")
+    journal = _journal_for(cache)
+    options = check_options(batch_options)
+    access = Access(api_key=api_key, options={k: v for k, v in options.items()
+                                              if k in SECRET_OPTIONS},
+                    transport=transport, http=http, headers=headers)
+    records = journal.jobs(None)
+    found = [rec for rec in records if rec["job_id"].startswith(job_id)]
+    if len(found) > 1:
+        raise ConfigError(f"{job_id!r} matches {len(found)} jobs; give more of the id")
+    if not found:
+        found = [rec for rec in records if job_id in _batch_ids(journal, rec["job_id"])]
+    if found:
+        return BatchJob(found[0]["job_id"], journal, access=access, record=found[0])
+    if provider is None and base_url is None:
+        raise ConfigError(f"no job {job_id!r} in the journal {journal.path}; for a batch made "
+                          "elsewhere, say where it is: provider='openai' (or base_url=...)")
+    from ._adopt import AdoptedJob, ProviderAccess, retrieve
+
+    remote = ProviderAccess(provider, base_url, api_key, options, transport, http, headers)
+    return AdoptedJob(_on_loop(retrieve(remote, job_id)), remote)
+
+
+JOB_STATES = ("submitting", "running", "finished")
+
+
+def _journal_for(cache: Any) -> Journal:
     try:
         folder = folder_for(cache) or default_folder()
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
-    journal = open_journal(folder)
-    options = check_options(batch_options)
-    access = Access(api_key=api_key, options={k: v for k, v in options.items()
-                                              if k in SECRET_OPTIONS},
-                    transport=transport, http=http)
-    return [BatchJob(rec["job_id"], journal, access=access, record=rec)
-            for rec in journal.jobs(limit)]
+    return open_journal(folder)
 
 
-def job(job_id: str, cache: Any = True, **kwargs: Any) -> BatchJob:
-    """The job ``job_id`` from the journal (a unique prefix is enough)."""
-    found = [j for j in jobs(cache, None, **kwargs) if j.id and j.id.startswith(job_id)]
-    if len(found) != 1:
-        raise ConfigError(f"no job {job_id!r} in the journal" if not found else
-                          f"{job_id!r} matches {len(found)} jobs; give more of the id")
-    return found[0]
+def _batch_ids(journal: Journal, job_id: str) -> set[str]:
+    return {s["batch_id"] for s in journal.job_shards(job_id) if s.get("batch_id")}
+
+
+def _known_or_adopted(journal: Journal, rb: Any, access: Any, api_key: Any, options: dict,
+                      transport: Any, http: str) -> BatchJob:
+    """The journal's job for a listed batch when it has one (it knows the inputs)."""
+    for rec in journal.jobs(None):
+        if rb.id in _batch_ids(journal, rec["job_id"]):
+            keys = Access(api_key=api_key, options={k: v for k, v in options.items()
+                                                    if k in SECRET_OPTIONS},
+                          transport=transport, http=http, headers=access.headers)
+            return BatchJob(rec["job_id"], journal, access=keys, record=rec)
+    from ._adopt import AdoptedJob
+
+    return AdoptedJob(rb, access)

@@ -48,6 +48,7 @@ from ..providers._target import resolve_target
 from ..providers._wire import make_wire
 from ._client import TERMINAL, OpenAIBatch, RemoteBatch
 from ._files import custom_id_for, request_line, shard_lines, validate_lines
+from ._lease import Lease, job_names
 from ._modes import SECRET_OPTIONS
 from ._results import FileReport, Unprocessed, read_file
 from ._store import dump_plan, error_from_json, error_json, load_plan
@@ -331,6 +332,27 @@ class JobEngine:
         self._set_state()
 
     async def _submit_all(self, client, detach: asyncio.Event | None) -> None:
+        if not self._unsubmitted():
+            return
+        # one process creates a job's batches at a time; another one driving the same job waits
+        # here, then reads the batch ids the first one saved instead of creating its own
+        lease = Lease(self.journal, job_names(self.job_id))
+        def stopping() -> bool:
+            return self.cancel_requested or (detach is not None and detach.is_set())
+
+        if not await lease.take_async(stopping):
+            return
+        try:
+            self.shards = {s["shard"]: s for s in self.journal.job_shards(self.job_id)}
+            await self._submit_shards(client, detach)
+        finally:
+            await asyncio.to_thread(lease.release)
+
+    def _unsubmitted(self) -> list[int]:
+        return [n for n, s in sorted(self.shards.items())
+                if not s.get("batch_id") and not self.terminal(n)]
+
+    async def _submit_shards(self, client, detach: asyncio.Event | None) -> None:
         for n in sorted(self.shards):
             shard = self.shards[n]
             if shard.get("batch_id") or self.terminal(n):

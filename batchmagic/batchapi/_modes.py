@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from .._errors import ConfigError
@@ -30,6 +32,14 @@ OPTION_KEYS = frozenset({
     "model_version", "custom_model_id", "access_key", "secret_key",
 })
 SECRET_OPTIONS = frozenset({"access_key", "secret_key"})
+#: options only Ark's job API reads; given to another provider they would be silently ignored
+ARK_ONLY_OPTIONS = frozenset({
+    "bucket", "output_bucket", "prefix", "region", "openapi_url", "tos_endpoint", "project_name",
+    "model_version", "custom_model_id", "access_key", "secret_key",
+})
+TEXT_OPTIONS = ("bucket", "output_bucket", "region", "project_name", "custom_model_id")
+URL_OPTIONS = ("openapi_url", "tos_endpoint")
+WINDOW_FORMAT = re.compile(r"[1-9]\d*[hd]")
 
 
 def check_options(options: Any) -> dict:
@@ -44,14 +54,50 @@ def check_options(options: Any) -> dict:
     for name in ("poll_interval", "max_poll_interval"):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or value <= 0):
+                                  or not math.isfinite(value) or value <= 0):
             raise ConfigError(f"batch_options[{name!r}] must be a positive number of seconds")
     for name in ("max_requests", "max_bytes"):
         value = options.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ConfigError(f"batch_options[{name!r}] must be a positive integer")
+    _check_text_options(options)
     return dict(options)
+
+
+def _check_text_options(options: dict) -> None:
+    """Types and shapes a provider would refuse only after the upload (each row's error then)."""
+    window = options.get("completion_window")
+    if window is not None and (not isinstance(window, str)
+                               or not WINDOW_FORMAT.fullmatch(window.strip())):
+        raise ConfigError(f"batch_options['completion_window'] takes hours or days such as "
+                          f"'24h' or '3d', not {window!r}")
+    for name in TEXT_OPTIONS:
+        value = options.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"batch_options[{name!r}] must be a non-empty string")
+    prefix = options.get("prefix")
+    if prefix is not None and not isinstance(prefix, str):
+        raise ConfigError("batch_options['prefix'] must be a string (a TOS key prefix)")
+    version = options.get("model_version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int))
+                                or not str(version).strip()):
+        raise ConfigError("batch_options['model_version'] must be a version such as '250615'")
+    for name in URL_OPTIONS:
+        value = options.get(name)
+        if value is not None and (not isinstance(value, str)
+                                  or not value.startswith(("http://", "https://"))):
+            raise ConfigError(f"batch_options[{name!r}] must be an http(s) URL")
+
+
+def _check_limits(options: dict, preset: Any) -> None:
+    """A file larger than the provider takes is refused whole, after the upload."""
+    for name, limit in (("max_requests", preset.batch_max_requests),
+                        ("max_bytes", preset.batch_max_bytes)):
+        value = options.get(name)
+        if value is not None and limit and value > limit:
+            raise ConfigError(f"batch_options[{name!r}] is {value:,}, but {preset.name} takes "
+                              f"at most {limit:,} per batch file")
 
 
 def target_for(o: Any) -> tuple[Target, str | None]:
@@ -76,16 +122,24 @@ def target_for(o: Any) -> tuple[Target, str | None]:
             raise ConfigError(str(exc.args[0])) from None
         if preset.name == "ark":
             # Ark's job API is signed with an Access Key pair; the chat API key is not needed
-            from ._ark import ArkBatch
+            from ._ark import ArkBatch, ark_window
 
             base = (o.base_url or preset.resolved_base_url()).rstrip("/")
             ArkBatch(name="ark", options=o.batch_options, wire=None, model=o.model)  # checks
+            if o.batch_options.get("completion_window") is not None:
+                ark_window(o.batch_options["completion_window"])  # 1d-28d, whole days
             return Target("ark", base, None, preset, preset.dialect), None
         if not preset.batch_api and preset.needs_key:
             raise ConfigError(f"{preset.name} has no Batch API; use mode='online'")
+    misplaced = sorted(set(o.batch_options) & ARK_ONLY_OPTIONS)
+    if misplaced:
+        raise ConfigError(f"batch_options {', '.join(map(repr, misplaced))} apply to "
+                          "provider='ark' (its TOS files and signed job API) only")
     target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
     window = o.batch_options.get("completion_window")
     preset = target.preset
+    if preset is not None:
+        _check_limits(o.batch_options, preset)
     if window is not None and preset is not None and preset.batch_completion_windows \
             and window not in preset.batch_completion_windows:
         shown = preset.batch_completion_windows

@@ -100,9 +100,10 @@ def parse_line(line: dict, kind: str, dialect: str, provider: str, clean=lambda 
     return parsed
 
 
-def read_file(data: bytes | None, known: set[str], kind: str, dialect: str, provider: str,
-              report: FileReport, clean=lambda s: s) -> None:
-    """Add one file's lines to ``report`` (a success never loses to a later failure)."""
+def read_file(data: bytes | None, known: set[str] | None, kind: str, dialect: str,
+              provider: str, report: FileReport, clean=lambda s: s) -> None:
+    """Add one file's lines to ``report`` (a success never loses to a later failure). ``known``:
+    the custom_ids the batch was sent with, or None for a batch made elsewhere (take them all)."""
     if not data:
         return
     for raw in data.split(b"\n"):  # not splitlines(): U+2028 may sit inside JSON strings
@@ -117,7 +118,7 @@ def read_file(data: bytes | None, known: set[str], kind: str, dialect: str, prov
         if not isinstance(cid, str):
             report.unreadable += 1
             continue
-        if cid not in known:
+        if known is not None and cid not in known:
             report.unknown += 1
             continue
         outcome = parse_line(line, kind, dialect, provider, clean)

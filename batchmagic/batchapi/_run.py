@@ -19,6 +19,7 @@ from typing import Any
 
 from .._errors import BudgetExceededError, InputError
 from ._jobs import Access, JobEngine, fill_results, job_config, price_of
+from ._lease import Lease, row_names
 
 
 class RunDriver:
@@ -55,12 +56,22 @@ class RunDriver:
         if not todo:
             return
         journal = run.durable.journal
+        # another process may be recording a job for these rows right now: one at a time, so
+        # the second one finds the first one's job and joins it instead of paying again
+        with Lease(journal, row_names(plan.items[i].key for i in todo)):
+            self._join_or_record(journal, todo)
+
+    def _join_or_record(self, journal: Any, todo: list[int]) -> None:
+        plan, results = self.run.plan, self.run.results
+        answered = journal.lookup(plan.items[i].key for i in todo)  # since the run was planned
+        todo = [i for i in todo if plan.items[i].key not in answered]  # (filled at the end)
         holding = journal.active_jobs_for(plan.items[i].key for i in todo)
         for job_id in dict.fromkeys(holding.values()):
             self.engines.append(JobEngine.load(journal, job_id, self.access))
         new = [i for i in todo if plan.items[i].key not in holding]
         if not new:
             return
+        run = self.run
         if run.options.budget is not None and run.price is not None:
             price, share = price_of(self.config)
             worst = sum(price.cost(plan.items[i].prompt_tokens, plan.items[i].max_output)
@@ -162,7 +173,12 @@ async def execute(run: Any):
         refresher.cancel()
         journal = run.durable.journal
         jobs = ", ".join(driver.job_ids)
-        if error is not None:
+        if error is not None and _created(driver):
+            # the batches exist and may be billed: their rows are still to be collected
+            pending = (f"not collected: following job {jobs} failed: {error}; it is in the "
+                       "journal: bm.jobs() finds it (wait() collects the rows, nothing is "
+                       "sent again)")
+        elif error is not None:
             pending = f"not sent: the Batch API job stopped: {error}"
             if jobs:
                 pending += f" (job {jobs} is in the journal: bm.jobs() to follow it up)"
@@ -204,6 +220,11 @@ async def execute(run: Any):
     if run.live is not None:
         run.live.finish(frame)
     return frame
+
+
+def _created(driver: RunDriver) -> bool:
+    """Whether any of the run's batches exists at the provider."""
+    return any(shard.get("batch_id") for e in driver.engines for shard in e.shards.values())
 
 
 def _count(run: Any, filled: list[int]) -> None:

@@ -11,8 +11,9 @@ ran out: finished rows kept, the rest in the error file as ``batch_expired``), c
 cancelled. Outputs are written in reversed order (clients must join by ``custom_id``).
 
 Ark shape (``POST /?Action=...&Version=2024-01-01``): CreateBatchInferenceJob,
-GetBatchInferenceJob, ListBatchInferenceJobs, StopBatchInferenceJob, every call's Volcengine
-signature verified (``HMAC-SHA256``, service ``ark``) with the configured Access Key pair. Its
+GetBatchInferenceJob, ListBatchInferenceJobs (filtered by Name, Ids or Phases, in pages),
+StopBatchInferenceJob, every call's Volcengine signature verified (``HMAC-SHA256``, service
+``ark``) with the configured Access Key pair. Its
 files live in a TOS stand-in: PUT / GET of ``/<key>`` on ``Host: <bucket>.<host>``, signed with
 TOS's ``TOS4-HMAC-SHA256``. Results land in ``{OutputDir}{Id}/output/results.jsonl`` and
 ``.../error/errors.jsonl``.
@@ -242,6 +243,8 @@ def _finalize(st: SimState, store: BatchStore, b: SimBatch, phase: str, done: in
 
 
 def _state(st: SimState, b: SimBatch) -> tuple[str, int, dict | None]:
+    if b.final is not None:  # ended: a later batch_seconds must not set it running again
+        return b.final["status"], b.final["done"], b.final
     store = store_of(st)
     phase, done = _timeline(st, b, time.monotonic())
     final = None
@@ -559,6 +562,10 @@ _ARK_PHASES = {"validating": "Queued", "in_progress": "Running", "finalizing": "
                "cancelling": "Terminating", "cancelled": "Terminated"}
 
 
+#: the phases ListBatchInferenceJobs filters on (Initializing is reported, not filterable)
+_FILTER_PHASES = frozenset({"Queued", "Running", "Completed", "Terminating", "Terminated", "Failed"})
+
+
 def _rfc3339(wall: float) -> str:
     return _dt.datetime.fromtimestamp(wall, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -631,6 +638,12 @@ async def _ark(request: web.BaseRequest, st: SimState) -> web.StreamResponse:
             items = [b for b in items if str(flt["Name"]) in b.meta["name"]]
         if flt.get("Ids"):
             items = [b for b in items if b.id in flt["Ids"]]
+        if flt.get("Phases"):
+            phases = flt["Phases"]
+            if not isinstance(phases, list) or not set(phases) <= _FILTER_PHASES:
+                return _ark_reply(action, error=(400, "InvalidParameter.Filter.Phases",
+                                                 f"Phases takes {', '.join(sorted(_FILTER_PHASES))}"))
+            items = [b for b in items if _ARK_PHASES[_state(st, b)[0]] in phases]
         size = max(1, min(100, int(p.get("PageSize") or 10)))
         number = max(1, int(p.get("PageNumber") or 1))
         page = items[(number - 1) * size:number * size]

@@ -1,0 +1,283 @@
+"""Batches made elsewhere (the provider's console, another tool, another machine): adopted by id
+and listed from the provider.
+
+``bm.job("batch_abc", provider="openai")`` finds a batch the journal does not know by asking the
+provider; ``bm.jobs(provider="openai", status="completed")`` lists the provider's own batches
+(OpenAI-compatible ``GET /batches``; Ark's ``ListBatchInferenceJobs``). Either way the handle is
+an ``AdoptedJob``: a ``BatchJob`` that answers ``status()``, ``wait()`` / ``result()``,
+``cancel()`` and ``done()`` by asking the provider each time. Nothing about it is written to the
+journal, and it cannot ``resubmit()`` or ``finish_online()``: its inputs are unknown here.
+
+The frame of an adopted batch. Its inputs are not known (they are in the provider's input file),
+so its rows are the requests its output and error files name, one row per ``custom_id``:
+
+* ``custom_id``, then the usual result columns: ``output``, ``error``, ``finish_reason``,
+  ``input_tokens``, ``output_tokens``, ``cost`` (always missing: the price is not known here),
+  ``latency`` (missing: hours in a queue are not a latency), ``attempts`` (1), and
+  ``reasoning`` when a model gave one;
+* rows ordered by ``custom_id``, numbers in it compared as numbers ("q-2" before "q-10"), on a
+  ``RangeIndex``; a request the batch never ran (expired, cancelled) is a row whose error is a
+  ``NotSentError``;
+* ``df.attrs["batchmagic"]``: ``mode`` "batch-api", ``adopted`` True, ``jobs`` [the id],
+  ``provider``, ``state`` / ``status`` (batchmagic's word and the provider's), ``rows``, ``ok``,
+  ``failed``, and ``unreadable`` (lines that were not JSON or had no custom_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .. import _kinds
+from .._dispatch import ItemResults
+from .._errors import BadRequestError, ConfigError, NotSentError, RowError
+from .._frame import build_frame
+from .._inputs import Item, Plan
+from ..providers._presets import get_preset
+from ..providers._target import resolve_target
+from ..providers._wire import make_wire
+from ._client import OpenAIBatch, RemoteBatch
+from ._handle import BatchJob
+from ._jobs import DEFAULT_MAX_POLL, DEFAULT_POLL, JobStatus
+from ._modes import check_options
+from ._results import FileReport, Unprocessed, read_file
+
+#: the kind of answer each batch endpoint gives (its lines are parsed as that kind)
+KIND_OF_ENDPOINT = {"/chat/completions": "chat", "/completions": "completion",
+                    "/embeddings": "embedding"}
+
+
+@dataclass
+class ProviderAccess:
+    """Where a provider's Batch API is and how to sign in; the key is never shown."""
+
+    provider: str | None = None
+    base_url: str | None = None
+    api_key: Any = field(default=None, repr=False)
+    options: dict = field(default_factory=dict, repr=False)
+    transport: Any = None
+    http: str = "aiohttp"
+    headers: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:  # every check before a request goes out
+        self.options = check_options(self.options)
+        if self.provider is None and self.base_url is None:
+            raise ConfigError("say which provider to ask: provider='openai' (dashscope, ark, "
+                              "qianfan, ...) or base_url='https://host/v1'")
+        self.client()
+
+    @property
+    def ark(self) -> bool:
+        return self.provider is not None and self.provider.lower() == "ark"
+
+    def client(self):
+        wire = make_wire(self.http, 4, self.transport)
+        if self.ark:
+            from ._ark import ArkBatch
+
+            return ArkBatch(name="ark", options=self.options, wire=wire, model=None,
+                            creating=False)
+        if self.provider is not None:
+            try:
+                preset = get_preset(self.provider)
+            except KeyError as exc:
+                raise ConfigError(str(exc.args[0])) from None
+            if not preset.batch_api and preset.needs_key:
+                raise ConfigError(f"{preset.name} has no Batch API")
+        target = resolve_target(self.provider, self.base_url, self.api_key, "chat")
+        return OpenAIBatch(name=target.name, base_url=target.base_url, api_key=target.api_key,
+                           dialect=target.dialect, wire=wire, headers=self.headers,
+                           dashscope=target.dialect == "dashscope")
+
+
+async def _with_client(access: ProviderAccess, call):
+    client = access.client()
+    try:
+        return await call(client)
+    finally:
+        await client.aclose()
+
+
+async def retrieve(access: ProviderAccess, batch_id: str) -> RemoteBatch:
+    """The provider's batch ``batch_id``; a ConfigError when it has none by that id."""
+    async def ask(client) -> RemoteBatch:
+        try:
+            return await client.retrieve(batch_id)
+        except BadRequestError as exc:
+            if exc.status == 404 or (exc.code or "").startswith("NotFound"):
+                raise ConfigError(f"{client.name} has no batch {batch_id!r} (and the journal has "
+                                  "no job by that id)") from None
+            raise
+
+    return await _with_client(access, ask)
+
+
+async def list_batches(access: ProviderAccess, status: str | None,
+                       limit: int) -> list[RemoteBatch]:
+    return await _with_client(access, lambda c: c.list_batches(status=status, limit=limit))
+
+
+def _natural(custom_id: str) -> list:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", custom_id) if part]
+
+
+class AdoptedJob(BatchJob):
+    """A provider batch this journal did not create (see the module docstring for its frame)."""
+
+    def __init__(self, batch: RemoteBatch, access: ProviderAccess):
+        super().__init__(batch.id, None)  # no journal: it holds nothing about this batch
+        self._remote = batch
+        self._provider = access
+
+    # -- asking the provider --------------------------------------------------------------------
+
+    def _ask(self, call, timeout: float | None = None):
+        return self._on_loop(_with_client(self._provider, call), timeout)
+
+    def _status_of(self, rb: RemoteBatch) -> JobStatus:
+        batch = {"shard": 0, "batch_id": rb.id, "status": rb.status, "state": rb.state,
+                 "requests": rb.total or 0, "completed": rb.completed or 0,
+                 "failed": rb.failed or 0, "message": rb.message}
+        return JobStatus(rb.id, "finished" if rb.terminal else "running", self.provider or "",
+                         rb.status, rb.total or 0, rb.completed or 0, rb.failed or 0, [batch])
+
+    def status(self) -> JobStatus:
+        """The provider's status and request counts (one round trip)."""
+        self._remote = self._ask(lambda c: c.retrieve(self.id))
+        return self._status_of(self._remote)
+
+    def done(self) -> bool:
+        return self._remote.terminal or self.status().state == "finished"
+
+    def cancel(self) -> None:
+        """Ask the provider to stop the batch (requests it finished stay in its output)."""
+        if not self._remote.terminal:
+            self._remote = self._ask(lambda c: c.cancel(self.id))
+
+    def wait(self, timeout: float | None = None, *, progress: bool = True) -> pd.DataFrame:
+        """Wait for the batch to end, then read its output and error files into a frame.
+        ``TimeoutError`` after ``timeout`` seconds (the batch goes on at the provider)."""
+        return self._on_loop(_with_client(self._provider, lambda c: self._collect(c, progress)),
+                             timeout)
+
+    result = wait
+
+    def task_count(self) -> int:
+        return self._remote.total or 0
+
+    def finished_count(self) -> int:
+        return (self._remote.completed or 0) + (self._remote.failed or 0)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The batch's rows if it has ended; no rows while it runs (its files come at the end)."""
+        if self.status().state == "finished":
+            return self.wait(progress=False)
+        return self._frame_of(FileReport({}), self._remote)
+
+    @property
+    def progress(self):
+        from .._progress import Snapshot
+
+        s = self._status_of(self._remote)
+        return Snapshot(title=f"batch-api job {self.id}", requests=s.total,
+                        done=s.completed + s.failed, ok=s.completed, failed=s.failed,
+                        state="done" if s.state == "finished" else "running", message=str(s))
+
+    @property
+    def provider(self) -> str | None:
+        return self._provider.provider or self._provider.base_url
+
+    def resubmit(self, **kwargs: Any):
+        raise ConfigError(f"batch {self.id} was made elsewhere: its inputs are not in the "
+                          "journal, so there is nothing to resubmit from here")
+
+    def finish_online(self, **kwargs: Any) -> pd.DataFrame:
+        raise ConfigError(f"batch {self.id} was made elsewhere: its inputs are not in the "
+                          "journal, so its unanswered rows cannot be sent online from here")
+
+    def __repr__(self) -> str:
+        rb = self._remote
+        counts = f", {rb.completed or 0}/{rb.total or 0} requests done" if rb.total else ""
+        when = (f", created {time.strftime('%Y-%m-%d %H:%M', time.localtime(rb.created))}"
+                if rb.created else "")
+        name = f" {rb.name!r}" if rb.name else ""
+        return (f"<BatchJob {rb.id} {self.provider}{name}: {rb.status or rb.state}{counts}"
+                f"{when} (made elsewhere)>")
+
+    # -- collecting -----------------------------------------------------------------------------
+
+    async def _collect(self, client, show: bool) -> pd.DataFrame:
+        from .._display import make_display
+
+        display = make_display(show, self.progress) if show else None
+        interval = float(self._provider.options.get("poll_interval") or DEFAULT_POLL)
+        cap = float(self._provider.options.get("max_poll_interval")
+                    or max(DEFAULT_MAX_POLL, interval))
+        try:
+            while True:
+                self._remote = await client.retrieve(self.id)
+                if display is not None:
+                    display.update(self.progress)
+                if self._remote.terminal:
+                    break
+                await asyncio.sleep(interval)
+                interval = min(cap, interval * 1.5)
+            frame = await self._harvest(client, self._remote)
+        finally:
+            if display is not None:
+                display.close(self.progress)
+        return frame
+
+    async def _harvest(self, client, rb: RemoteBatch) -> pd.DataFrame:
+        kind = next((k for suffix, k in KIND_OF_ENDPOINT.items()
+                     if (rb.endpoint or "").endswith(suffix)), "chat")
+        dialect = "ark" if self._provider.ark else client.caller.dialect
+        report = FileReport({})
+        for ref in (rb.output_ref, rb.error_ref):
+            if ref:  # a download cut short raises: never a partial harvest
+                data = await client.download(ref)
+                await asyncio.to_thread(read_file, data, None, kind, dialect, client.name,
+                                        report, client.caller.clean)
+        return self._frame_of(report, rb, kind)
+
+    def _frame_of(self, report: FileReport, rb: RemoteBatch, kind: str = "chat") -> pd.DataFrame:
+        ids = sorted(report.outcomes, key=_natural)
+        n = len(ids)
+        plan = Plan(kind, rb.endpoint or "", pd.RangeIndex(n), pd.DataFrame({"custom_id": ids}),
+                    [Item(cid, {}, 0, 0, [i]) for i, cid in enumerate(ids)], list(range(n)),
+                    {}, set())
+        results = ItemResults(n)
+        for i, cid in enumerate(ids):
+            _fill(results, i, report.outcomes[cid], rb, self.provider)
+        failed = sum(1 for e in results.error if e is not None)
+        attrs = {"run_id": None, "mode": "batch-api", "adopted": True, "jobs": [rb.id],
+                 "kind": kind, "provider": self.provider, "state": rb.state,
+                 "status": rb.status, "rows": n, "requests": n, "ok": n - failed,
+                 "failed": failed, "unreadable": report.unreadable, "cost": None}
+        return build_frame(plan, results, costs=results.cost, attrs=attrs)
+
+
+def _fill(results: ItemResults, i: int, outcome: Any, rb: RemoteBatch, provider: Any) -> None:
+    results.done[i] = 1
+    results.attempts[i] = 1
+    if isinstance(outcome, _kinds.Parsed):
+        results.output[i] = outcome.output
+        results.finish_reason[i] = outcome.finish_reason
+        results.reasoning[i] = outcome.reasoning
+        results.input_tokens[i] = outcome.input_tokens
+        results.output_tokens[i] = outcome.output_tokens
+    elif isinstance(outcome, RowError):
+        results.error[i] = outcome
+    else:
+        reason = outcome.reason if isinstance(outcome, Unprocessed) else ""
+        results.error[i] = NotSentError(f"not processed: batch {rb.id} ended ({rb.status or rb.state}) "
+                                        f"before this request ran{': ' + reason if reason else ''}",
+                                        provider=str(provider or ""))
+        results.attempts[i] = 0
