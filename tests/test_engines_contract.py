@@ -7,6 +7,10 @@ the real engines are tested in test_engines_llamacpp / _transformers / _gpu.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -204,3 +208,33 @@ def test_demo_falls_back_to_the_simulator_without_a_local_model(monkeypatch, cap
     captured = capsys.readouterr()
     assert "using the simulator instead" in captured.err
     assert "20 ok, 0 failed" in captured.out
+
+
+@pytest.fixture
+def stand_ins(tmp_path, monkeypatch):
+    """The GPU engines' real worker process, importing recording stand-ins for vLLM and
+    FastDeploy (tests/engine_stand_ins; the "engine" echoes the prompt). Yields the record."""
+    record = tmp_path / "record.jsonl"
+    path = os.environ.get("PYTHONPATH")
+    here = str(Path(__file__).parent / "engine_stand_ins")
+    monkeypatch.setenv("PYTHONPATH", here + (os.pathsep + path if path else ""))
+    monkeypatch.setenv("BM_STANDIN_RECORD", str(record))
+    yield record
+    bm.unload("vllm")
+    bm.unload("fastdeploy")
+
+
+@pytest.mark.parametrize("engine", ["vllm", "fastdeploy"])
+def test_gpu_engines_never_get_an_empty_completion(stand_ins, engine):
+    def run(inputs):
+        return bm.batch(inputs, kind="completion", engine=engine, model="stand-in-model",
+                        engine_options={"python": sys.executable}, params={"max_tokens": 8},
+                        progress=False)
+
+    texts = run(["", "hi"])
+    bodies = run([{"prompt": ""}, {"prompt": "ho"}])  # whole request bodies take the same path
+    for out, answer in ((texts, "echo:hi"), (bodies, "echo:ho")):
+        assert isinstance(out["error"][0], bm.InputError) and out["attempts"][0] == 0
+        assert out["error"][1] is None and out["output"][1] == answer
+    sent = [json.loads(line) for line in stand_ins.read_text().splitlines()]
+    assert [s["class"] for s in sent].count(f"{engine}.SamplingParams") == 2  # "hi", "ho" only

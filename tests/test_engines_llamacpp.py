@@ -6,7 +6,15 @@ run, so a missing install fails CI loudly rather than skipping here.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,11 +22,13 @@ import pytest
 
 import batchmagic as bm
 from batchmagic import engines
+from batchmagic._backend import ROW, Unit
 from batchmagic.engines import _llamacpp, _params
 
 pytest.importorskip("llama_cpp")
 
 QUESTION = "Answer briefly: What is the capital of France?"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -217,3 +227,89 @@ def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
     with pytest.raises(bm.ConfigError, match="could not load"):
         run([QUESTION], model=str(bad))
     assert all(e["model"] != str(bad) for e in engines.loaded())
+
+
+# -- rows with nothing to read: llama.cpp crashed the process on them ---------------------------
+
+#: prints one JSON line per run: each row's error class (None on success) and a short sign of
+#: its output, then unloads: a native crash shows as the child's exit status
+CHILD = """
+    import json, sys
+    import numpy as np
+    import batchmagic as bm
+
+    def report(df):
+        rows = []
+        for out, err in zip(df["output"], df["error"]):
+            if isinstance(out, np.ndarray):
+                out = [int(out.shape[0]), round(float(np.linalg.norm(out)), 3)]
+            rows.append([type(err).__name__ if err is not None else None,
+                         str(err) if err is not None else out])
+        print(json.dumps(rows), flush=True)
+
+    def run(inputs, **kw):
+        report(bm.batch(inputs, engine="llama.cpp", progress=False, cache=False, **kw))
+
+    {body}
+    print("unloaded", bm.unload(), flush=True)
+"""
+
+
+def child(body: str) -> list:
+    """Run ``body`` in a fresh interpreter; it must exit 0. Returns the runs' reports."""
+    code = textwrap.dedent(CHILD).replace("{body}", textwrap.dedent(body).strip())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, f"exit {proc.returncode}; stderr ends: {proc.stderr[-2000:]}"
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("unloaded ") and int(lines[-1].split()[1]) >= 1
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_an_empty_embedding_input_is_an_input_error_and_nothing_crashes():
+    packed, lone, after, direct = child("""
+        run(["", "hello"], kind="embedding")
+        run([""], kind="embedding")
+        run(["hello", ""], kind="embedding")
+        # past every pre-flight, straight to the engine: it must refuse, not crash
+        import asyncio
+        from batchmagic import engines
+        from batchmagic._backend import Unit
+        backend = engines.get_backend("llama.cpp", None, "embedding")
+        out = asyncio.run(backend.call(Unit([0, 1], [{"input": ""}, {"input": "hello"}], 0)))
+        print(json.dumps([out.category, out.message]), flush=True)
+    """)
+    assert direct[0] == ROW and "0 tokens" in direct[1]
+    for report, empty in ((packed, 0), (lone, 0), (after, 1)):
+        cls, why = report[empty]
+        assert cls == "InputError" and "empty" in why
+    for cls, vector in (packed[1], after[0]):  # packed with an empty one, and still embedded
+        assert cls is None and vector[0] == 576 and abs(vector[1] - 1.0) < 1e-3
+
+
+def test_an_empty_completion_prompt_is_an_input_error_and_an_empty_chat_message_runs():
+    completion, lone, chat = child("""
+        run(["", "The capital of France is"], kind="completion",
+            params={"max_tokens": 6, "temperature": 0})
+        run([""], kind="completion", params={"max_tokens": 4})
+        run([""], params={"max_tokens": 8, "temperature": 0})
+    """)
+    assert completion[0][0] == "InputError" and "completion prompt is empty" in completion[0][1]
+    assert completion[1][0] is None and "Paris" in completion[1][1]
+    assert lone[0][0] == "InputError"
+    # the chat template surrounds an empty message with its own tokens: the model answers
+    assert chat[0][0] is None and isinstance(chat[0][1], str)
+
+
+def test_a_zero_token_row_never_reaches_the_engine():
+    """A string that tokenizes to nothing is refused by pre-flight, and the engine guards itself
+    against one reaching it directly (the native library asserts or corrupts memory)."""
+    backend = engines.get_backend("llama.cpp", None, "completion")
+    body = {"prompt": ""}
+    assert backend.count_tokens(body) == 0  # SmolLM2 adds no BOS: "" really is 0 tokens
+    items = [SimpleNamespace(body=body, prompt_tokens=1), SimpleNamespace(
+        body={"prompt": "The capital of France is", "max_tokens": 4}, prompt_tokens=1)]
+    failures = engines.preflight(backend, items)
+    assert list(failures) == [0] and isinstance(failures[0], bm.InputError)
+    outcome = asyncio.run(backend.call(Unit([0], {"prompt": "", "max_tokens": 4}, 0)))
+    assert outcome.category == ROW and "0 tokens" in outcome.message

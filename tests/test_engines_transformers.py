@@ -78,6 +78,21 @@ def test_embeddings():
     assert np.allclose(a, b, atol=1e-5) and not np.allclose(a, c)
 
 
+def test_empty_rows_are_input_errors_and_their_neighbours_run():
+    comp = run(["", "The capital of France is"], kind="completion",
+               params={"max_tokens": 8, "temperature": 0})
+    assert isinstance(comp["error"][0], bm.InputError) and comp["attempts"][0] == 0
+    assert "completion prompt is empty" in str(comp["error"][0])
+    assert comp["error"][1] is None and "Paris" in comp["output"][1]
+    emb = run(["", "a red apple"], kind="embedding")  # a zero vector would be a silent wrong answer
+    assert isinstance(emb["error"][0], bm.InputError)
+    assert emb["error"][1] is None and np.isclose(np.linalg.norm(emb["output"][1]), 1.0, atol=1e-3)
+    lone = run([""], kind="embedding")
+    assert isinstance(lone["error"][0], bm.InputError)
+    chat = run([""], params={"max_tokens": 4, "temperature": 0})  # the template wraps it
+    assert chat["error"][0] is None and chat["input_tokens"][0] > 0
+
+
 def test_unsupported_parameters_and_missing_models_are_config_errors():
     with pytest.raises(bm.ConfigError, match="presence_penalty"):
         run(["x"], params={"presence_penalty": 0.5})
