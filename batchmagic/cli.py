@@ -7,7 +7,8 @@
                                     result (-p 'template over {columns}')
                                     (--mode batch-api: through the provider's Batch API)
     batchmagic jobs create|list|status|cancel|results|resubmit
-                                    provider Batch API jobs (recorded in the journal)
+                                    provider Batch API jobs (recorded in the journal; with
+                                    --provider: the provider's own, made anywhere)
     batchmagic simulator [...]      serve the OpenAI-compatible simulator (same flags as python -m batchmagic.simulator)
 """
 

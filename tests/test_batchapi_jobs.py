@@ -306,6 +306,8 @@ def test_a_journal_job_is_found_by_its_provider_batch_id(sim):
     found = bm.job(batch["batch_id"], provider="simulator", base_url=sim.base_url)
     assert found.id == mine.id and "made elsewhere" not in repr(found)
     assert found.result(30, progress=False)["text"].tolist() == ["x", "y"]  # inputs known
+    [listed] = bm.jobs(provider="simulator", base_url=sim.base_url, limit=1)  # the newest
+    assert listed.id == mine.id and "made elsewhere" not in repr(listed)
 
 
 def test_an_ark_job_made_elsewhere_is_adopted(sim):

@@ -69,14 +69,16 @@ class ProviderAccess:
         if self.provider is None and self.base_url is None:
             raise ConfigError("say which provider to ask: provider='openai' (dashscope, ark, "
                               "qianfan, ...) or base_url='https://host/v1'")
-        self.client()
+        self._client(wire=None)
+
+    def client(self):
+        return self._client(make_wire(self.http, 4, self.transport))
 
     @property
     def ark(self) -> bool:
         return self.provider is not None and self.provider.lower() == "ark"
 
-    def client(self):
-        wire = make_wire(self.http, 4, self.transport)
+    def _client(self, wire: Any):
         if self.ark:
             from ._ark import ArkBatch
 

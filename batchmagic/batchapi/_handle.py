@@ -390,20 +390,15 @@ def jobs(cache: Any = True, limit: int | None = 50, *, provider: str | None = No
     holds one."""
     journal = _journal_for(cache)
     options = check_options(batch_options)
+    keys = Access(api_key=api_key, options={k: v for k, v in options.items()
+                                            if k in SECRET_OPTIONS},
+                  transport=transport, http=http, headers=headers)
     if provider is not None or base_url is not None:
-        from ._adopt import ProviderAccess, list_batches
+        from ._adopt import ProviderAccess
 
-        access = ProviderAccess(provider, base_url, api_key, options, transport, http, headers)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise ConfigError("limit must be a positive whole number of jobs")
-        found = _on_loop(list_batches(access, status, limit or 1000))
-        return [_known_or_adopted(journal, rb, access, api_key, options, transport, http)
-                for rb in reversed(found)]
-    access = Access(api_key=api_key, options={k: v for k, v in options.items()
-                                              if k in SECRET_OPTIONS},
-                    transport=transport, http=http, headers=headers)
-    found = [BatchJob(rec["job_id"], journal, access=access, record=rec)
+        where = ProviderAccess(provider, base_url, api_key, options, transport, http, headers)
+        return _provider_jobs(journal, where, keys, status, limit)
+    found = [BatchJob(rec["job_id"], journal, access=keys, record=rec)
              for rec in journal.jobs(None if status is not None else limit)]
     if status is not None:
         if status not in JOB_STATES:
@@ -412,6 +407,20 @@ def jobs(cache: Any = True, limit: int | None = 50, *, provider: str | None = No
         found = [j for j in found if j._record.get("state") == status]
         found = found[-limit:] if limit else found
     return found
+
+
+def _provider_jobs(journal: Journal, where: Any, keys: Access, status: str | None,
+                   limit: int | None) -> list[BatchJob]:
+    """The provider's batches, oldest first: the journal's job for a batch it made (that job
+    knows the inputs), an adopted handle for the others."""
+    from ._adopt import AdoptedJob, list_batches
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError("limit must be a positive whole number of jobs")
+    found = _on_loop(list_batches(where, status, limit or 1000))
+    known = _jobs_by_batch(journal)
+    return [BatchJob(known[rb.id]["job_id"], journal, access=keys, record=known[rb.id])
+            if rb.id in known else AdoptedJob(rb, where) for rb in reversed(found)]
 
 
 def job(job_id: str, cache: Any = True, *, provider: str | None = None,
@@ -434,8 +443,8 @@ def job(job_id: str, cache: Any = True, *, provider: str | None = None,
     found = [rec for rec in records if rec["job_id"].startswith(job_id)]
     if len(found) > 1:
         raise ConfigError(f"{job_id!r} matches {len(found)} jobs; give more of the id")
-    if not found:
-        found = [rec for rec in records if job_id in _batch_ids(journal, rec["job_id"])]
+    if not found and job_id in (by_batch := _jobs_by_batch(journal)):
+        found = [by_batch[job_id]]
     if found:
         return BatchJob(found[0]["job_id"], journal, access=access, record=found[0])
     if provider is None and base_url is None:
@@ -462,15 +471,7 @@ def _batch_ids(journal: Journal, job_id: str) -> set[str]:
     return {s["batch_id"] for s in journal.job_shards(job_id) if s.get("batch_id")}
 
 
-def _known_or_adopted(journal: Journal, rb: Any, access: Any, api_key: Any, options: dict,
-                      transport: Any, http: str) -> BatchJob:
-    """The journal's job for a listed batch when it has one (it knows the inputs)."""
-    for rec in journal.jobs(None):
-        if rb.id in _batch_ids(journal, rec["job_id"]):
-            keys = Access(api_key=api_key, options={k: v for k, v in options.items()
-                                                    if k in SECRET_OPTIONS},
-                          transport=transport, http=http, headers=access.headers)
-            return BatchJob(rec["job_id"], journal, access=keys, record=rec)
-    from ._adopt import AdoptedJob
-
-    return AdoptedJob(rb, access)
+def _jobs_by_batch(journal: Journal) -> dict[str, dict]:
+    """Provider batch id -> the journal's record of the job it belongs to."""
+    return {batch_id: rec for rec in journal.jobs(None)
+            for batch_id in _batch_ids(journal, rec["job_id"])}

@@ -454,6 +454,21 @@ class JobEngine:
             interval = min(cap, interval * (3.0 if failures else 1.5))
 
     async def _send_cancels(self, client) -> None:
+        if not self._unsubmitted():
+            await self._cancel_shards(client)
+            return
+        # a shard without a batch id may be being created by another process right now: wait
+        # for it (the lease), so its batch is cancelled rather than withdrawn here and left
+        # running there
+        lease = Lease(self.journal, job_names(self.job_id))
+        await lease.take_async()
+        try:
+            self.shards = {s["shard"]: s for s in self.journal.job_shards(self.job_id)}
+            await self._cancel_shards(client)
+        finally:
+            await asyncio.to_thread(lease.release)
+
+    async def _cancel_shards(self, client) -> None:
         for n in sorted(self.shards):
             if n in self._cancel_sent or self.terminal(n):
                 continue
