@@ -1,13 +1,17 @@
 """Provider Batch APIs: JSONL files, jobs at about half the online price, results in the same frame.
 
 ``bm.batch(..., mode="batch-api")`` and ``bm.submit(..., mode="batch-api")`` run rows through
-them; ``bm.jobs()`` lists the jobs recorded in the journal, across kernel restarts.
+them; ``bm.jobs()`` lists the jobs recorded in the journal, across kernel restarts, and
+``bm.jobs(provider=...)`` the provider's own; ``bm.job(id)`` finds one, or adopts a batch made
+elsewhere.
 
 * ``_files``: input lines, ``custom_id`` from row keys, local validation, sharding
 * ``_client``: the OpenAI-compatible files + batches client (OpenAI, DashScope, compatible servers)
 * ``_ark``, ``_sign``: Volcengine Ark batch jobs over TOS, with Volcengine's signatures
 * ``_results``: output / error files -> one outcome per custom_id
 * ``_jobs``: a job's life (record, submit, adopt after a crash, poll, harvest into the journal)
+* ``_lease``: one process at a time records a job for the same rows, or creates a job's batches
+* ``_adopt``: batches made elsewhere (by id, or listed from the provider) and their frames
 * ``_run``: a run in batch-api mode; ``_handle``: ``BatchJob`` and ``jobs()``
 * ``_modes``: where batch-api and batch-chat runs go, checked before anything is sent
 """
