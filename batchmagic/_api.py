@@ -43,7 +43,9 @@ _BASE64_EMBEDDINGS = {"openai", "simulator", "vllm"}
 #: the adaptive window starts here when no concurrency is given (then slow-starts upward)
 INITIAL_WINDOW = 8
 _REGISTRY_SIZE = 50
-_recent: list[_Run] = []  # recent runs in this process, for listing and cancelling
+# recent runs in this process, for listing and cancelling; a finished one is kept only as a
+# _Retired summary, so its rows and frame are freed once the caller lets go of them
+_recent: list[Any] = []
 
 
 @dataclass
@@ -204,11 +206,16 @@ class _Run:
             # again (the first stays, for showing), and a million of them cost hundreds of MB
             for item in self.plan.items[1:]:
                 item.body = None
+        plan = self.plan
         self.progress = Progress(
             title=f"{o.kind} {o.model or ''} @ {self.target.name}".replace("  ", " "),
-            rows=self.plan.n_rows, requests=sum(len(u.items) for u in self.units),
-            cached=cached_rows,
+            rows=plan.n_rows, requests=sum(len(u.items) for u in self.units),
+            done=len(plan.row_errors) + len(plan.skipped) + cached_rows,
+            ok=cached_rows, cached=cached_rows, failed=len(plan.row_errors),
+            skipped=len(plan.skipped), item_rows=_ItemRows(plan.items),
         )
+        for err in plan.row_errors.values():  # pre-flight failures are failed rows too
+            self.progress.error(err)
         self.dispatcher: Dispatcher | None = None
         self.state = "planned"
         self.frame: pd.DataFrame | None = None
@@ -271,6 +278,23 @@ class _Run:
     # -- execution (loop thread) ------------------------------------------------------------------
 
     async def execute(self) -> pd.DataFrame:
+        try:
+            return await self._execute()
+        finally:
+            _retire(self)
+
+    def summary(self) -> dict:
+        """What ``%batch_runs`` lists: counts in rows."""
+        s = self.progress.snapshot()
+        return {
+            "run_id": self.id, "state": self.state, "kind": self.options.kind,
+            "model": self.options.model, "where": self.target.name, "rows": self.plan.n_rows,
+            "finished": self.finished_rows, "ok": s.ok, "failed": s.failed, "cached": s.cached,
+            "started": time.strftime("%H:%M:%S", time.localtime(self.started)),
+            "elapsed_s": round(s.elapsed, 1) if self.state != "planned" else None,
+        }
+
+    async def _execute(self) -> pd.DataFrame:
         o = self.options
         if o.mode == "batch-api":  # jobs, not requests: batchapi runs them
             from .batchapi._run import execute
@@ -300,7 +324,9 @@ class _Run:
         units, held = self.units, []
         if self.durable is not None:
             units, held = await self.durable.claim(units)
-        budget = BudgetGuard(o.budget, self.price) if o.budget is not None else None
+        budget = None
+        if o.budget is not None:
+            budget = BudgetGuard(o.budget, self.price, assumed_output=_assumed_output(o))
         self.dispatcher = d = Dispatcher(units, len(self.plan.items), backend, window=window,
                                          gate=gate, policy=policy, progress=self.progress,
                                          on_item=self._on_item, results=self.results,
@@ -364,9 +390,7 @@ class _Run:
         for i, err in failures.items():
             self.results.error[i] = err
             self.results.done[i] = 1
-            self.progress.done += 1
-            self.progress.failed += 1
-            self.progress.error(err)
+            self.progress.finish([i], err)
         if failures:  # never sent, so not journaled (the next run checks them again)
             self._on_saved(list(failures))
             self.units = self._units()
@@ -415,9 +439,10 @@ class _Run:
             "rows": self.plan.n_rows,
             "requests": len(self.plan.items),
             "http_requests": len(self.units),
+            # counts are rows; "cached" rows (answered by the journal) are part of "ok"
             "ok": p.ok,
-            "failed": p.failed + len(self.plan.row_errors),
-            "skipped": len(self.plan.skipped),
+            "failed": p.failed,
+            "skipped": p.skipped,
             "cached": p.cached,
             "journal": str(self.durable.journal.path) if self.durable is not None else None,
             "price": (f"${self.price.input:g} / ${self.price.output:g} per 1M tokens "
@@ -466,18 +491,19 @@ class _Run:
 
     def _on_cached(self, items: list[int]) -> None:
         """Items another run answered while this one waited for them."""
-        self.progress.cached += sum(len(self.plan.items[i].rows) for i in items)
-        self.progress.done += len(items)
+        self.progress.finish(items, cached=True)
         self._on_saved(items)
 
     def _not_sent(self, units: list[Unit]) -> None:
         for u in units:
-            for i in u.items:
-                if not self.results.done[i]:
-                    self.results.error[i] = NotSentError(
-                        "not sent: another run was answering it when this run stopped",
-                        provider=self.target.name)
-                    self.results.done[i] = 1
+            err = NotSentError("not sent: another run was answering it when this run stopped",
+                               provider=self.target.name)
+            todo = [i for i in u.items if not self.results.done[i]]
+            for i in todo:
+                self.results.error[i] = err
+                self.results.done[i] = 1
+            if todo:
+                self.progress.finish(todo, err)
             self._on_saved(u.items)
 
     def _run_record(self) -> dict:
@@ -485,8 +511,7 @@ class _Run:
         return dict(started=self.started, finished=time.time(), state=self.state,
                     kind=self.options.kind, model=self.options.model, provider=self.target.name,
                     endpoint=self.plan.endpoint, template=self.plan.template, rows=self.plan.n_rows,
-                    requests=len(self.plan.items), cached=p.cached, ok=p.ok,
-                    failed=p.failed + len(self.plan.row_errors),
+                    requests=len(self.plan.items), cached=p.cached, ok=p.ok, failed=p.failed,
                     cost=self.dispatcher.spent if self.price is not None and self.dispatcher else None)
 
     def _settle(self, pos: int) -> None:
@@ -528,6 +553,31 @@ class _Run:
     @property
     def finished_rows(self) -> int:
         return self._row_done
+
+
+def _assumed_output(o: _Options) -> int | None:
+    """The output tokens a budget reserves per request when the call gives no max_tokens."""
+    from ._tokens import DEFAULT_MAX_OUTPUT
+
+    if o.kind not in ("chat", "completion"):
+        return None
+    given = ("max_completion_tokens", "max_tokens", "max_new_tokens")
+    return None if any(name in (o.params or {}) for name in given) else DEFAULT_MAX_OUTPUT
+
+
+class _ItemRows:
+    """How many input rows each request answers, read from the plan (no copy for 1M rows)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __getitem__(self, i: int) -> int:
+        return len(self.items[i].rows)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 def _options(kw: dict) -> _Options:
@@ -618,6 +668,8 @@ class BatchTask:
 
     def task_count(self) -> int:
         return self._run.plan.n_rows
+
+    total_count = task_count  # the name Qianfan's batch_do users know
 
     def finished_count(self) -> int:
         return self._run.finished_rows
@@ -754,5 +806,33 @@ def estimate(inputs: Any, prompt: str | None = None, **kwargs: Any) -> Estimate:
     )
 
 
-def recent_runs() -> list[_Run]:
+class _Retired:
+    """A finished run as the registry keeps it: its summary, final counters and display (a
+    few kilobytes), none of its inputs, plan or frame."""
+
+    __slots__ = ("id", "state", "started", "progress", "display", "_summary")
+
+    def __init__(self, run: _Run):
+        self.id, self.state, self.started = run.id, run.state, run.started
+        self._summary = run.summary()
+        self.progress = Progress(**{k: getattr(run.progress, k)
+                                    for k in Snapshot.__dataclass_fields__})
+        self.display = run.display
+
+    def summary(self) -> dict:
+        return dict(self._summary)
+
+    def control(self, action: str) -> None:
+        """A finished run has nothing left to pause, resume or cancel."""
+
+
+def _retire(run: _Run) -> None:
+    for i, entry in enumerate(_recent):
+        if entry is run:
+            _recent[i] = _Retired(run)
+            return
+
+
+def recent_runs() -> list:
+    """Runs of this process, oldest first: live ``_Run`` objects and ``_Retired`` summaries."""
     return list(_recent)

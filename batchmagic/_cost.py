@@ -77,9 +77,11 @@ def resolve_price(model: str | None, provider: str | None, prices: Any) -> Price
 class BudgetGuard:
     """Reserve the worst case before sending, settle with real usage after."""
 
-    def __init__(self, budget: float, price: Price):
+    def __init__(self, budget: float, price: Price, *, assumed_output: int | None = None):
         self.budget = float(budget)
         self.price = price
+        # output tokens reserved per request because the call set no max_tokens (None if set)
+        self.assumed_output = assumed_output
         self.spent = 0.0  # settled: real cost of answers, worst case of possibly billed failures
         self.reserved = 0.0  # worst case of requests in flight
         self.changed = asyncio.Event()
@@ -98,6 +100,22 @@ class BudgetGuard:
         self.spent += actual
         self.changed.set()
 
-    def message(self) -> str:
-        return (f"the budget of ${self.budget:,.4f} would be exceeded (spent ${self.spent:,.4f}, "
-                f"the next request could cost up to ${self.reserved:,.4f} more)")
+    def message(self, next_cost: float) -> str:
+        """Why the run stops: what was spent, and what the next request could cost at worst."""
+        text = (f"the budget of {usd(self.budget)} would be exceeded: {usd(self.spent)} spent so "
+                f"far, and the next request could cost up to {usd(next_cost)} (its prompt plus "
+                "every output token it may use)")
+        if self.assumed_output is not None:
+            text += (f"; no max_tokens was given, so each request reserves "
+                     f"{self.assumed_output} output tokens: set params={{'max_tokens': N}} to "
+                     "reserve less")
+        return text
+
+
+def usd(amount: float) -> str:
+    """Dollars with the digits that matter: $12.50, $0.0123, $0.000042."""
+    if amount >= 1:
+        return f"${amount:,.2f}"
+    if amount >= 0.01 or amount == 0:
+        return f"${amount:.4f}"
+    return f"${amount:.2g}" if amount >= 1e-4 else f"${amount:.6f}".rstrip("0")

@@ -238,7 +238,7 @@ class Dispatcher:
             # a finished task may still sit in _tasks until its done-callback runs, and a new
             # one may not have started yet: count the tasks that are not done
             if not any(not t.done() for t in self._tasks):
-                self.stop(BudgetExceededError(budget.message()))
+                self.stop(BudgetExceededError(budget.message(unit.worst_cost)))
                 return False
             budget.changed.clear()
             await budget.changed.wait()
@@ -326,7 +326,7 @@ class Dispatcher:
         norm = latency / (1.0 + out_tokens / 32.0)
         self.window.on_success(norm)
         self.window.latency_congested(self.clock() - latency)
-        progress.ok += len(unit.items)
+        progress.finish(unit.items)
         self._finished(unit)
 
     def _failed(self, unit: Unit, outcome: Outcome, sent_at: float) -> None:
@@ -425,14 +425,11 @@ class Dispatcher:
             r.error[item] = err
             r.attempts[item] = unit.attempts
             r.done[item] = 1
-        self.progress.failed += len(unit.items)
-        self.progress.error(err, len(unit.items))
+        self.progress.finish(unit.items, err)
         self._finished(unit)
 
     def _finished(self, unit: Unit) -> None:
         self._outstanding -= 1
-        self.progress.done += len(unit.items)
-        self.progress.version += 1
         if self.on_item is not None:
             for item in unit.items:
                 self.on_item(item)
@@ -478,9 +475,7 @@ class Dispatcher:
                     r.attempts[item] = unit.attempts
                     r.done[item] = 1
             self._outstanding -= 1
-            self.progress.done += len(unit.items)
-            self.progress.failed += len(unit.items)
-            self.progress.error(err, len(unit.items))
+            self.progress.finish(unit.items, err)
             if self.on_item is not None:  # settle per-row futures and counts, as _finished does
                 for item in unit.items:
                     self.on_item(item)

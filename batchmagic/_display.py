@@ -35,7 +35,7 @@ class TextDisplay:
     def __init__(self, snap: Snapshot, file=None):
         from tqdm.std import tqdm
 
-        self.bar = tqdm(total=snap.requests, desc=snap.title or "batch", unit="req",
+        self.bar = tqdm(total=snap.rows, desc=snap.title or "batch", unit="row",
                         file=file if file is not None else sys.stderr, dynamic_ncols=True,
                         mininterval=1.0 / MAX_UPDATES_PER_S, leave=True)
         self._last = -1
@@ -80,7 +80,7 @@ def _postfix(s: Snapshot) -> str:
 
 def summary_line(s: Snapshot) -> str:
     """One line for the end of a run with failures or a stop; empty when all went well. A stop
-    says what it cost: requests cut off in flight (possibly billed) and requests never sent."""
+    says what it cost: rows cut off in flight (possibly billed) and rows never sent."""
     if not s.failed and s.state == "done":
         return ""
     stop_kinds = ("CancelledRowError", "NotSentError") if s.state in ("cancelled", "aborted") else ()
@@ -94,7 +94,9 @@ def summary_line(s: Snapshot) -> str:
             parts.append(f"{failed} failed")
     else:
         parts.append(f"{s.failed} failed")
-    text = f"{head}: {', '.join(parts)} of {s.requests} requests"
+    text = f"{head}: {', '.join(parts)} of {s.rows} rows"
+    if s.cached:
+        text += f" ({s.cached} from the journal)"
     errs = ", ".join(f"{k} x{v}" for k, v in sorted(s.errors.items(), key=lambda kv: -kv[1])
                      if k not in stop_kinds)
     if errs:

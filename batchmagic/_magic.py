@@ -206,7 +206,8 @@ class BatchMagics(Magics):
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
-        self._tasks: dict[str, Any] = {}  # run id -> BatchTask of runs started with --bg
+        self._tasks: dict[str, Any] = {}  # run id -> BatchTask of --bg runs not yet waited for
+        self._background: set[str] = set()  # the ids of every --bg run, for %batch_runs
 
     # -- %%batch --------------------------------------------------------------------------------
 
@@ -273,7 +274,9 @@ class BatchMagics(Magics):
             return self._dry_run(inputs, prompt, kwargs)
         if opts.get("bg"):
             task = self._call(_api.submit, inputs, prompt, kwargs)
+            self._forget_finished(keep=_KEEP_FINISHED)
             self._tasks[task.run_id] = task
+            self._background.add(task.run_id)
             if out is None:
                 return task
             self.shell.user_ns[out] = task.frame
@@ -365,18 +368,8 @@ class BatchMagics(Magics):
     @line_magic
     def batch_runs(self, line: str = "") -> pd.DataFrame:
         """List the runs of this kernel (newest last): id, state, where, rows done, ok, failed."""
-        rows = []
-        for run in _api.recent_runs():
-            s = run.progress.snapshot()
-            rows.append({
-                "run_id": run.id, "state": run.state, "kind": run.options.kind,
-                "model": run.options.model, "where": run.target.name,
-                "rows": run.plan.n_rows, "finished": run.finished_rows, "ok": s.ok,
-                "failed": s.failed + len(run.plan.row_errors), "cached": s.cached,
-                "started": time.strftime("%H:%M:%S", time.localtime(run.started)),
-                "elapsed_s": round(s.elapsed, 1) if run.state != "planned" else None,
-                "background": run.id in self._tasks,
-            })
+        rows = [{**run.summary(), "background": run.id in self._background}
+                for run in _api.recent_runs()]
         return pd.DataFrame(rows, columns=["run_id", "state", "kind", "model", "where", "rows",
                                            "finished", "ok", "failed", "cached", "started",
                                            "elapsed_s", "background"])
@@ -405,7 +398,10 @@ class BatchMagics(Magics):
         leaves the runs going."""
         args = _parse(self.batch_wait, line)
         if args.run_id:
-            runs = [r.id for r in _select(args.run_id) if r.id in self._tasks]
+            chosen = [r.id for r in _select(args.run_id)]
+            runs = [run_id for run_id in chosen if run_id in self._tasks]
+            if not runs and set(chosen) & self._background:
+                return  # it finished and was waited for already
             if not runs:
                 raise UsageError(f"no background run {args.run_id!r} started by %%batch --bg")
         else:
@@ -421,6 +417,13 @@ class BatchMagics(Magics):
             display = task._run.display
             if display is not None and hasattr(display, "republish"):
                 display.republish(task._run.progress.snapshot())
+            self._tasks.pop(run_id, None)  # waited for: its frame is the user's, not ours
+
+    def _forget_finished(self, keep: int) -> None:
+        """Let go of all but the newest ``keep`` finished --bg tasks: each holds its rows."""
+        finished = [run_id for run_id, task in self._tasks.items() if task.done()]
+        for run_id in finished[:max(0, len(finished) - keep)]:
+            del self._tasks[run_id]
 
     def _control(self, action: str, line: str) -> None:
         ident = line.strip()
@@ -432,6 +435,10 @@ class BatchMagics(Magics):
         for run in targets:
             run.control(action)
         print(f"{action}: {', '.join(r.id for r in targets) or 'no running runs'}")
+
+
+#: finished --bg tasks kept for %batch_wait before the oldest are let go
+_KEEP_FINISHED = 4
 
 
 def _has_rows(value: Any) -> bool:

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 
 @dataclass
 class Snapshot:
     title: str = ""
+    # what users count is rows: identical rows share one request, and a journal answers rows
+    # without any; requests are counted apart
     rows: int = 0  # input rows
-    requests: int = 0  # unique requests to answer (after de-duplication and cache hits)
-    done: int = 0  # requests finished (ok or failed)
-    ok: int = 0
-    failed: int = 0
-    cached: int = 0  # rows answered from the journal without a request
+    done: int = 0  # rows finished: answered, failed, skipped, or from the journal
+    ok: int = 0  # rows answered, the journal's included
+    failed: int = 0  # rows failed, pre-flight errors included
+    cached: int = 0  # rows answered from the journal without a request (part of ``ok``)
+    skipped: int = 0  # rows skipped for a missing value (on_missing="skip")
+    requests: int = 0  # unique requests to answer in this run (after de-duplication and cache)
+    requests_done: int = 0  # of those, finished (answered or failed)
     in_flight: int = 0
     retrying: int = 0  # waiting for a retry
     retries: int = 0  # retries made so far
@@ -32,7 +37,7 @@ class Snapshot:
     message: str = ""
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
-    errors: dict[str, int] = field(default_factory=dict)  # error class name -> count
+    errors: dict[str, int] = field(default_factory=dict)  # error class name -> rows
     first_errors: list[str] = field(default_factory=list)  # a few messages, for the display
 
     @property
@@ -41,12 +46,13 @@ class Snapshot:
 
     @property
     def queued(self) -> int:
-        return max(0, self.requests - self.done - self.in_flight - self.retrying)
+        return max(0, self.requests - self.requests_done - self.in_flight - self.retrying)
 
     @property
     def rate(self) -> float:
+        """Requests finished per second."""
         e = self.elapsed
-        return self.done / e if e > 0 else 0.0
+        return self.requests_done / e if e > 0 else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -56,22 +62,44 @@ class Snapshot:
     @property
     def eta(self) -> float | None:
         r = self.rate
-        remaining = self.requests - self.done
+        remaining = self.requests - self.requests_done
         return remaining / r if r > 0 and remaining > 0 else None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class Progress(Snapshot):
-    """The live counters. Mutated only on the run's loop thread."""
+    """The live counters. Mutated only on the run's loop thread.
+
+    ``item_rows[i]`` is how many input rows request ``i`` answers (identical rows share one);
+    without it every request is one row. ``finish`` turns finished requests into row counts.
+    """
 
     MAX_MESSAGES = 5
 
-    def __init__(self, **kw):
+    def __init__(self, *, item_rows: Sequence[int] | None = None, **kw):
         super().__init__(**kw)
         self._lock = threading.Lock()
+        self._item_rows = item_rows
         self.version = 0  # bumped on every change so a display can skip idle refreshes
+
+    def rows_of(self, items: Sequence[int]) -> int:
+        weights = self._item_rows
+        return len(items) if weights is None else sum(weights[i] for i in items)
+
+    def finish(self, items: Sequence[int], error: BaseException | None = None,
+               *, cached: bool = False) -> None:
+        """Requests ``items`` finished: answered (``error`` None), failed, or answered by the
+        journal while this run waited for them (``cached``)."""
+        rows = self.rows_of(items)
+        self.requests_done += len(items)
+        self.done += rows
+        if error is None:
+            self.ok += rows
+            if cached:
+                self.cached += rows
+        else:
+            self.failed += rows
+            self.error(error, rows)
+        self.version += 1
 
     def error(self, err: BaseException, rows: int = 1) -> None:
         name = type(err).__name__

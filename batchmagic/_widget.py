@@ -61,12 +61,12 @@ def outcome(s: Snapshot) -> tuple[str, str]:
 
 
 def _stopped(s: Snapshot) -> int:
-    """Requests that failed only because the run was stopped (not sent or cut off)."""
+    """Rows that failed only because the run was stopped (not sent or cut off)."""
     return s.errors.get("NotSentError", 0) + s.errors.get("CancelledRowError", 0)
 
 
 def answered(s: Snapshot) -> int:
-    """Requests that got an answer or a real failure: what the bar shows. A stop marks the rest
+    """Rows that got an answer or a real failure: what the bar shows. A stop marks the rest
     done too (not sent, cut off); they do not fill the bar."""
     return s.done - _stopped(s) if s.state in ("cancelled", "aborted") else s.done
 
@@ -76,12 +76,15 @@ def _failed(s: Snapshot) -> int:
 
 
 def _percent(s: Snapshot) -> int:
-    return 100 if not s.requests else int(100 * answered(s) / s.requests)
+    return 100 if not s.rows else int(100 * answered(s) / s.rows)
+
+
+def _requests(s: Snapshot) -> str:
+    return f"{_n(s.requests_done)}/{_n(s.requests)} requests"
 
 
 def _rates(s: Snapshot) -> list[str]:
-    elapsed = s.elapsed
-    parts = [f"{(answered(s) / elapsed if elapsed > 0 else 0.0):,.1f} req/s"]
+    parts = [f"{s.rate:,.1f} req/s"]
     if s.input_tokens or s.output_tokens:
         parts.append(f"{s.tokens_per_s:,.0f} tok/s")
     if s.finished is None and s.state in ("running", "starting"):
@@ -142,11 +145,11 @@ def error_groups(s: Snapshot) -> list[tuple[str, int, str]]:
 def render_text(s: Snapshot, width: int = 30) -> str:
     """A few plain lines: what a terminal, nbconvert's text output or a log shows."""
     _, state = outcome(s)
-    filled = width if not s.requests else int(width * answered(s) / s.requests)
+    filled = width if not s.rows else int(width * answered(s) / s.rows)
     lines = [
         f"{s.title or 'batch'}: {state}",
-        f"[{'#' * filled}{'.' * (width - filled)}] {_n(answered(s))}/{_n(s.requests)} requests "
-        f"({_percent(s)}%) of {_n(s.rows)} rows · " + " · ".join(_rates(s)),
+        f"[{'#' * filled}{'.' * (width - filled)}] {_n(answered(s))}/{_n(s.rows)} rows "
+        f"({_percent(s)}%) · {_requests(s)} · " + " · ".join(_rates(s)),
         " · ".join([f"{label} {_n(v)}" for label, v, _ in _counts(s)] + _limits(s)),
     ]
     if _stop_line(s):
@@ -189,7 +192,7 @@ def body_html(s: Snapshot) -> str:
         for label, value, color in _counts(s)
     )
     lines = [
-        f'<div><b>{_n(answered(s))}</b> / {_n(s.requests)} requests ({_percent(s)}%) · '
+        f'<div><b>{_n(answered(s))}</b> / {_n(s.rows)} rows ({_percent(s)}%) · {_requests(s)} · '
         + " · ".join(html.escape(p) for p in _rates(s)) + "</div>",
         f"<div>{chips}</div>",
     ]
@@ -250,7 +253,7 @@ class Panel:
         self._live_controls = background and control is not None
         # min_width 0 lets long error lines be cut off with an ellipsis instead of widening the box
         self.header = w.HTML(header_html(snap), layout=w.Layout(width="100%", min_width="0"))
-        self.bar = w.IntProgress(value=0, min=0, max=max(snap.requests, 1), description="0%",
+        self.bar = w.IntProgress(value=0, min=0, max=max(snap.rows, 1), description="0%",
                                  bar_style="info", style={"description_width": "3.2em"},
                                  layout=w.Layout(width="100%"))
         self.body = w.HTML(body_html(snap), layout=w.Layout(width="100%", min_width="0"))
@@ -283,8 +286,8 @@ class Panel:
         self.snap = snap
         style, _ = outcome(snap)
         with self.bar.hold_sync():  # value, style and percentage in one message
-            self.bar.max = max(snap.requests, 1)
-            self.bar.value = answered(snap) if snap.requests else 1
+            self.bar.max = max(snap.rows, 1)
+            self.bar.value = answered(snap) if snap.rows else 1
             self.bar.bar_style = style
             self.bar.description = f"{_percent(snap)}%"
         body = body_html(snap)

@@ -119,3 +119,60 @@ def test_budget_works_with_user_prices_on_any_endpoint(sim):
                    params={"max_tokens": 8}, concurrency=2)
     assert out.attrs["batchmagic"]["cost"] <= 0.01
     assert out.attrs["batchmagic"]["state"] == "aborted"
+
+
+def test_budget_stop_names_the_next_requests_worst_case(sim):
+    """It said "the next request could cost up to $0.0000" (the in-flight reservation, which
+    is 0 when the stop is decided) instead of what the next request could cost."""
+    rows = [f"tight {i:02d} " + "words " * 20 for i in range(40)]  # all the same size
+    out = openai_sim(sim, rows, params={"max_tokens": 32}, budget=0.0001, concurrency=2)
+    stop = out.attrs["batchmagic"]["stopped_by"]
+    from batchmagic._cost import usd
+
+    assert "could cost up to $0.0000 " not in stop
+    worst = bm.estimate(rows[-1:], model="gpt-4o-mini", provider="openai",
+                        base_url=sim.base_url, api_key="k",
+                        params={"max_tokens": 32}).cost_online[1]
+    assert f"could cost up to {usd(worst)} " in stop
+    assert "max_tokens" not in stop  # it was given
+
+
+def test_budget_without_max_tokens_explains_what_it_reserves(sim):
+    """budget= without max_tokens reserves 512 output tokens a request: with a budget below
+    that nothing is sent, and the message must say why and what to do."""
+    out = openai_sim(sim, ["a short prompt"] * 3 + ["another"], budget=0.0002)
+    stop = out.attrs["batchmagic"]["stopped_by"]
+    assert "no max_tokens was given" in stop and "512 output tokens" in stop
+    assert "params={'max_tokens': N}" in stop
+    assert all(isinstance(e, bm.NotSentError) for e in out["error"])
+
+
+def test_counts_are_rows_not_requests(sim):
+    """10,000 identical rows share one request: they are 10,000 ok rows, not 1; a re-run
+    answered by the journal reports them ok as well, and as cached."""
+    rows = ["the same prompt"] * 10_000 + ["another"]
+    first = openai_sim(sim, rows)
+    facts = first.attrs["batchmagic"]
+    assert (facts["ok"], facts["failed"], facts["cached"], facts["requests"]) == (10_001, 0, 0, 2)
+    again = openai_sim(sim, rows)
+    facts = again.attrs["batchmagic"]
+    assert (facts["ok"], facts["failed"], facts["cached"]) == (10_001, 0, 10_001)
+    task = bm.submit(rows, model="gpt-4o-mini", provider="openai", base_url=sim.base_url,
+                     api_key="k", progress=False)
+    task.wait(60)
+    assert task.total_count() == task.task_count() == task.finished_count() == 10_001
+    assert task.progress.ok == 10_001
+
+
+def test_a_finished_runs_frame_is_freed_once_the_caller_drops_it(sim):
+    """The registry of recent runs kept up to 50 runs with their inputs, plans and frames."""
+    import gc
+    import weakref
+
+    out = openai_sim(sim, [f"free {i}" for i in range(500)], cache=False)
+    ref = weakref.ref(out)
+    del out
+    gc.collect()
+    assert ref() is None
+    summary = bm._api.recent_runs()[-1].summary()
+    assert summary["rows"] == 500 and summary["ok"] == 500

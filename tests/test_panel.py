@@ -30,8 +30,9 @@ SENTINEL = "sk-sentinel-4f1c9e0b7d2a"
 
 
 def snap(**kw) -> Snapshot:
+    # counts are rows; 90 unique requests answer the 100 rows
     base = dict(title="chat qwen-plus @ dashscope", rows=100, requests=90, done=40, ok=38,
-                failed=2, in_flight=8, retrying=1, retries=3, rate_limited=2, input_tokens=900,
+                failed=2, requests_done=40, in_flight=8, retrying=1, retries=3, rate_limited=2, input_tokens=900,
                 output_tokens=300, concurrency=8, rate_waits=1, state="running",
                 started=time.monotonic() - 4,
                 errors={"ServerError": 2}, first_errors=["ServerError: HTTP 503 <b>busy</b>"])
@@ -44,7 +45,7 @@ def snap(**kw) -> Snapshot:
 
 def test_text_rendering_has_every_fact():
     text = render_text(snap(cost=0.0123))
-    for needle in ("chat qwen-plus @ dashscope: running", "40/90 requests", "(44%)", "of 100 rows",
+    for needle in ("chat qwen-plus @ dashscope: running", "40/100 rows (40%)", "40/90 requests",
                    "req/s", "tok/s", "ETA", "ok 38", "failed 2", "retrying 1", "in flight 8",
                    "queued 41", "concurrency 8", "rate-limit waits 1", "429s 2", "retries 3",
                    "spent $0.0123", "ServerError x2: HTTP 503 <b>busy</b>"):
@@ -55,11 +56,11 @@ def test_text_rendering_has_every_fact():
 def test_html_rendering_escapes_and_colors_the_outcome():
     html = render_html(snap())
     assert "&lt;b&gt;busy&lt;/b&gt;" in html and "<b>busy</b>" not in html
-    assert "width: 44%" in html
-    done_ok = render_html(snap(state="done", done=90, ok=90, failed=0, errors={},
+    assert "width: 40%" in html
+    done_ok = render_html(snap(state="done", done=100, ok=100, failed=0, errors={},
                                first_errors=[], finished=time.monotonic()))
     assert "#2e7d32" in done_ok and ">done<" in done_ok  # green when all succeeded
-    done_bad = render_html(snap(state="done", done=90, ok=88, failed=2,
+    done_bad = render_html(snap(state="done", done=100, ok=98, failed=2,
                                 finished=time.monotonic()))
     assert "#c62828" in done_bad and "finished, 2 failed" in done_bad  # red on failures
     assert "in flight" not in done_bad  # live-only counts go when the run ends
@@ -116,9 +117,9 @@ def test_buttons_control_a_background_run_and_turn_off_at_the_end():
     assert actions == ["pause", "resume", "cancel"]
     panel.update(snap(state="paused"))
     assert b["pause"].disabled and not b["resume"].disabled
-    panel.update(snap(state="done", done=90, ok=90, failed=0, finished=time.monotonic()))
+    panel.update(snap(state="done", done=100, ok=100, failed=0, finished=time.monotonic()))
     assert all(btn.disabled for btn in b.values())
-    assert panel.bar.bar_style == "success" and panel.bar.value == 90
+    assert panel.bar.bar_style == "success" and panel.bar.value == 100
     panel.update(snap(state="cancelled", finished=time.monotonic(), failed=10,
                       errors={"ServerError": 2, "NotSentError": 8}))
     assert panel.bar.bar_style == "danger"
@@ -313,9 +314,9 @@ def test_live_frame_holds_embedding_vectors():
 
 
 def test_stop_summary_says_what_was_done_cut_and_unsent():
-    line = _display.summary_line(snap(state="cancelled", ok=12, failed=68, requests=80,
+    line = _display.summary_line(snap(state="cancelled", ok=12, failed=68, rows=80,
                                       errors={"CancelledRowError": 4, "NotSentError": 64},
                                       first_errors=[]))
     assert line == ("batch cancelled: 12 ok, 4 cancelled in flight, 64 not started "
-                    "of 80 requests")
+                    "of 80 rows")
     assert _display.summary_line(snap(state="done", failed=0)) == ""
