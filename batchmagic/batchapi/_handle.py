@@ -250,10 +250,14 @@ class BatchJob(BatchTask):
         progress.state = "running"
         display = make_display(show, progress.snapshot())
 
+        per_request = engine.plan.n_rows / max(1, total)  # rows, estimated from requests
+
         def update() -> None:
             s = engine.status()
-            progress.done = min(total, s.completed + s.failed)
-            progress.failed, progress.ok = s.failed, max(0, progress.done - s.failed)
+            progress.requests_done = min(total, s.completed + s.failed)
+            progress.done = round(progress.requests_done * per_request)
+            progress.failed = round(min(s.failed, progress.requests_done) * per_request)
+            progress.ok = max(0, progress.done - progress.failed)
             progress.message = f"{s.provider} job {s.job_id} {s.status or s.state}"
 
         async def refresh() -> None:

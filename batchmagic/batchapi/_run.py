@@ -113,13 +113,20 @@ class RunDriver:
         progress = self.run.progress
         progress.requests = sum(e.shards[n].get("requests") or 0
                                 for e in self.engines for n in e.shards) or progress.requests
+        # the provider counts requests; rows are estimated from them until the harvest counts
+        # them exactly (identical rows share a request)
+        base_done, base_ok, base_failed = progress.done, progress.ok, progress.failed
+        per_request = (progress.rows - base_done) / max(1, progress.requests)
 
         def update() -> None:
             statuses = [e.status() for e in self.engines]
             done = sum(s.completed + s.failed for s in statuses)
-            progress.done = min(done, progress.requests)
-            progress.failed = sum(s.failed for s in statuses)
-            progress.ok = max(0, progress.done - progress.failed)
+            failed = sum(s.failed for s in statuses)
+            progress.requests_done = min(done, progress.requests)
+            progress.done = base_done + round(progress.requests_done * per_request)
+            progress.failed = base_failed + round(min(failed, done) * per_request)
+            progress.ok = base_ok + max(0, progress.done - base_done
+                                        - (progress.failed - base_failed))
             words = "; ".join(f"{s.provider} job {s.job_id} {s.status or s.state}"
                               for s in statuses)
             progress.message = f"{words}: {done:,}/{progress.requests:,} requests done"
@@ -228,17 +235,28 @@ def _created(driver: RunDriver) -> bool:
 
 
 def _count(run: Any, filled: list[int]) -> None:
-    p, r = run.progress, run.results
-    # the provider's counts were estimates while polling; the journal's are exact
-    p.ok = sum(1 for i in range(len(run.plan.items))
-               if r.done[i] and r.error[i] is None and not r.cached[i])
-    p.failed = sum(1 for i in range(len(run.plan.items)) if r.done[i] and r.error[i] is not None)
-    p.done = p.ok + p.failed
-    p.requests = max(p.requests, p.done)
+    p, r, items = run.progress, run.results, run.plan.items
+    # the provider's counts were estimates while polling; the results are exact. Counts are
+    # rows (a request answers every identical row); requests are counted apart.
+    ok = failed = requests_done = 0
+    for i, item in enumerate(items):
+        if not r.done[i]:
+            continue
+        if r.error[i] is None:
+            ok += len(item.rows)
+            requests_done += not r.cached[i]
+        else:
+            failed += len(item.rows)
+            requests_done += 1
+    p.ok = ok
+    p.failed = failed + len(run.plan.row_errors)
+    p.done = p.ok + p.failed + p.skipped
+    p.requests_done = requests_done
+    p.requests = max(p.requests, requests_done)
     p.input_tokens = sum(r.input_tokens[i] or 0 for i in filled if r.error[i] is None)
     p.output_tokens = sum(r.output_tokens[i] or 0 for i in filled if r.error[i] is None)
     for i in filled:
         if r.error[i] is not None:
-            p.error(r.error[i])
+            p.error(r.error[i], len(items[i].rows))
     costs = [r.cost[i] for i in filled if r.error[i] is None and r.cost[i] is not None]
     p.cost = float(sum(costs))
