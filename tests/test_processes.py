@@ -157,3 +157,39 @@ def test_background_task_survives_kernel_interrupt(kernel, slow_sim):
     assert r["error"] is None, r
     assert eval(r["result"]) == (40, 40)  # noqa: S307
     slow_sim.configure(latency=0.4)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_a_simulator_started_without_with_goes_with_its_parent(tmp_path, how):
+    """A SimulatorProcess started without ``with`` (a notebook cell, a script that forgets to
+    stop it) used to outlive its parent, holding its port."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from batchmagic.simulator import SimulatorProcess
+        sim = SimulatorProcess().start()
+        print(sim.pid, flush=True)
+        if sys.argv[1] == "exit":
+            sys.exit(0)
+        time.sleep(3600)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE,
+                              text=True)
+    sim_pid = int(parent.stdout.readline())
+    assert _running(sim_pid)
+    if how == "kill":
+        parent.kill()
+    parent.wait(60)
+    deadline = time.monotonic() + 60
+    while _running(sim_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(sim_pid), "the simulator outlived the process that started it"

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         check_host(cfg)
     except (ValueError, TypeError) as e:
         parser.error(str(e))  # exits 2 with usage on stderr
-    run_server(cfg, ready_file=ns.ready_file)
+    run_server(cfg, ready_file=ns.ready_file, exit_with_stdin=ns.exit_with_stdin)
     return 0
 
 

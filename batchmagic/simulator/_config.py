@@ -209,6 +209,9 @@ class SimConfig:
                                .replace("OPT_", ""), help=help_)
         p.add_argument("--ready-file", default=None, metavar="PATH",
                        help="write the base URL to this file once listening")
+        p.add_argument("--exit-with-stdin", action="store_true",
+                       help="stop when stdin reaches end of file (the parent that started "
+                            "this server has exited, however it died)")
         return p
 
     @classmethod

@@ -130,12 +130,14 @@ class SimulatorProcess(_AdminClient):
         if self._proc is not None:
             return self
         args = [sys.executable, "-m", "batchmagic.simulator", *self.config.to_args(),
-                *self._extra_args]
+                *self._extra_args, "--exit-with-stdin"]
         if "--port" not in args:
             args += ["--port", "0"]
         self._stderr_file = tempfile.TemporaryFile()
+        # the child stops when this pipe closes: when this process exits, however it dies,
+        # the server goes with it (no orphan holding a port)
         self._proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr_file,
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr_file,
             env=_child_env(self.config.api_key, {
                 **({ARK_SECRET_KEY_ENV: self.config.ark_secret_key}
                    if self.config.ark_secret_key else {}),
@@ -191,6 +193,8 @@ class SimulatorProcess(_AdminClient):
                 proc.wait()
         if self._reader is not None:
             self._reader.join(2.0)
+        if proc.stdin is not None:
+            proc.stdin.close()
         if proc.stdout is not None:
             proc.stdout.close()
         if self._stderr_file is not None and not self._stderr_file.closed:

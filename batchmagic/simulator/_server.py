@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 from aiohttp import web
@@ -69,8 +70,11 @@ def run_server(
     *,
     ready_file: str | None = None,
     announce: bool = True,
+    exit_with_stdin: bool = False,
 ) -> None:
-    """Blocking serve until SIGINT/SIGTERM; prints the ready line and writes ``ready_file``."""
+    """Blocking serve until SIGINT/SIGTERM; prints the ready line and writes ``ready_file``.
+    With ``exit_with_stdin`` it also stops when stdin closes: a parent holding the other end of
+    the pipe closes it when it exits, even when it is killed, so the server never outlives it."""
 
     def ready(url: str) -> None:
         if ready_file:
@@ -88,7 +92,24 @@ def run_server(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
+        if exit_with_stdin:
+            _stop_at_stdin_eof(loop, stop)
         await serve(cfg, on_ready=ready, stop=stop)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def _stop_at_stdin_eof(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Set ``stop`` once stdin reaches end of file (read on a daemon thread: portable)."""
+
+    def watch() -> None:
+        # os.read on the raw descriptor: a daemon thread blocked inside sys.stdin's buffered
+        # reader would abort the interpreter at exit (it holds the buffer's lock)
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=watch, name="batchmagic-sim-parent-watch", daemon=True).start()
