@@ -55,6 +55,7 @@ class RetryPolicy:
     rate_limit_retries: int = 30  # 429s are expected while riding a limit
     billed_retries: int = 1  # failures that may already have been billed
     backoff_base: float = 0.5
+    rate_limit_base: float = 1.0  # first backoff of a 429 that gives no usable Retry-After
     backoff_max: float = 30.0
     max_wait: float = 120.0  # cap on any one Retry-After the provider asks for
 
@@ -385,7 +386,7 @@ class Dispatcher:
         """Retry-After when the provider gives a usable one, else an exponential backoff. A hint
         of 0 or less is no hint (it would turn backoff off: a thousand calls a second), and a row
         throttled again and again waits at least a quarter of its backoff, whatever the hint."""
-        backoff = self._backoff(unit.rate_limited, base=1.0)
+        backoff = self._backoff(unit.rate_limited, base=self.policy.rate_limit_base)
         hint = outcome.retry_after
         if hint is None or not hint > 0:
             return backoff

@@ -236,7 +236,9 @@ class RateGate:
     def throttled(self) -> None:
         """A 429 without limit headers: start or tighten the probed request rate."""
         if self.probe is not None:
-            self._set_probed(self.probe.throttled())
+            rate = self.probe.throttled()
+            if rate is not None:
+                self._set_probed(rate)
 
     def _set_probed(self, rate: float) -> None:
         capacity = max(1.0, rate * self.burst)
@@ -260,7 +262,8 @@ class RateProbe:
 
     The dispatcher calls ``throttled`` only when throttling is general (a tenth of recent
     answers), never for a stray 429. The first call sets the rate to the pace that was
-    succeeding just before (answers in the last second); each later one cuts it by
+    succeeding just before (answers in the last second; with none yet there is nothing to start
+    from, and the rows only back off); each later one cuts it by
     ``DECREASE``, at most once a second (requests already in flight when a cut happens carry no
     news). Every success adds ``GROWTH`` requests per second, and successes arrive at about the
     rate, so the rate grows about 10% a second: back to the limit within 4 s of a cut.
@@ -285,12 +288,14 @@ class RateProbe:
         self.rate += self.GROWTH
         return self.rate
 
-    def throttled(self) -> float:
+    def throttled(self) -> float | None:
         now = self.clock()
         if self.rate is None:
             recent = self._recent
             while recent and recent[0] < now - self.WINDOW:
                 recent.popleft()
+            if not recent:  # no pace has succeeded yet: nothing to start from; back off only
+                return None
             self.rate = max(self.FLOOR, len(recent) / self.WINDOW)
             self._recent.clear()
             self._last_cut = now

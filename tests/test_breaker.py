@@ -180,6 +180,11 @@ def test_the_rate_probe_cuts_at_most_once_a_second_and_grows_back() -> None:
     assert probe.rate == pytest.approx(6.6)
 
 
+def test_throttling_before_any_success_installs_no_rate() -> None:
+    probe = RateProbe(Clock())
+    assert probe.throttled() is None and probe.rate is None  # no pace to start from
+
+
 def test_a_stray_429_installs_no_rate() -> None:
     gate = RateGate(None, None, clock=Clock())
     gate.answered()

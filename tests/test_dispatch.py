@@ -151,9 +151,11 @@ def test_qianfan_rate_limit_every_time_is_a_rate_limit_error():
 
 
 async def _abatch_rl(s):
-    # rate-limit retries are bounded by RetryPolicy.rate_limit_retries (30): 31 quick answers
+    # an always-throttled row ends: its waits grow however small the Retry-After, and the
+    # breaker stops a run where nothing gets through (here after a short quiet spell)
     return await bm.abatch(["a"], base_url="http://test/v1", model="m", provider="qianfan",
-                           api_key="k", transport=s.transport, progress=False)
+                           api_key="k", transport=s.transport, progress=False,
+                           breaker=bm.Breaker(failures=4, quiet=0.5))
 
 
 def test_read_timeout_is_possibly_billed_and_retried_once():
@@ -253,7 +255,7 @@ def test_raise_for_errors():
 # -- the dispatcher with a fake backend ----------------------------------------------------------------
 
 FAST = RetryPolicy(retries=3, rate_limit_retries=5, billed_retries=1, backoff_base=0.01,
-                   backoff_max=0.05, max_wait=1.0)
+                   rate_limit_base=0.01, backoff_max=0.05, max_wait=1.0)
 
 
 def ok(unit: Unit, prefix: str = "out") -> Outcome:
