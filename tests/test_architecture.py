@@ -1,0 +1,189 @@
+"""The package's shape: no import cycles between batchmagic modules.
+
+The graph is read from the source with ``ast`` (nothing is imported): an edge A -> B for every
+module-level import in A of a batchmagic module B, including imports in class bodies and
+``try`` blocks (they run at import time), excluding imports inside functions (lazy on purpose)
+and under ``if TYPE_CHECKING:``. Importing ``batchmagic.x.y`` also runs ``batchmagic/x/__init__``,
+so that package is an edge too, unless it is an ancestor of the importer (already running).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "batchmagic"
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE_ROOT.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    if isinstance(test, ast.Name):
+        return test.id == "TYPE_CHECKING"
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+
+
+def module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements that run when the module is imported."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(nodes) -> None:
+        for node in nodes:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                found.append(node)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue  # runs when called, not when imported
+            elif isinstance(node, ast.If) and _is_type_checking(node.test):
+                visit(node.orelse)
+            else:
+                visit(ast.iter_child_nodes(node))
+
+    visit(tree.body)
+    return found
+
+
+def _absolute(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _targets(importer: str, is_package: bool, node, modules: dict[str, Path]) -> set[str]:
+    names: set[str] = set()
+    if isinstance(node, ast.Import):
+        names = {alias.name for alias in node.names}
+    else:
+        source = _absolute(importer, is_package, node)
+        names.add(source)
+        names |= {f"{source}.{alias.name}" for alias in node.names}  # submodules by name
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        for end in range(1, len(parts) + 1):  # the module and the packages it runs on the way
+            candidate = ".".join(parts[:end])
+            if candidate in modules and not importer.startswith(candidate + "."):
+                found.add(candidate)
+    found.discard(importer)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        graph[name] = set()
+        for node in module_level_imports(tree):
+            graph[name] |= _targets(name, is_package, node, modules)
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm: the groups of modules that import each other, largest first."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(groups, key=len, reverse=True)
+
+
+def a_cycle(graph: dict[str, set[str]], group: list[str]) -> list[str]:
+    """One concrete cycle through the first module of ``group`` (for the failure message)."""
+    members = set(group)
+    start = group[0]
+    path = [start]
+    seen = {start}
+    while True:
+        nxt = sorted(n for n in graph[path[-1]] if n in members)
+        back = [n for n in nxt if n == start]
+        if back and len(path) > 1:
+            return path + [start]
+        fresh = [n for n in nxt if n not in seen]
+        if not fresh:
+            return path + [nxt[0]] if nxt else path
+        path.append(fresh[0])
+        seen.add(fresh[0])
+
+
+def test_the_walker_skips_lazy_and_type_checking_imports():
+    source = """
+import a
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    import b
+else:
+    import c
+try:
+    import d
+except ImportError:
+    import e
+class K:
+    import f
+    def method(self):
+        import g
+def function():
+    import h
+"""
+    names = {alias.name for node in module_level_imports(ast.parse(source))
+             for alias in node.names}
+    assert names == {"a", "TYPE_CHECKING", "c", "d", "e", "f"}
+
+
+def test_the_graph_sees_module_level_imports_only():
+    graph = import_graph()
+    assert "batchmagic._errors" in graph["batchmagic._backend"]
+    assert "batchmagic.providers._wire" in graph["batchmagic.providers._openai"]
+    # importing a submodule runs its package's __init__ too
+    assert "batchmagic.providers" in graph["batchmagic.batchapi._client"]
+    # engines load lazily: batchmagic/__init__ imports them inside functions only
+    assert not any(m.startswith("batchmagic.engines") for m in graph["batchmagic"])
+
+
+def test_a_cycle_is_found_and_spelled_out():
+    graph = {"m.a": {"m.b"}, "m.b": {"m.c"}, "m.c": {"m.a"}, "m.d": {"m.a"}}
+    groups = strongly_connected(graph)
+    assert groups == [["m.a", "m.b", "m.c"]]
+    assert a_cycle(graph, groups[0]) == ["m.a", "m.b", "m.c", "m.a"]
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    cycles = [" -> ".join(a_cycle(graph, group)) for group in strongly_connected(graph)]
+    assert not cycles, "import cycles in batchmagic/:\n" + "\n".join(cycles)
