@@ -18,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._errors import RowError
+from ._errors import (
+    BadRequestError,
+    ContextLengthError,
+    FatalProviderError,
+    RateLimitError,
+    RowError,
+    ServerError,
+)
 
 # outcome categories
 OK = "ok"
@@ -27,6 +34,21 @@ RATE_LIMIT = "rate_limit"  # throttled: wait, slow the run, retry
 TRANSIENT = "transient"  # retry with backoff
 CONTEXT = "context"  # this row's prompt is too long: row error
 ROW = "row"  # anything else wrong with this row: row error
+
+#: the row error a failure of each category becomes (online, Batch API and engine alike)
+ERROR_TYPES: dict[str, type[RowError]] = {
+    FATAL: FatalProviderError,
+    RATE_LIMIT: RateLimitError,
+    TRANSIENT: ServerError,
+    CONTEXT: ContextLengthError,
+    ROW: BadRequestError,
+}
+
+
+def error_type(category: str) -> type[RowError]:
+    """The row error for a failure ``category``; one this table does not know is a bad request
+    about this row (the safe reading: no retry, no run stop)."""
+    return ERROR_TYPES.get(category, BadRequestError)
 
 
 @dataclass(slots=True, eq=False)
@@ -54,6 +76,11 @@ class Outcome:
     overloaded: bool = False  # a congestion signal (503, 529, "overloaded") even if transient
     rate_info: Any = None  # limits.RateInfo from the answer's headers
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def failure(cls, category: str, message: str, **facts: Any) -> Outcome:
+        """A failed attempt whose row error is the one its category stands for."""
+        return cls(category, error_type=error_type(category), message=message, **facts)
 
 
 class Backend(Protocol):

@@ -183,6 +183,27 @@ def test_a_cycle_is_found_and_spelled_out():
     assert a_cycle(graph, groups[0]) == ["m.a", "m.b", "m.c", "m.a"]
 
 
+def maps_to_row_errors() -> list[str]:
+    """Every dict literal in batchmagic/ whose values name two or more row error classes."""
+    import batchmagic as bm
+
+    row_errors = {name for name in dir(bm) if isinstance(getattr(bm, name), type)
+                  and issubclass(getattr(bm, name), bm.RowError)}
+    found = []
+    for name, path in all_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):
+                named = [v.id for v in node.values if isinstance(v, ast.Name)]
+                if len(set(named) & row_errors) >= 2:
+                    found.append(name)
+    return sorted(found)
+
+
+def test_error_classes_are_mapped_in_one_table_each():
+    # outcome category -> row error, and wire failure -> row error
+    assert maps_to_row_errors() == ["batchmagic._backend", "batchmagic.providers._wire"]
+
+
 def test_no_import_cycles():
     graph = import_graph()
     cycles = [" -> ".join(a_cycle(graph, group)) for group in strongly_connected(graph)]

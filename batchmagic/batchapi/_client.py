@@ -35,28 +35,13 @@ from typing import Any
 
 import orjson
 
-from .._backend import CONTEXT, FATAL, RATE_LIMIT, ROW, TRANSIENT
-from .._errors import (
-    BadRequestError,
-    ConfigError,
-    ConnectError,
-    ConnectionLostError,
-    ContextLengthError,
-    DeadlineError,
-    FatalProviderError,
-    RateLimitError,
-    ResponseError,
-    ServerError,
-)
+from .._backend import RATE_LIMIT, ROW, TRANSIENT, error_type
+from .._errors import ConfigError, ResponseError
 from .._limits import parse_retry_after
 from .._secrets import Secret
 from ..providers._dialects import Classified, classify
 from ..providers._wire import WireFailure, WireResponse
 
-ERROR_TYPES = {FATAL: FatalProviderError, RATE_LIMIT: RateLimitError, TRANSIENT: ServerError,
-               CONTEXT: ContextLengthError, ROW: BadRequestError}
-WIRE_ERRORS = {"connect": ConnectError, "deadline": DeadlineError, "lost": ConnectionLostError,
-               "protocol": ResponseError}
 CALL_DEADLINE = 60.0  # seconds for one JSON call
 FILE_DEADLINE = 900.0  # seconds for one upload or download (files reach hundreds of MB)
 MAX_FILE_BYTES = 2 * 1024 ** 3
@@ -158,9 +143,8 @@ class ApiCaller:
             try:
                 resp = await self.wire.request(method, url, body, hdrs, deadline, max_bytes)
             except WireFailure as f:
-                err = WIRE_ERRORS[f.kind](self.clean(f.message),
-                                          attempts=attempt, provider=self.name,
-                                          possibly_billed=f.possibly_billed)
+                err = f.error_type(self.clean(f.message), attempts=attempt, provider=self.name,
+                                   possibly_billed=f.possibly_billed)
                 if retry and attempt < CALL_ATTEMPTS:
                     await asyncio.sleep(self._backoff(attempt))
                     continue
@@ -182,10 +166,10 @@ class ApiCaller:
                 wait = parse_retry_after(resp.headers) or self._backoff(attempt)
                 await asyncio.sleep(min(wait, 30.0))
                 continue
-            cls = ERROR_TYPES.get(found.category, BadRequestError)
-            raise cls(self.clean(found.message or f"HTTP {resp.status}"),
-                      attempts=attempt, status=resp.status, provider=self.name,
-                      code=self.clean(found.code) if found.code else None)
+            raise error_type(found.category)(
+                self.clean(found.message or f"HTTP {resp.status}"), attempts=attempt,
+                status=resp.status, provider=self.name,
+                code=self.clean(found.code) if found.code else None)
 
     def classify(self, status: int, payload: Any) -> Classified:
         if isinstance(payload, dict):

@@ -20,20 +20,10 @@ from typing import Any
 import orjson
 
 from .. import _kinds
-from .._backend import CONTEXT, FATAL, RATE_LIMIT, ROW, TRANSIENT
-from .._errors import (
-    BadRequestError,
-    ContextLengthError,
-    FatalProviderError,
-    RateLimitError,
-    ResponseError,
-    RowError,
-    ServerError,
-)
+from .._backend import ROW, error_type
+from .._errors import ResponseError, RowError
 from ..providers._dialects import Classified, classify
 
-_ERROR_TYPES = {FATAL: FatalProviderError, RATE_LIMIT: RateLimitError, TRANSIENT: ServerError,
-                CONTEXT: ContextLengthError, ROW: BadRequestError}
 #: line error codes that mean "never processed" rather than "failed"
 UNPROCESSED_CODES = {"batch_expired", "batch_cancelled", "batch_failed"}
 
@@ -51,8 +41,7 @@ class FileReport:
 
 
 def _error(found: Classified, status: int | None, provider: str, clean) -> RowError:
-    cls = _ERROR_TYPES.get(found.category, BadRequestError)
-    return cls(clean(found.message) or (f"HTTP {status}" if status else "failed"), attempts=1,
+    return error_type(found.category)(clean(found.message) or (f"HTTP {status}" if status else "failed"), attempts=1,
                status=status, provider=provider, code=clean(found.code) if found.code else None)
 
 

@@ -40,14 +40,7 @@ from typing import Any
 
 from .. import _tokens
 from .._backend import CONTEXT, FATAL, OK, ROW, TRANSIENT, Outcome, Unit
-from .._errors import (
-    BadRequestError,
-    ContextLengthError,
-    FatalProviderError,
-    InputError,
-    RowError,
-    ServerError,
-)
+from .._errors import ContextLengthError, InputError, RowError
 from .._kinds import Parsed
 
 log = logging.getLogger("batchmagic")
@@ -149,17 +142,17 @@ class EngineBackend:
             else:
                 results = [await engine.generate(unit.body)]
         except ContextOverflow as exc:
-            return Outcome(CONTEXT, error_type=ContextLengthError, message=str(exc))
+            return Outcome.failure(CONTEXT, str(exc))
         except RowFailure as exc:
-            return Outcome(ROW, error_type=BadRequestError, message=str(exc))
+            return Outcome.failure(ROW, str(exc))
         except EngineCrashed as exc:
-            return Outcome(TRANSIENT, error_type=ServerError, message=str(exc))
+            return Outcome.failure(TRANSIENT, str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an engine library error about this request: this row's error
             log.debug("engine error", exc_info=True)
-            return Outcome(ROW, error_type=BadRequestError,
-                           message=f"{engine.name} failed on this row: {type(exc).__name__}: {exc}")
+            return Outcome.failure(
+                ROW, f"{engine.name} failed on this row: {type(exc).__name__}: {exc}")
         return Outcome(OK, results=results)
 
     async def _restart(self, dead: Engine) -> Outcome | None:
@@ -169,15 +162,15 @@ class EngineBackend:
             if self.engine is not dead and self.engine.alive:
                 return None  # another call already restarted it
             if self._reload is None or self.restarts >= MAX_RESTARTS:
-                return Outcome(FATAL, error_type=FatalProviderError, message=(
+                return Outcome.failure(FATAL, (
                     f"the {dead.name} engine crashed {self.restarts + 1} times during this run; "
                     "stopping (finished rows are kept; run again to resume)"))
             self.restarts += 1
             try:
                 self.engine = await asyncio.to_thread(self._reload)
             except Exception as exc:
-                return Outcome(FATAL, error_type=FatalProviderError,
-                               message=f"the {dead.name} engine crashed and could not be restarted: {exc}")
+                return Outcome.failure(
+                    FATAL, f"the {dead.name} engine crashed and could not be restarted: {exc}")
         return None
 
     async def aclose(self) -> None:

@@ -13,41 +13,13 @@ from typing import Any
 import orjson
 
 from .. import _kinds
-from .._backend import (
-    CONTEXT,
-    FATAL,
-    OK,
-    RATE_LIMIT,
-    ROW,
-    TRANSIENT,
-    Outcome,
-    Unit,
-)
-from .._errors import (
-    BadRequestError,
-    ConnectError,
-    ConnectionLostError,
-    ContextLengthError,
-    DeadlineError,
-    FatalProviderError,
-    RateLimitError,
-    ResponseError,
-    ServerError,
-)
+from .._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Outcome, Unit
+from .._errors import ResponseError
 from .._limits import RateInfo, parse_retry_after
 from .._secrets import Secret
 from ._dialects import classify
 from ._wire import WireFailure
 
-_ERROR_TYPES = {
-    FATAL: FatalProviderError,
-    RATE_LIMIT: RateLimitError,
-    TRANSIENT: ServerError,
-    CONTEXT: ContextLengthError,
-    ROW: BadRequestError,
-}
-_WIRE_ERRORS = {"connect": ConnectError, "deadline": DeadlineError, "lost": ConnectionLostError,
-                "protocol": ResponseError}
 MAX_IMAGE_DOWNLOAD = 50 * 1024 * 1024
 
 
@@ -77,7 +49,7 @@ class OpenAICompatible:
         try:
             resp = await self.wire.post(self.url, unit.body, self._headers, self.timeout)
         except WireFailure as f:
-            return Outcome(TRANSIENT, error_type=_WIRE_ERRORS[f.kind], message=self._clean(f.message),
+            return Outcome(TRANSIENT, error_type=f.error_type, message=self._clean(f.message),
                            possibly_billed=f.possibly_billed)
         headers = resp.headers
         info = RateInfo.from_headers(headers)
@@ -113,8 +85,8 @@ class OpenAICompatible:
             return Outcome(OK, results=results, status=status, rate_info=info)
 
         if 300 <= status < 400:  # applies to every row: never re-send paid requests elsewhere
-            return Outcome(FATAL, error_type=_ERROR_TYPES[FATAL], status=status, rate_info=info,
-                           message=self._redirect_message(status, headers.get("location")))
+            return Outcome.failure(FATAL, self._redirect_message(status, headers.get("location")),
+                                   status=status, rate_info=info)
         found = classify(self.dialect, status, payload if isinstance(payload, dict) else None)
         if found is None:  # the dialect saw no error in a non-2xx answer: judge by the status
             from ._dialects import Classified
@@ -134,10 +106,9 @@ class OpenAICompatible:
         message = self._clean(found.message) or f"HTTP {status}"
         retry_after = parse_retry_after(headers) if category in (RATE_LIMIT, TRANSIENT) else None
         overloaded = status in (503, 529) or category == RATE_LIMIT
-        return Outcome(category, error_type=_ERROR_TYPES[category], message=message,
-                       status=status, code=self._clean(found.code) if found.code else None,
-                       retry_after=retry_after,
-                       overloaded=overloaded, rate_info=info)
+        return Outcome.failure(category, message, status=status,
+                               code=self._clean(found.code) if found.code else None,
+                               retry_after=retry_after, overloaded=overloaded, rate_info=info)
 
     async def _results(self, payload: Any, n: int) -> list:
         if self.kind == "embedding":

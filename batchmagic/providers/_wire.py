@@ -21,6 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._errors import (
+    ConnectError,
+    ConnectionLostError,
+    DeadlineError,
+    ResponseError,
+    TransportError,
+)
+
 MAX_BODY_BYTES = 256 * 1024 * 1024
 
 
@@ -32,6 +40,15 @@ class WireResponse:
     body_problem: str | None = None
 
 
+#: the row error each kind of wire failure becomes
+WIRE_ERROR_TYPES: dict[str, type[TransportError | ResponseError]] = {
+    "connect": ConnectError,
+    "deadline": DeadlineError,
+    "lost": ConnectionLostError,
+    "protocol": ResponseError,
+}
+
+
 class WireFailure(Exception):
     """No HTTP answer arrived. ``kind`` is connect | deadline | lost | protocol."""
 
@@ -40,6 +57,10 @@ class WireFailure(Exception):
         self.kind = kind
         self.message = message
         self.possibly_billed = possibly_billed
+
+    @property
+    def error_type(self) -> type[TransportError | ResponseError]:
+        return WIRE_ERROR_TYPES[self.kind]
 
 
 if sys.version_info >= (3, 11):
