@@ -1,13 +1,11 @@
-"""``python -m benchmarks run [--quick] [--only W1,W3] [--contenders a,b]`` and
-``python -m benchmarks setup``: see ``benchmarks/__init__.py``."""
+"""``python -m benchmarks run [--quick] [--only W1,W3] [--contenders a,b]``,
+``python -m benchmarks setup`` and ``python -m benchmarks docs``: see ``benchmarks/__init__.py``."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -17,6 +15,7 @@ from pathlib import Path
 from . import __doc__ as DOC
 
 HERE = Path(__file__).resolve().parent
+DOCS_PAGE = HERE.parent / "docs" / "benchmarks.md"  #: the manual's page of record
 sys.path.insert(0, str(HERE.parent))  # the project's own package, from a source checkout
 
 
@@ -32,11 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=str(HERE / "results"), help="folder for the .md and .json")
     r.add_argument("--scale", type=float, default=1.0,
                    help="multiply the full run's sizes (development: e.g. 0.2)")
+    r.add_argument("--docs", default=str(DOCS_PAGE),
+                   help="the manual's page a full run writes (never --quick, --only, "
+                        "--contenders, --repeats or --scale runs)")
+    d = sub.add_parser("docs", help="write the manual's page from a saved full run's JSON")
+    d.add_argument("json", nargs="?", default=str(HERE / "results" / "compare.json"),
+                   help="a full run's compare.json")
+    d.add_argument("--docs", default=str(DOCS_PAGE), help="the page to write")
     s = sub.add_parser("setup", help="build the peers' virtual environments (pip install -r)")
     s.add_argument("--force", action="store_true", help="delete and rebuild them")
     args = p.parse_args(argv)
     if args.cmd == "setup":
         return setup(args.force)
+    if args.cmd == "docs":
+        return write_docs(Path(args.json), Path(args.docs))
     return run(args)
 
 
@@ -117,14 +125,13 @@ def run(args: argparse.Namespace) -> int:
 
     report = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}",
+        "machine": _report.machine(),
         "quick": args.quick, "contenders": names, "status": status, "probe_s_per_request": ctx.probe,
         "versions": _report.versions(workloads), "elapsed_s": time.monotonic() - started,
-        "workloads": {k: w.result() for k, w in workloads.items()},
+        "workloads": _report.workload_results(workloads),
     }
     report["verdicts"] = _report.verdicts(workloads)
-    text = _report.markdown(report, workloads)
+    text = _report.markdown(report)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "compare-quick" if args.quick else "compare"
@@ -132,6 +139,40 @@ def run(args: argparse.Namespace) -> int:
     (out / f"{stem}.md").write_text(text)
     print(text)
     log(f"wrote {out / (stem + '.md')} and {stem}.json in {time.monotonic() - started:.0f} s")
+    partial = not_of_record(args)
+    if partial:
+        log(f"{args.docs} left as it is: {partial}")
+    else:
+        Path(args.docs).write_text(_report.docs_page(report))
+        log(f"wrote the page of record {args.docs}")
+    return 0
+
+
+def not_of_record(args: argparse.Namespace) -> str | None:
+    """Why this run may not replace the manual's page of record, or None for a full run."""
+    if args.quick:
+        return "a --quick run"
+    for flag, value, full in (("--only", args.only, ""), ("--contenders", args.contenders, ""),
+                              ("--repeats", args.repeats, None), ("--scale", args.scale, 1.0)):
+        if value != full:
+            return f"not a full run ({flag})"
+    return None
+
+
+def write_docs(source: Path, page: Path) -> int:
+    """The manual's page again from a saved full run (``compare.json``)."""
+    from . import _report
+
+    report = json.loads(source.read_text())
+    if report.get("quick"):
+        print(f"{source} is a --quick run, not a run of record", file=sys.stderr)
+        return 2
+    if any("markdown" not in w for w in report["workloads"].values()):
+        print(f"{source} holds no workload tables (written by an older harness): run again",
+              file=sys.stderr)
+        return 2
+    page.write_text(_report.docs_page(report))
+    print(f"wrote {page} from {source}")
     return 0
 
 

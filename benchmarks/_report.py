@@ -1,7 +1,15 @@
-"""The report: targets at a glance, then one table per workload (Markdown), and the raw data (JSON)."""
+"""The report: targets at a glance, then one table per workload (Markdown), and the raw data (JSON).
+
+Everything here renders from the report dict alone (each workload's table is kept in it as
+Markdown), so a saved ``compare.json`` can be rendered again. A full run also writes the manual's
+page of record, ``docs/benchmarks.md`` (``docs_page``); ``--quick`` and partial runs never do.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import platform
 from typing import Any
 
 from ._harness import CONTENDERS
@@ -110,14 +118,26 @@ def verdicts(workloads: dict[str, Workload]) -> list[dict]:
     return out
 
 
-def markdown(report: dict[str, Any], workloads: dict[str, Workload]) -> str:
-    lines = [f"# batchmagic against the tools users would pick instead{' (quick)' if report['quick'] else ''}",
-             "", f"{report['date']}, {report['machine']}. Simulator in its own process on "
-             "127.0.0.1; each run of each contender in a fresh subprocess, interleaved over the "
-             "repeats; cells show the median (min–max) where there was more than one repeat. "
-             "Ratios come from this run only.", ""]
-    lines += ["## Targets at a glance (batchmagic)", "", "| workload | target | measured | met |",
-              "|---|---|---|---|"]
+def workload_results(workloads: dict[str, Workload]) -> dict[str, dict]:
+    """Each workload's raw data, with its table as Markdown so the report renders on its own."""
+    return {key: {**w.result(), "markdown": w.markdown()} for key, w in workloads.items()}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """``compare.md``: the run's header, then its results."""
+    title = "# batchmagic against the tools users would pick instead"
+    lines = [title + (" (quick)" if report["quick"] else ""), "",
+             f"{when(report['date'])}, {machine_line(report['machine'])}. Simulator in its own "
+             "process on 127.0.0.1; each run of each contender in a fresh subprocess, interleaved "
+             "over the repeats; cells show the median (min–max) where there was more than one "
+             "repeat. Ratios come from this run only.", ""]
+    return "\n".join(lines) + results_markdown(report)
+
+
+def results_markdown(report: dict[str, Any]) -> str:
+    """Targets at a glance, the contenders with their versions, one section per workload."""
+    lines = ["## Targets at a glance (batchmagic)", "", "| workload | target | measured | met |",
+             "|---|---|---|---|"]
     for v in report["verdicts"]:
         met = {True: "yes", False: "**no**", None: "-"}[v["met"]]
         lines.append(f"| {v['workload']} | {v['target']} | {v['measured']} | {met} |")
@@ -127,9 +147,106 @@ def markdown(report: dict[str, Any], workloads: dict[str, Workload]) -> str:
         c = CONTENDERS[name]
         status = report["status"].get(name) or "ran"
         lines.append(f"| {c.label} | {report['versions'].get(name) or '-'} | {c.how} | {status} |")
-    for w in workloads.values():
-        lines += ["", w.markdown().rstrip()]
+    lines += ["", "## Workloads"]
+    for w in report["workloads"].values():
+        lines += ["", w["markdown"].rstrip()]
     return "\n".join(lines) + "\n"
+
+
+# -- the manual's page of record ------------------------------------------------------------------
+
+DOCS_INTRO = """\
+batchmagic against the tools users would pick instead: nine workloads, ten contenders, each
+driven through its public API in a fresh subprocess against the project's simulator in its own
+process on 127.0.0.1. Runs are interleaved and repeated; cells show the median (min–max) where
+there was more than one repeat, and every ratio comes from this one run. Peers that run slowly
+get fewer requests (column n) so that a run stays under about 8 s; a peer that is not installed,
+cannot be pointed at a local server, or fails a workload is listed with the reason, never
+dropped.
+
+```bash
+python -m benchmarks setup          # the peers, pinned, in benchmarks/.venv-peers (+ .venv-peers-openai)
+python -m benchmarks run            # the full run: writes this page (about 25 minutes, quiet machine)
+python -m benchmarks run --quick    # tiny sizes, seconds; checks the harness, never writes this page
+```
+
+Workloads: W1 latency-bound, W2 CPU-bound ceiling, W3 rate limits announced in headers, W4
+seeded transient faults, W5 an unknown limit that moves, W6 a self-hosted server past its
+capacity, W7 packed embeddings, W8 a million embedding rows, W9 a background run in a real
+kernel. Why batchmagic misses some targets: [where batchmagic is behind](explanation/performance.md).
+Other measurements, each dated where it is quoted: the HTTP clients
+([why aiohttp](explanation/why-aiohttp.md)), the offline engines
+([engines](how-to/engines.md#measured)) and the journal's cost
+([journal](how-to/journal.md#what-it-costs)).
+"""
+
+
+def docs_page(report: dict[str, Any]) -> str:
+    """``docs/benchmarks.md`` for a full run: the date, the machine, the peers' versions and
+    every table. Written by the run; the next full run replaces it."""
+    if report.get("quick"):
+        raise ValueError("a --quick run is not a run of record")
+    m = report["machine"]
+    facts = machine_facts(m)
+    minutes = report.get("elapsed_s")
+    lines = ["# Benchmarks of record", "",
+             "<!-- Written by `python -m benchmarks run` (a full run); do not edit by hand: the "
+             "next full run replaces this page. -->", "",
+             f"**The full run of {when(report['date'])}.** The next full run "
+             "(`python -m benchmarks run`) replaces this page.", ""]
+    if report.get("provenance"):
+        lines += [f"!!! note \"Where these numbers come from\"\n    {report['provenance']}", ""]
+    lines += [DOCS_INTRO, "## The machine", "", "| | |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in facts]
+    if minutes:
+        lines.append(f"| run time | {minutes / 60:.0f} minutes |")
+    lines += ["", "The client and the simulator share these cores.", ""]
+    return "\n".join(lines) + "\n" + results_markdown(report)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(),
+            "python": platform.python_version(), "os": platform.platform(terse=True)}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "not known"
+
+
+def machine_facts(m: dict[str, Any] | str) -> list[tuple[str, str]]:
+    if isinstance(m, str):  # reports written before the machine was a dict
+        return [("machine", m)]
+    return [("CPU", str(m.get("cpu") or "not recorded")),
+            ("cores", str(m.get("cores") or "not recorded")),
+            ("architecture", str(m.get("arch") or "not recorded")),
+            ("Python", str(m.get("python") or "not recorded")),
+            ("OS", str(m.get("os") or "not recorded"))]
+
+
+def machine_line(m: dict[str, Any] | str) -> str:
+    if isinstance(m, str):
+        return m
+    return (f"{m.get('arch')}, {m.get('cores')} cores ({m.get('cpu')}), Python {m.get('python')}, "
+            f"{m.get('os')}")
+
+
+def when(date: str) -> str:
+    """An ISO time as '2026-11-22 05:20 UTC' (the text as given when it is not ISO)."""
+    try:
+        t = dt.datetime.fromisoformat(date)
+    except (TypeError, ValueError):
+        return str(date)
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def versions(workloads: dict[str, Workload]) -> dict[str, str]:
