@@ -18,7 +18,11 @@ elsewhere.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for readers and the API reference; at run time they load on first use
+    from ._handle import BatchJob, job, jobs
+    from ._jobs import JobStatus
 
 __all__ = ["BatchJob", "JobStatus", "jobs", "job"]
 
