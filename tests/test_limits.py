@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from virtual_time import VirtualClock, run_virtual
 
 from batchmagic._limits import (
     RateGate,
@@ -68,9 +69,13 @@ def test_parse_retry_after_http_date():
     past = email.utils.formatdate(now - 30, usegmt=True)
     assert parse_retry_after({"retry-after": future}, now=now) == pytest.approx(30.0, abs=1.0)
     assert parse_retry_after({"retry-after": past}, now=now) == 0.0
-    # against the real clock: a date in the future is a positive wait
-    real_future = email.utils.formatdate(time.time() + 60, usegmt=True)
-    assert 55 <= parse_retry_after({"retry-after": real_future}) <= 61
+    # against the real clock: the wait is the date less the time it was read at
+    when = int(time.time()) + 60  # HTTP dates have whole seconds
+    header = {"retry-after": email.utils.formatdate(when, usegmt=True)}
+    before = time.time()
+    wait = parse_retry_after(header)
+    after = time.time()
+    assert when - after <= wait <= when - before
 
 
 @pytest.mark.parametrize("value", ["garbage", "Wed, 99 Foo 2015", "", "   "])
@@ -139,77 +144,149 @@ def test_token_bucket_empty_start_and_default_capacity():
     assert b.wait_time(1, b.stamp) == pytest.approx(2.0)
 
 
-def test_token_bucket_set_rate():
-    b = TokenBucket(10.0, 10.0)
+def test_token_bucket_set_rate_refills_at_the_old_rate_first():
+    clock = VirtualClock()
+    b = TokenBucket(10.0, 10.0, clock=clock)
+    b.take(10)
+    clock.advance(0.5)  # 5 units earned at the old rate, before the change
     b.set_rate(1.0, 2.0)
-    assert b.rate == 1.0 and b.capacity == 2.0 and b.level <= 2.0
+    assert b.rate == 1.0 and b.capacity == 2.0
+    assert b.level == pytest.approx(2.0)  # the 5 earned, capped at the new capacity
+    b.take(2)
+    clock.advance(0.5)  # then the new rate: 0.5 units
+    assert b.wait_time(1, clock()) == pytest.approx(0.5)
+
+
+def test_token_bucket_refills_by_its_clock():
+    clock = VirtualClock()
+    b = TokenBucket(4.0, 2.0, full=False, clock=clock)
+    assert b.stamp == clock() and b.level == 0.0
+    assert b.wait_time(1, clock()) == pytest.approx(0.25)
+    clock.advance(0.25)
+    assert b.wait_time(1, clock()) == pytest.approx(0.0, abs=1e-9)
 
 
 # -- rate gate --------------------------------------------------------------------------------------------
+# The gate sleeps on the event loop; on virtual time those sleeps take no wall time and end exactly
+# when asked, so the pacing is checked to the millisecond however loaded the machine is.
 
 
-def _time_acquisitions(gate: RateGate, n: int, tokens: float = 0) -> float:
-    async def main():
-        t0 = time.monotonic()
+def _acquisition_times(n: int, tokens: float = 0, **gate_kw) -> tuple[list[float], RateGate]:
+    """When each of ``n`` acquisitions in a row got through a new gate, in seconds from the start."""
+
+    async def main(clock):
+        gate = RateGate(clock=clock, **gate_kw)
+        times = []
         for _ in range(n):
             await gate.acquire(tokens)
-        return time.monotonic() - t0
+            times.append(clock.elapsed())
+        return times, gate
 
-    return asyncio.run(main())
+    return run_virtual(main)
 
 
 def test_rate_gate_unlimited_does_not_wait():
-    gate = RateGate(None, None)
-    assert _time_acquisitions(gate, 1000) < 0.5
+    times, gate = _acquisition_times(1000, rpm=None, tpm=None)
+    assert times == pytest.approx([0.0] * 1000, abs=1e-6)
     assert gate.rpm is None and gate.tpm is None and gate.waits == 0
 
 
 def test_rate_gate_rpm_pacing():
     # 600 rpm = 10/s; a burst of 2 (0.2 s) goes at once, the other 5 come 0.1 s apart
-    gate = RateGate(600, None, burst_seconds=0.2)
-    elapsed = _time_acquisitions(gate, 7)
-    assert elapsed == pytest.approx(0.5, abs=0.12)
+    times, gate = _acquisition_times(7, rpm=600, tpm=None, burst_seconds=0.2)
+    assert times == pytest.approx([0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5], abs=1e-6)
     assert gate.rpm == pytest.approx(600)
     assert gate.waits >= 5
 
 
 def test_rate_gate_default_burst_is_one_second():
-    gate = RateGate(1200, None)  # 20/s, burst of 20
-    elapsed = _time_acquisitions(gate, 24)
-    assert elapsed == pytest.approx(0.2, abs=0.1)
+    times, _ = _acquisition_times(24, rpm=1200, tpm=None)  # 20/s, burst of 20
+    assert times == pytest.approx([0.0] * 20 + [0.05, 0.1, 0.15, 0.2], abs=1e-6)
 
 
 def test_rate_gate_tpm_pacing():
-    gate = RateGate(None, 6000, burst_seconds=1.0)  # 100 tokens/s, burst 100
-    elapsed = _time_acquisitions(gate, 3, tokens=50)  # 150 tokens: 50 beyond the burst
-    assert elapsed == pytest.approx(0.5, abs=0.12)
+    # 100 tokens/s, burst 100: three requests of 50 tokens, the third waits for 50 more
+    times, _ = _acquisition_times(3, tokens=50, rpm=None, tpm=6000, burst_seconds=1.0)
+    assert times == pytest.approx([0.0, 0.0, 0.5], abs=1e-6)
 
 
 def test_rate_gate_concurrent_waiters_are_fifo_and_paced():
-    gate = RateGate(600, None, burst_seconds=0.1)  # capacity 1, 10/s
-
-    async def main():
-        order = []
-        t0 = time.monotonic()
+    async def main(clock):
+        gate = RateGate(600, None, burst_seconds=0.1, clock=clock)  # capacity 1, 10/s
+        passed = []
 
         async def one(i):
             await gate.acquire(0)
-            order.append(i)
+            passed.append((i, clock.elapsed()))
 
         await asyncio.gather(*(one(i) for i in range(5)))
-        return order, time.monotonic() - t0
+        return passed
 
-    order, elapsed = asyncio.run(main())
-    assert order == [0, 1, 2, 3, 4]
-    assert 0.28 <= elapsed < 1.0  # about 0.4 s; a loaded machine only adds to it
+    passed = run_virtual(main)
+    assert [i for i, _ in passed] == [0, 1, 2, 3, 4]
+    assert [t for _, t in passed] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4], abs=1e-6)
 
 
 def test_rate_gate_pause_for():
-    gate = RateGate(None, None)
-    gate.pause_for(0.2)
-    gate.pause_for(0.05)  # a shorter pause does not shorten the longer one
-    elapsed = _time_acquisitions(gate, 1)
-    assert 0.17 <= elapsed < 0.5
+    async def main(clock):
+        gate = RateGate(None, None, clock=clock)
+        gate.pause_for(0.2)
+        gate.pause_for(0.05)  # a shorter pause does not shorten the longer one
+        await gate.acquire(0)
+        first = clock.elapsed()
+        await gate.acquire(0)  # the pause is over: no more waiting
+        return first, clock.elapsed(), gate.waits
+
+    first, second, waits = run_virtual(main)
+    assert first == pytest.approx(0.2) and second == first
+    assert waits == 1
+
+
+def test_rate_gate_pause_holds_requests_already_queued():
+    """A pause set while requests wait for the bucket delays them too, in order."""
+
+    async def main(clock):
+        gate = RateGate(600, None, burst_seconds=0.1, clock=clock)  # capacity 1, 10/s
+        passed = []
+
+        async def one(i):
+            await gate.acquire(0)
+            passed.append((i, clock.elapsed()))
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(3)]
+        await asyncio.sleep(0.05)  # the first went through; the second waits until 0.1
+        gate.pause_for(1.0)  # a Retry-After of a second arrives
+        await asyncio.gather(*tasks)
+        return passed
+
+    passed = run_virtual(main)
+    assert [i for i, _ in passed] == [0, 1, 2]
+    assert [t for _, t in passed] == pytest.approx([0.0, 1.05, 1.15], abs=1e-6)
+
+
+def test_probed_rate_paces_the_gate_and_grows_with_answers():
+    """No stated limit: after general throttling the gate keeps the pace that was succeeding
+    (8 answers in the last second: 8/s, starting empty), and each answer adds 0.1/s."""
+
+    async def main(clock):
+        gate = RateGate(None, None, clock=clock)
+        for _ in range(8):
+            clock.advance(0.1)
+            gate.answered()
+        gate.throttled()
+        rate_after_cut = gate.rpm / 60
+        start = clock()
+        times = []
+        for _ in range(3):
+            await gate.acquire(0)
+            times.append(clock() - start)
+        gate.answered()
+        return rate_after_cut, times, gate.rpm / 60
+
+    rate, times, grown = run_virtual(main)
+    assert rate == pytest.approx(8.0)
+    assert times == pytest.approx([1 / 8, 2 / 8, 3 / 8], abs=1e-6)
+    assert grown == pytest.approx(8.1)
 
 
 def test_rate_gate_settle_tokens():
@@ -265,25 +342,27 @@ def test_learned_rpm_reported_in_attrs():
 
 
 # -- window -----------------------------------------------------------------------------------------------
+# Waiting for a slot is checked on virtual time: a short virtual sleep lets every ready task run, so
+# "the waiter is still waiting" is a fact, not a guess about how fast the machine is.
 
 
 def test_window_acquire_and_release():
-    async def main():
-        w = Window(2, 4, adaptive=False)
+    async def main(clock):
+        w = Window(2, 4, adaptive=False, clock=clock)
         await w.acquire()
         await w.acquire()
         assert w.active == 2
         third = asyncio.ensure_future(w.acquire())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(1)
         assert not third.done()
         w.release()
-        await asyncio.wait_for(third, 1)
+        await third
         assert w.active == 2
         w.release()
         w.release()
         assert w.active == 0
 
-    asyncio.run(main())
+    run_virtual(main)
 
 
 def test_window_limits():
@@ -296,21 +375,24 @@ def test_window_limits():
 
 
 def test_non_adaptive_window_does_not_move():
-    w = Window(3, 10, adaptive=False)
+    clock = VirtualClock()
+    w = Window(3, 10, adaptive=False, clock=clock)
     w.on_success(0.01)
-    assert not w.on_congestion(time.monotonic(), 0.5)
-    assert w.limit == 3
+    clock.advance(1)
+    assert not w.on_congestion(clock(), 0.5)
+    assert w.limit == 3 and w.cuts == 0
 
 
 def test_adaptive_window_slow_start_and_additive_increase():
-    w = Window(2, 100, adaptive=True)
+    clock = VirtualClock()
+    w = Window(2, 100, adaptive=True, clock=clock)
     w.on_success(0.01)  # slow start: +1 per answer (doubles per round trip)
     assert w.limit == 3.0
     w.on_success(0.01)
     assert w.limit == 4.0
     # a congestion signal cuts the window and sets the threshold; growth is then additive
     w.active = 8
-    assert w.on_congestion(time.monotonic(), 0.5)
+    assert w.on_congestion(clock(), 0.5)
     assert w.limit == 2.0
     assert w.ssthresh == 2.0
     w.on_success(0.01)
@@ -322,51 +404,86 @@ def test_adaptive_window_slow_start_and_additive_increase():
     assert 2.9 < w.limit <= 100
 
 
+def test_window_grows_fast_again_after_a_quiet_spell():
+    """After a cut, growth is additive; once no cut has come for max(1 s, 10 latencies), the cut
+    was an isolated signal and slow start (+1 per answer) resumes."""
+    clock = VirtualClock()
+    w = Window(10, 100, adaptive=True, clock=clock)
+    w.active = 9
+    assert w.on_congestion(clock(), 0.5)
+    assert w.limit == 5.0
+    clock.advance(0.5)  # not yet quiet for a second
+    w.on_success(0.01)
+    assert w.limit == pytest.approx(5.2)
+    clock.advance(0.6)
+    w.on_success(0.01)
+    assert w.ssthresh == 100 and w.limit == pytest.approx(6.2)
+
+
+def test_window_cut_is_once_per_round_trip():
+    clock = VirtualClock()
+    w = Window(16, 16, adaptive=True, clock=clock)
+    w.active = 10
+    sent = clock()
+    clock.advance(0.2)  # the answer comes back a round trip later: the cut is made then
+    assert w.on_congestion(sent, 0.5)
+    first = w.limit
+    assert first == 5.5  # min(limit, in flight + the failing request) * factor
+    assert w.cuts == 1
+    clock.advance(0.05)
+    assert not w.on_congestion(sent, 0.5)  # sent before the cut: news of the same overload
+    assert w.limit == first and w.cuts == 1
+    sent_after_cut = clock()
+    clock.advance(0.2)
+    assert w.on_congestion(sent_after_cut, 0.5)  # sent after the cut: a new signal
+    assert w.limit < first and w.cuts == 2
+
+
 def test_growing_window_wakes_waiters():
-    async def main():
-        w = Window(1, 4, adaptive=True)
+    async def main(clock):
+        w = Window(1, 4, adaptive=True, clock=clock)
         await w.acquire()
         waiter = asyncio.ensure_future(w.acquire())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(1)
         assert not waiter.done()
         w.on_success(0.01)  # limit 2: a slot opens without any release
-        await asyncio.wait_for(waiter, 1)
+        await waiter
         assert w.active == 2
 
-    asyncio.run(main())
+    run_virtual(main)
 
 
 def test_shrinking_window_holds_new_acquires_until_enough_release():
-    async def main():
-        w = Window(4, 4, adaptive=True)
+    async def main(clock):
+        w = Window(4, 4, adaptive=True, clock=clock)
         for _ in range(4):
             await w.acquire()
-        assert w.on_congestion(time.monotonic(), 0.5)
+        assert w.on_congestion(clock(), 0.5)
         assert w.current == 2
         waiter = asyncio.ensure_future(w.acquire())
         w.release()
         w.release()  # 2 in flight: still at the limit
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(1)
         assert not waiter.done()
         w.release()
-        await asyncio.wait_for(waiter, 1)
+        await waiter
         assert w.active == 2
 
-    asyncio.run(main())
+    run_virtual(main)
 
 
 def test_cancelled_waiter_leaves_the_queue():
-    async def main():
-        w = Window(1, 1, adaptive=False)
+    async def main(clock):
+        w = Window(1, 1, adaptive=False, clock=clock)
         await w.acquire()
         waiter = asyncio.ensure_future(w.acquire())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(1)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
         w.release()
         assert w.active == 0
-        await asyncio.wait_for(w.acquire(), 1)  # the slot is free, not leaked
+        await w.acquire()  # the slot is free, not leaked
         assert w.active == 1
 
-    asyncio.run(main())
+    run_virtual(main)
