@@ -8,6 +8,7 @@ drift from the code it describes:
     <!-- error-tree -->           the exception tree drawn in ``batchmagic/_errors.py``'s docstring
     <!-- result-columns -->       the result frame's columns, from ``batchmagic/_frame.py``'s docstring
     <!-- cli-help run -->         ``batchmagic run --help`` (any subcommand words after cli-help)
+    <!-- magic-help -->           the ``%%batch`` flags, as ``%batch?`` lists them
 
 A marker whose source is missing fails the build (``mkdocs build --strict``) instead of
 rendering an empty section.
@@ -20,6 +21,7 @@ import io
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the package from this checkout, as mkdocstrings reads it
     sys.path.insert(0, str(ROOT))
 
-_MARKER = re.compile(r"<!--\s*(options|presets|error-tree|result-columns|cli-help(?:\s+[a-z-]+)*)\s*-->")
+_MARKER = re.compile(r"<!--\s*(options|presets|error-tree|result-columns|magic-help|cli-help(?:\s+[a-z-]+)*)\s*-->")
 HELP_WIDTH = "96"  # columns for argparse, so the help reads the same on every machine
 
 
@@ -62,6 +64,10 @@ def render_marker(words: list[str]) -> str:
         from batchmagic import _frame
 
         return result_columns(_frame.__doc__ or "", _frame.RESULT_COLUMNS)
+    if name == "magic-help":
+        from batchmagic._magic import BatchMagics
+
+        return magic_help(BatchMagics.batch.parser)
     return cli_help(args)
 
 
@@ -178,21 +184,41 @@ def result_columns(docstring: str, required: Iterable[str]) -> str:
 # -- the command line -------------------------------------------------------------------------------
 
 
-def cli_help(words: list[str], main: Callable[[list[str]], Any] | None = None) -> str:
-    """``batchmagic WORDS --help`` as the command prints it, in a code block."""
-    if main is None:
-        from batchmagic.cli import main
-    out = io.StringIO()
+def magic_help(parser: Any) -> str:
+    """The magic's usage and flags (IPython's parser, without the docstring it also holds)."""
+    with _columns(HELP_WIDTH):
+        usage = parser.format_usage()
+        text = parser.format_help()
+    start = text.find("positional arguments:")
+    if start < 0:
+        start = text.find("options:")
+    if start < 0 or "%batch" not in usage:
+        raise DocsBuildError("the %%batch parser printed no flags")
+    usage = textwrap.dedent(usage.replace("::", "", 1).strip("\n")).rstrip()
+    return f"```text\n{usage}\n\n{text[start:].rstrip()}\n```\n"
+
+
+@contextlib.contextmanager
+def _columns(width: str):
+    """argparse wraps at $COLUMNS: the same width on every machine."""
     old = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = HELP_WIDTH
+    os.environ["COLUMNS"] = width
     try:
-        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-            main([*words, "--help"])
+        yield
     finally:
         if old is None:
             os.environ.pop("COLUMNS", None)
         else:
             os.environ["COLUMNS"] = old
+
+
+def cli_help(words: list[str], main: Callable[[list[str]], Any] | None = None) -> str:
+    """``batchmagic WORDS --help`` as the command prints it, in a code block."""
+    if main is None:
+        from batchmagic.cli import main
+    out = io.StringIO()
+    with _columns(HELP_WIDTH), contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        main([*words, "--help"])
     text = out.getvalue().strip()
     if not text.startswith("usage:"):
         raise DocsBuildError(f"`batchmagic {' '.join(words)} --help` printed no usage")

@@ -37,7 +37,7 @@ def test_every_marker_in_the_manual_renders():
         out = hooks.on_page_markdown(text, page=None, config=None, files=None)
         assert not hooks._MARKER.search(out), page
     # the parts the manual promises are generated, not written by hand
-    for marker in ("presets", "error-tree", "result-columns", "cli-help run"):
+    for marker in ("presets", "error-tree", "result-columns", "cli-help run", "magic-help"):
         assert marker in seen, marker
 
 
@@ -71,6 +71,17 @@ def test_cli_help_is_what_the_command_prints():
     assert "--no-cache" in text and "--output" in text
     jobs = hooks.cli_help(["jobs", "list"])
     assert "usage: batchmagic jobs list" in jobs and "--provider" in jobs
+
+
+def test_magic_help_is_the_magics_own_flags():
+    pytest.importorskip("IPython")
+    from batchmagic._magic import BatchMagics
+
+    text = hooks.magic_help(BatchMagics.batch.parser)
+    assert text.startswith("```text\n%batch [")
+    for flag in ("--on VAR", "--output VAR", "--bg", "--dry-run", "--no-cache"):
+        assert flag in text, flag
+    assert "Run an LLM over every row" not in text  # the docstring is the page's, not repeated
 
 
 def test_error_tree_draws_every_error():
