@@ -18,6 +18,11 @@ An *engine* is a model loaded on this machine. It is loaded once (lazily, cached
         def unload(self) -> None                           # free memory (GPU memory included)
         def describe(self) -> dict                         # what ``engines.loaded()`` lists
 
+    and, before anything loads (the engine's ``_registry`` record calls them)::
+
+        locate_model(model: str | None) -> str             # the model that would be loaded
+        concurrency_for(options: dict) -> int              # default_concurrency for these options
+
 ``generate`` and ``embed`` never block the event loop: blocking work runs in a thread (llama.cpp,
 transformers) or in a subprocess batchmagic owns (vLLM, FastDeploy). They report usage (prompt
 and completion tokens) in each ``Parsed`` so the progress display shows tokens/s. They raise:
@@ -40,7 +45,7 @@ from typing import Any
 
 from .. import _tokens
 from .._backend import CONTEXT, FATAL, OK, ROW, TRANSIENT, Outcome, Unit
-from .._errors import ContextLengthError, InputError, RowError
+from .._errors import ConfigError, ContextLengthError, InputError, RowError
 from .._kinds import Parsed
 
 log = logging.getLogger("batchmagic")
@@ -72,6 +77,18 @@ class Engine:
     context_window = 0
     default_concurrency = 1
     alive = True
+
+    @staticmethod
+    def locate_model(model: str | None) -> str:
+        """What the engine loads for ``model=``; a ConfigError if there is no such model here.
+        By default the name goes to the engine as given (it finds the model itself)."""
+        if model is None:
+            raise ConfigError("this engine has no default model: pass model=")
+        return model
+
+    @staticmethod
+    def concurrency_for(options: dict) -> int:
+        return 1
 
     def count_tokens(self, body: dict) -> int:
         raise NotImplementedError

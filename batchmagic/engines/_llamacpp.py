@@ -31,7 +31,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._kinds import Parsed
-from . import _params
+from . import _models, _params
 from ._base import (
     EMPTY_ROW,
     ContextOverflow,
@@ -96,6 +96,8 @@ def _quiet_native_stderr():
 
 class LlamaCppEngine(Engine):
     name = "llama.cpp"
+    locate_model = staticmethod(_models.gguf_path)
+    concurrency_for = staticmethod(default_concurrency)
 
     def __init__(self, spec) -> None:
         from llama_cpp import Llama, llama_chat_format

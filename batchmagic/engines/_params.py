@@ -15,24 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import ConfigError
+from ._registry import find
 
 _ALIASES = {"max_completion_tokens": "max_tokens", "max_new_tokens": "max_tokens",
             "repeat_penalty": "repetition_penalty"}
 
-COMMON = frozenset({"temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed"})
-
-#: the generation parameters each engine takes (after the aliases above)
-SUPPORTED: dict[str, frozenset[str]] = {
-    "llama.cpp": COMMON | {"repetition_penalty", "presence_penalty", "frequency_penalty",
-                           "typical_p", "response_format", "n"},
-    "transformers": COMMON | {"min_tokens", "repetition_penalty", "chat_template_kwargs", "n"},
-    "vllm": COMMON | {"min_tokens", "presence_penalty", "frequency_penalty", "repetition_penalty",
-                      "stop_token_ids", "bad_words", "ignore_eos", "skip_special_tokens",
-                      "include_stop_str_in_output", "chat_template_kwargs", "n"},
-    "fastdeploy": COMMON | {"min_tokens", "presence_penalty", "frequency_penalty",
-                            "repetition_penalty", "stop_token_ids", "bad_words",
-                            "reasoning_max_tokens", "chat_template_kwargs", "n"},
-}
 #: embeddings take no generation parameters
 EMBEDDING_OK = frozenset({"encoding_format", "dimensions", "user"})
 _CHAT_ONLY = frozenset({"response_format", "chat_template_kwargs"})
@@ -50,7 +37,8 @@ def normalise(params: dict) -> dict:
 
 
 def check(engine: str, kind: str, params: dict) -> dict:
-    """Validate one body's parameters for ``engine``; returns them normalised."""
+    """Validate one body's parameters for ``engine`` (the parameters each engine takes are in its
+    ``_registry`` record); returns them normalised."""
     params = normalise(params)
     if kind == "embedding":
         unknown = sorted(set(params) - EMBEDDING_OK)
@@ -62,7 +50,7 @@ def check(engine: str, kind: str, params: dict) -> dict:
         if params.get("dimensions") is not None:
             raise ConfigError(f"the {engine} engine cannot shorten embeddings (dimensions=)")
         return params
-    allowed = SUPPORTED[engine]
+    allowed = find(engine).params
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ConfigError(

@@ -45,12 +45,6 @@ DEFAULT_LOAD_TIMEOUT = 1800.0
 _live: weakref.WeakSet = weakref.WeakSet()
 
 
-def default_concurrency(name: str, options: dict) -> int:
-    if name == "vllm":
-        return 2 * int(options.get("max_num_seqs") or 256)  # the scheduler's queue never runs dry
-    return int(options.get("workers") or 64)
-
-
 def _stop_all_at_exit() -> None:
     for engine in list(_live):
         try:
@@ -63,6 +57,16 @@ atexit.register(_stop_all_at_exit)
 
 
 class SubprocessEngine(Engine):
+    """The batchmagic side of a worker process; a subclass per engine says what differs."""
+
+    #: batchmagic's own options the engine's constructor also takes
+    shared_options: tuple[str, ...] = ()
+
+    @staticmethod
+    def sampling_kwargs(params: dict) -> dict:
+        """The engine's ``SamplingParams`` keyword arguments for a row's (normalised) params."""
+        raise NotImplementedError
+
     def __init__(self, spec) -> None:
         self.spec = spec
         self.name = spec.engine
@@ -72,9 +76,8 @@ class SubprocessEngine(Engine):
         options = dict(spec.options)
         python = options.get("python") or sys.executable
         load_timeout = float(options.get("load_timeout") or DEFAULT_LOAD_TIMEOUT)
-        engine_options = {k: v for k, v in options.items() if k not in OWN_OPTIONS}
-        if "workers" in options and self.name == "fastdeploy":
-            engine_options["workers"] = options["workers"]
+        engine_options = {k: v for k, v in options.items()
+                          if k not in OWN_OPTIONS or k in self.shared_options}
         self._pending: dict[int, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
         self._next_id = 0
@@ -223,10 +226,7 @@ class SubprocessEngine(Engine):
         _, params = split_body(body)
         params = _params.normalise(params)
         params.pop("chat_template_kwargs", None)
-        if self.name == "vllm":
-            sampling = _params.vllm_sampling_kwargs(params)
-        else:
-            sampling = _params.fastdeploy_sampling_kwargs(params)
+        sampling = self.sampling_kwargs(params)
         rid, fut = self._request({"op": "generate", **item, "sampling": sampling,
                                   "default_max_tokens": _tokens.DEFAULT_MAX_OUTPUT})
         try:
@@ -308,6 +308,23 @@ class SubprocessEngine(Engine):
             d["mean_queue_s"] = m["queue_s"] / m["timed"]
             d["mean_ttft_s"] = m["ttft_s"] / m["timed"]
         return d
+
+
+class VllmEngine(SubprocessEngine):
+    sampling_kwargs = staticmethod(_params.vllm_sampling_kwargs)
+
+    @staticmethod
+    def concurrency_for(options: dict) -> int:
+        return 2 * int(options.get("max_num_seqs") or 256)  # the scheduler's queue never runs dry
+
+
+class FastDeployEngine(SubprocessEngine):
+    sampling_kwargs = staticmethod(_params.fastdeploy_sampling_kwargs)
+    shared_options = ("workers",)  # FastDeploy's LLM sizes its own pool with it too
+
+    @staticmethod
+    def concurrency_for(options: dict) -> int:
+        return int(options.get("workers") or 64)
 
 
 def _tail(path: str, lines: int = 3) -> str:

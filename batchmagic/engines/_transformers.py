@@ -102,6 +102,8 @@ class _Request:
 
 class TransformersEngine(Engine):
     name = "transformers"
+    locate_model = staticmethod(model_location)
+    concurrency_for = staticmethod(default_concurrency)
 
     def __init__(self, spec) -> None:
         import torch
