@@ -98,7 +98,9 @@ class Dispatcher:
         self.price = price  # per-row cost from real usage, when the price is known
         self.budget = budget
         self.breaker = breaker
-        self.clock = clock  # latencies and congestion times; the limits carry their own
+        # latencies and congestion times; the limits carry their own. Parked retries are the
+        # event loop's timers: a test that moves time runs the loop on this clock too
+        self.clock = clock
         self.spent = 0.0  # cost of the answers received in this run
         self.aborted: BaseException | None = None  # what stopped the run (fatal error, budget, ...)
         self.cancelled = False

@@ -12,7 +12,9 @@
   at most once per round trip.
 * header parsing: ``Retry-After`` (seconds or HTTP date), ``retry-after-ms``, ``x-ratelimit-*``.
 
-Every class takes ``clock`` (default ``time.monotonic``) so tests can move time by hand.
+Every class takes ``clock`` (default ``time.monotonic``) so tests can move time by hand. The gate
+and the window wait on the event loop (``asyncio.sleep``, futures), so a test that moves time runs
+the loop on the same clock.
 """
 
 from __future__ import annotations

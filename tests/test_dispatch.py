@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 from conftest import AsyncServer, Server, chat_answer, echo_chat, run
+from virtual_time import run_virtual
 
 import batchmagic as bm
 from batchmagic._backend import OK, RATE_LIMIT, TRANSIENT, Outcome, Unit
@@ -82,16 +83,27 @@ def test_500_every_time_is_a_server_error_after_retries():
 
 
 def test_429_with_retry_after_ms_then_200():
-    s = Server(_sequence(httpx.Response(429, json={"error": {"message": "Rate limit reached"}},
-                                        headers={"retry-after-ms": "50"})))
-    t0 = time.monotonic()
+    """The retry waits what retry-after-ms says. The hint (1.2 s) is longer than any backoff a
+    first 429 gets without one (0.5 to 1 s), so a gap of at least 1.2 s shows it was read; how
+    much longer a loaded machine takes does not matter. (That the hint is honoured exactly, not
+    more, is checked on virtual time below.)"""
+    arrived: list[float] = []
+
+    def stamped(handler):
+        def answer(req, body):
+            arrived.append(time.monotonic())
+            return handler(req, body)
+        return answer
+
+    s = Server(stamped(_sequence(httpx.Response(
+        429, json={"error": {"message": "Rate limit reached"}}, headers={"retry-after-ms": "1200"}))))
     df = run(["a"], server=s)
-    elapsed = time.monotonic() - t0
     assert df["output"][0] == "echo:a"
     assert df["attempts"][0] == 2
     assert s.count == 2
     assert df.attrs["batchmagic"]["rate_limited"] == 1
-    assert 0.04 <= elapsed < 2.0  # it waited about what it was told, not a long backoff
+    gap = arrived[1] - arrived[0]
+    assert 1.2 <= gap < 12.0, gap  # at least what it was told; the upper bound only catches a hang
 
 
 def test_401_stops_the_run():
@@ -195,8 +207,11 @@ def test_remote_protocol_error_is_connection_lost():
 
 
 def test_hard_deadline():
+    """A server that would answer after a minute: the attempt ends at its deadline (0.2 s), not
+    at the answer. The bound on the wall time is 50 times the deadline: it tells "ended at the
+    deadline" from "waited for the answer" on any machine."""
     async def slow(req, body):
-        await asyncio.sleep(5)
+        await asyncio.sleep(60)
         return httpx.Response(200, json=chat_answer("late"))
 
     s = AsyncServer(slow)
@@ -207,7 +222,7 @@ def test_hard_deadline():
     assert isinstance(err, bm.DeadlineError)
     assert err.possibly_billed
     assert "0.2" in str(err)
-    assert elapsed < 2.0
+    assert 0.2 <= elapsed < 10.0, elapsed
 
 
 def test_async_handler_success():
@@ -253,6 +268,10 @@ def test_raise_for_errors():
 
 
 # -- the dispatcher with a fake backend ----------------------------------------------------------------
+# On virtual time (tests/virtual_time.py): the dispatcher, its window and its gate share one clock
+# with the event loop, so the backend's latencies, the parked retries and the gate's waits take no
+# wall time and happen exactly when due. Timings are asserted exactly; a loaded machine cannot
+# move them.
 
 FAST = RetryPolicy(retries=3, rate_limit_retries=5, billed_retries=1, backoff_base=0.01,
                    rate_limit_base=0.01, backoff_max=0.05, max_wait=1.0)
@@ -263,20 +282,22 @@ def ok(unit: Unit, prefix: str = "out") -> Outcome:
 
 
 class FakeBackend:
-    """``script(unit, n_call) -> Outcome`` after ``latency(unit)`` seconds; tracks concurrency."""
+    """``script(unit, n_call) -> Outcome`` after ``latency(unit)`` seconds; tracks concurrency and
+    when each call started (by ``clock``)."""
 
     name = "fake"
 
-    def __init__(self, script=None, latency=None):
+    def __init__(self, script=None, latency=None, clock=time.monotonic):
         self.script = script or (lambda unit, n: ok(unit))
         self.latency = latency or (lambda unit: 0)
+        self.clock = clock
         self.calls: list[tuple[float, Unit]] = []
         self.active = 0
         self.max_active = 0
         self.closed = False
 
     async def call(self, unit: Unit) -> Outcome:
-        self.calls.append((time.monotonic(), unit))
+        self.calls.append((self.clock(), unit))
         n = len(self.calls)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -291,24 +312,27 @@ class FakeBackend:
 
 
 def make_dispatcher(n: int, backend: FakeBackend, *, window: int = 4, maximum: int | None = None,
-                    adaptive: bool = False, policy: RetryPolicy = FAST, rpm=None) -> Dispatcher:
+                    adaptive: bool = False, policy: RetryPolicy = FAST, rpm=None,
+                    clock=time.monotonic) -> Dispatcher:
     units = [Unit([i], body=i, tokens=1) for i in range(n)]
-    return Dispatcher(units, n, backend, window=Window(window, maximum or window, adaptive=adaptive),
-                      gate=RateGate(rpm, None), policy=policy, progress=Progress(requests=n))
+    return Dispatcher(units, n, backend,
+                      window=Window(window, maximum or window, adaptive=adaptive, clock=clock),
+                      gate=RateGate(rpm, None, clock=clock), policy=policy,
+                      progress=Progress(requests=n), clock=clock)
 
 
 def test_results_land_on_their_items_whatever_the_completion_order():
     rng = random.Random(7)
     delays = {i: rng.uniform(0, 0.02) for i in range(60)}
-    backend = FakeBackend(latency=lambda unit: delays[unit.items[0]])
     done_order: list[int] = []
 
-    async def main():
-        d = make_dispatcher(60, backend, window=16)
+    async def main(clock):
+        backend = FakeBackend(latency=lambda unit: delays[unit.items[0]], clock=clock)
+        d = make_dispatcher(60, backend, window=16, clock=clock)
         d.on_item = done_order.append
         return await d.run()
 
-    results = asyncio.run(main())
+    results = run_virtual(main)
     assert results.output == [f"out{i}" for i in range(60)]
     assert all(results.done)
     assert all(e is None for e in results.error)
@@ -319,25 +343,27 @@ def test_results_land_on_their_items_whatever_the_completion_order():
 def test_packed_units_map_each_item():
     units = [Unit([0, 2, 4], body="a", tokens=3), Unit([1, 3], body="b", tokens=2)]
 
-    async def main():
-        d = Dispatcher(units, 5, FakeBackend(), window=Window(2, 2, adaptive=False),
-                       gate=RateGate(None, None), policy=FAST, progress=Progress())
+    async def main(clock):
+        d = Dispatcher(units, 5, FakeBackend(clock=clock),
+                       window=Window(2, 2, adaptive=False, clock=clock),
+                       gate=RateGate(None, None, clock=clock), policy=FAST, progress=Progress(),
+                       clock=clock)
         return await d.run()
 
-    assert asyncio.run(main()).output == [f"out{i}" for i in range(5)]
+    assert run_virtual(main).output == [f"out{i}" for i in range(5)]
 
 
 @pytest.mark.parametrize("limit", [1, 3, 8])
 def test_window_never_exceeds_its_limit(limit):
     rng = random.Random(limit)
-    backend = FakeBackend(latency=lambda unit: rng.uniform(0, 0.01))
 
-    async def main():
-        d = make_dispatcher(50, backend, window=limit)
+    async def main(clock):
+        backend = FakeBackend(latency=lambda unit: rng.uniform(0, 0.01), clock=clock)
+        d = make_dispatcher(50, backend, window=limit, clock=clock)
         await d.run()
-        return d
+        return d, backend
 
-    d = asyncio.run(main())
+    d, backend = run_virtual(main)
     assert backend.max_active <= limit
     assert backend.max_active == limit  # and it is used in full
     assert d.window.active == 0
@@ -345,34 +371,36 @@ def test_window_never_exceeds_its_limit(limit):
 
 
 def test_adaptive_window_never_exceeds_its_maximum():
-    backend = FakeBackend(latency=lambda unit: 0.002)
-
-    async def main():
-        d = make_dispatcher(200, backend, window=2, maximum=10, adaptive=True)
+    async def main(clock):
+        backend = FakeBackend(latency=lambda unit: 0.002, clock=clock)
+        d = make_dispatcher(200, backend, window=2, maximum=10, adaptive=True, clock=clock)
         await d.run()
-        return d
+        return d, backend
 
-    d = asyncio.run(main())
+    d, backend = run_virtual(main)
     assert backend.max_active <= 10
     assert d.window.current <= 10
     assert backend.max_active > 2  # slow start grew it
 
 
 def test_cancel_mid_run():
-    backend = FakeBackend(latency=lambda unit: 0.01 if unit.items[0] < 4 else 5.0)
+    """Four rows answer at once, four more are in flight for 5 s when the run is cancelled: the
+    run ends without waiting for them."""
 
-    async def main():
-        d = make_dispatcher(20, backend, window=4)
+    async def main(clock):
+        backend = FakeBackend(latency=lambda unit: 0.01 if unit.items[0] < 4 else 5.0,
+                              clock=clock)
+        d = make_dispatcher(20, backend, window=4, clock=clock)
         task = asyncio.ensure_future(d.run())
         while sum(d.results.done) < 4 or backend.active < 4:
             await asyncio.sleep(0.005)
+        cancelled_at = clock()
         d.cancel()
-        results = await asyncio.wait_for(task, 2)
-        return d, results
+        results = await task
+        return d, backend, results, clock() - cancelled_at
 
-    t0 = time.monotonic()
-    d, r = asyncio.run(main())
-    assert time.monotonic() - t0 < 2
+    d, backend, r, took = run_virtual(main)
+    assert took < 0.1  # not the 5 s the requests in flight would take
     assert d.cancelled
     finished = [i for i in range(20) if r.output[i] is not None]
     in_flight = [i for i in range(20) if isinstance(r.error[i], bm.CancelledRowError)]
@@ -388,20 +416,20 @@ def test_cancel_mid_run():
 
 
 def test_cancel_while_a_retry_is_parked():
-    backend = FakeBackend(script=lambda unit, n: Outcome(TRANSIENT, error_type=ServerError,
-                                                          message="503"))
     slow = RetryPolicy(retries=3, backoff_base=5.0, backoff_max=5.0)
 
-    async def main():
-        d = make_dispatcher(1, backend, window=1, policy=slow)
+    async def main(clock):
+        backend = FakeBackend(script=lambda unit, n: Outcome(TRANSIENT, error_type=ServerError,
+                                                              message="503"), clock=clock)
+        d = make_dispatcher(1, backend, window=1, policy=slow, clock=clock)
         task = asyncio.ensure_future(d.run())
-        while not backend.calls:
+        while d.progress.retrying == 0:  # the failed row is parked for its backoff (2.5-5 s)
             await asyncio.sleep(0.005)
-        await asyncio.sleep(0.02)
         d.cancel()
-        return await asyncio.wait_for(task, 2)
+        return await task, backend
 
-    r = asyncio.run(main())
+    r, backend = run_virtual(main)
+    assert len(backend.calls) == 1  # cancelled before the retry came due
     # it was sent once: the row keeps what that attempt got, and says why it was not retried
     err = r.error[0]
     assert isinstance(err, bm.ServerError) and not isinstance(err, bm.NotSentError)
@@ -410,18 +438,18 @@ def test_cancel_while_a_retry_is_parked():
 
 
 def test_cancelling_the_run_task_cancels_the_dispatcher():
-    backend = FakeBackend(latency=lambda unit: 5.0)
-
-    async def main():
-        d = make_dispatcher(5, backend, window=2)
+    async def main(clock):
+        backend = FakeBackend(latency=lambda unit: 5.0, clock=clock)
+        d = make_dispatcher(5, backend, window=2, clock=clock)
         task = asyncio.ensure_future(d.run())
-        await asyncio.sleep(0.05)
+        while backend.active < 2:
+            await asyncio.sleep(0.005)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, 2)
+            await task
         return d
 
-    d = asyncio.run(main())
+    d = run_virtual(main)
     assert d.cancelled
     assert all(d.results.done)
     assert sum(isinstance(e, bm.CancelledRowError) for e in d.results.error) == 2
@@ -429,27 +457,25 @@ def test_cancelling_the_run_task_cancels_the_dispatcher():
 
 
 def test_pause_and_resume():
-    backend = FakeBackend(latency=lambda unit: 0.01)
-
-    async def main():
-        d = make_dispatcher(40, backend, window=2)
+    async def main(clock):
+        backend = FakeBackend(latency=lambda unit: 0.01, clock=clock)
+        d = make_dispatcher(40, backend, window=2, clock=clock)
         task = asyncio.ensure_future(d.run())
         while len(backend.calls) < 5:
             await asyncio.sleep(0.002)
         d.pause()
         assert d.progress.state == "paused"
-        await asyncio.sleep(0.05)  # let what was already past the pause check finish
+        await asyncio.sleep(0.05)  # what was already past the pause check finishes
         frozen = len(backend.calls)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(10)  # virtual: everything that could start has had its chance
         assert len(backend.calls) == frozen, "a call started while paused"
         assert backend.active == 0
         assert frozen < 40
         d.resume()
         assert d.progress.state == "running"
-        results = await asyncio.wait_for(task, 5)
-        return results, frozen
+        return await task, backend
 
-    r, frozen = asyncio.run(main())
+    r, backend = run_virtual(main)
     assert all(e is None for e in r.error)
     assert r.output == [f"out{i}" for i in range(40)]
     assert len(backend.calls) == 40
@@ -457,15 +483,15 @@ def test_pause_and_resume():
 
 @pytest.mark.parametrize("retries", [0, 1, 3])
 def test_retries_are_bounded(retries):
-    backend = FakeBackend(script=lambda unit, n: Outcome(TRANSIENT, error_type=ServerError,
-                                                          message="overloaded", status=503))
     policy = RetryPolicy(retries=retries, backoff_base=0.001, backoff_max=0.01)
 
-    async def main():
-        d = make_dispatcher(1, backend, window=1, policy=policy)
-        return await d.run(), d
+    async def main(clock):
+        backend = FakeBackend(script=lambda unit, n: Outcome(
+            TRANSIENT, error_type=ServerError, message="overloaded", status=503), clock=clock)
+        d = make_dispatcher(1, backend, window=1, policy=policy, clock=clock)
+        return await d.run(), d, backend
 
-    r, d = asyncio.run(main())
+    r, d, backend = run_virtual(main)
     assert len(backend.calls) == retries + 1
     err = r.error[0]
     assert isinstance(err, bm.ServerError)
@@ -473,29 +499,46 @@ def test_retries_are_bounded(retries):
     assert d.progress.retries == retries
 
 
+def test_transient_backoff_doubles_with_equal_jitter():
+    """A retry waits between half and all of base * 2^(n-1), capped at backoff_max: never zero."""
+    policy = RetryPolicy(retries=5, backoff_base=1.0, backoff_max=6.0)
+
+    async def main(clock):
+        backend = FakeBackend(script=lambda unit, n: Outcome(
+            TRANSIENT, error_type=ServerError, message="503", status=503), clock=clock)
+        d = make_dispatcher(1, backend, window=1, policy=policy, clock=clock)
+        await d.run()
+        return [t for t, _ in backend.calls]
+
+    starts = run_virtual(main)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert len(gaps) == 5
+    for gap, cap in zip(gaps, [1.0, 2.0, 4.0, 6.0, 6.0]):
+        assert cap / 2 <= gap <= cap + 1e-6, (gaps, cap)
+
+
 def test_possibly_billed_transient_failures_are_retried_once():
-    backend = FakeBackend(script=lambda unit, n: Outcome(TRANSIENT, error_type=bm.DeadlineError,
-                                                          message="late", possibly_billed=True))
+    async def main(clock):
+        backend = FakeBackend(script=lambda unit, n: Outcome(
+            TRANSIENT, error_type=bm.DeadlineError, message="late", possibly_billed=True),
+            clock=clock)
+        d = make_dispatcher(1, backend, window=1, clock=clock)
+        return await d.run(), d, backend
 
-    async def main():
-        d = make_dispatcher(1, backend, window=1)
-        return await d.run(), d
-
-    r, d = asyncio.run(main())
+    r, d, backend = run_virtual(main)
     assert len(backend.calls) == 2
     assert r.error[0].possibly_billed
     assert d.possibly_billed == 2
 
 
 def test_rate_limit_retries_are_bounded_too():
-    backend = FakeBackend(script=lambda unit, n: Outcome(RATE_LIMIT, error_type=RateLimitError,
-                                                          message="429", retry_after=0.001))
+    async def main(clock):
+        backend = FakeBackend(script=lambda unit, n: Outcome(
+            RATE_LIMIT, error_type=RateLimitError, message="429", retry_after=0.001), clock=clock)
+        d = make_dispatcher(1, backend, window=1, clock=clock)
+        return await d.run(), backend
 
-    async def main():
-        d = make_dispatcher(1, backend, window=1)
-        return await d.run()
-
-    r = asyncio.run(main())
+    r, backend = run_virtual(main)
     assert len(backend.calls) == FAST.rate_limit_retries + 1
     assert isinstance(r.error[0], bm.RateLimitError)
 
@@ -506,12 +549,56 @@ def test_backend_exception_is_a_row_error_not_a_crash():
             raise KeyError("bug")
         return ok(unit)
 
-    async def main():
-        return await make_dispatcher(3, FakeBackend(script=script)).run()
+    async def main(clock):
+        return await make_dispatcher(3, FakeBackend(script=script, clock=clock),
+                                     clock=clock).run()
 
-    r = asyncio.run(main())
+    r = run_virtual(main)
     assert r.output[0] == "out0" and r.output[2] == "out2"
     assert isinstance(r.error[1], bm.RowError) and "KeyError" in str(r.error[1])
+
+
+def test_a_stray_429_waits_its_retry_after_exactly_not_a_backoff():
+    """One row is throttled with Retry-After 0.3 s while backoffs would be 5-10 s: only that row
+    waits, exactly 0.3 s after its 429 came back; the others are not held up."""
+    policy = RetryPolicy(rate_limit_base=10.0, backoff_base=10.0, backoff_max=10.0)
+
+    def script(unit, n):
+        if n == 1:
+            return Outcome(RATE_LIMIT, error_type=RateLimitError, message="429", retry_after=0.3)
+        return ok(unit)
+
+    async def main(clock):
+        backend = FakeBackend(script=script, latency=lambda unit: 0.1, clock=clock)
+        d = make_dispatcher(3, backend, window=1, policy=policy, clock=clock)
+        r = await d.run()
+        return r, [(t - clock.start, u.items[0]) for t, u in backend.calls]
+
+    r, calls = run_virtual(main)
+    assert all(e is None for e in r.error)
+    assert [i for _, i in calls] == [0, 1, 2, 0]  # the others went on; the row came back last
+    # row 0's 429 came back at 0.1; rows 1 and 2 took 0.1 each; row 0 again at 0.1 + 0.3
+    assert [t for t, _ in calls] == pytest.approx([0.0, 0.1, 0.2, 0.4], abs=1e-6)
+
+
+def test_a_transient_retry_after_is_honoured_when_longer_than_the_backoff():
+    policy = RetryPolicy(retries=2, backoff_base=0.01, backoff_max=0.01)
+
+    def script(unit, n):
+        if n == 1:
+            return Outcome(TRANSIENT, error_type=ServerError, message="503", status=503,
+                           retry_after=2.0)
+        return ok(unit)
+
+    async def main(clock):
+        backend = FakeBackend(script=script, clock=clock)
+        d = make_dispatcher(1, backend, window=1, policy=policy, clock=clock)
+        r = await d.run()
+        return r, [t - clock.start for t, _ in backend.calls]
+
+    r, starts = run_virtual(main)
+    assert r.output == ["out0"]
+    assert starts == pytest.approx([0.0, 2.0], abs=1e-6)
 
 
 def test_rate_limit_storm_with_retry_after_pauses_the_whole_run():
@@ -520,31 +607,31 @@ def test_rate_limit_storm_with_retry_after_pauses_the_whole_run():
     pause = 0.3
     returned: list[float] = []
 
-    def script(unit, n):
-        if n <= 6:
-            returned.append(time.monotonic())
-            return Outcome(RATE_LIMIT, error_type=RateLimitError, message="429", retry_after=pause,
-                           overloaded=True)
-        return ok(unit)
+    async def main(clock):
+        def script(unit, n):
+            if n <= 6:
+                returned.append(clock())
+                return Outcome(RATE_LIMIT, error_type=RateLimitError, message="429",
+                               retry_after=pause, overloaded=True)
+            return ok(unit)
 
-    backend = FakeBackend(script=script, latency=lambda unit: 0.01)
+        backend = FakeBackend(script=script, latency=lambda unit: 0.01, clock=clock)
+        d = make_dispatcher(30, backend, window=4, clock=clock)
+        return await d.run(), d, backend
 
-    async def main():
-        d = make_dispatcher(30, backend, window=4)
-        return await d.run(), d
-
-    r, d = asyncio.run(main())
+    r, d, backend = run_virtual(main)
     assert all(e is None for e in r.error)
     assert d.progress.rate_limited == 6
-    t_429 = returned[-1]
-    starts = [t for t, _ in backend.calls]
-    # requests already past the gate when the 429 came back may still start a moment later;
-    # nothing else starts until the pause is over
-    during = [round(t - t_429, 3) for t in starts if t_429 + 0.02 < t < t_429 + pause - 0.02]
-    assert during == []
-    after = [t for t in starts if t > t_429 + 0.02]
-    assert after and min(after) >= t_429 + pause - 0.02
     assert len(backend.calls) == 36
+    # from the 4th throttled answer on (4 recent answers, 2 or more throttled) throttling is
+    # general: after each such 429 nothing starts until its Retry-After has passed. (A request
+    # that was past the gate when the 429 came back would start a few clock ticks later: 1e-6.)
+    starts = [t for t, _ in backend.calls]
+    general = returned[3:]
+    for t in general:
+        assert [s - t for s in starts if t + 1e-6 < s < t + pause - 1e-6] == []
+    # and the run goes on the moment the pause is over
+    assert min(s for s in starts if s > general[0]) == pytest.approx(general[0] + pause, abs=1e-6)
 
 
 def test_aimd_window_drops_on_rate_limit_then_grows():
@@ -558,15 +645,14 @@ def test_aimd_window_drops_on_rate_limit_then_grows():
                            overloaded=True)
         return ok(unit)
 
-    backend = FakeBackend(script=script, latency=lambda unit: 0.001)
-
-    async def main():
-        d = make_dispatcher(120, backend, window=8, maximum=16, adaptive=True)
+    async def main(clock):
+        backend = FakeBackend(script=script, latency=lambda unit: 0.001, clock=clock)
+        d = make_dispatcher(120, backend, window=8, maximum=16, adaptive=True, clock=clock)
         d_ref.append(d)
         await d.run()
         return d
 
-    d = asyncio.run(main())
+    d = run_virtual(main)
     assert d.window.cuts >= 1
     before = seen[19]
     after_cut = min(seen[20:])
@@ -575,17 +661,36 @@ def test_aimd_window_drops_on_rate_limit_then_grows():
     assert d.window.limit <= 16
 
 
-def test_window_cut_is_once_per_round_trip():
-    w = Window(16, 16, adaptive=True)
-    w.active = 10
-    sent = time.monotonic()
-    assert w.on_congestion(sent, 0.5)
-    first = w.limit
-    assert first == 5.5  # min(limit, in flight + the failing request) * factor
-    assert not w.on_congestion(sent, 0.5)  # sent before the cut: does not cut again
-    assert w.limit == first
-    assert w.on_congestion(time.monotonic() + 1, 0.5)
-    assert w.limit < first
+def test_a_latency_blow_up_cuts_the_window_once_per_round_trip():
+    """Answers that suddenly take twenty times as long (queueing at the server) cut the adaptive
+    window; while the queueing lasts it is cut again, but never twice within one round trip: the
+    answers already in flight at a cut carry no news."""
+    slow = 0.2
+    cuts: list[float] = []
+
+    class RecordingWindow(Window):
+        def on_congestion(self, sent_at, factor):
+            cut = super().on_congestion(sent_at, factor)
+            if cut:
+                cuts.append(self.clock())
+            return cut
+
+    async def main(clock):
+        backend = FakeBackend(latency=lambda unit: 0.01 if unit.items[0] < 100 else slow,
+                              clock=clock)
+        units = [Unit([i], body=i, tokens=1) for i in range(160)]
+        d = Dispatcher(units, 160, backend, window=RecordingWindow(4, 8, adaptive=True, clock=clock),
+                       gate=RateGate(None, None, clock=clock), policy=FAST,
+                       progress=Progress(requests=160), clock=clock)
+        await d.run()
+        return d
+
+    d = run_virtual(main)
+    assert all(e is None for e in d.results.error)
+    assert len(cuts) >= 1 and d.window.cuts == len(cuts)
+    assert d.window.current < 8  # it ended smaller than the pool it grew to
+    gaps = [b - a for a, b in zip(cuts, cuts[1:])]
+    assert all(gap >= slow - 1e-6 for gap in gaps), gaps
 
 
 def test_fatal_outcome_stops_the_dispatcher():
@@ -594,14 +699,13 @@ def test_fatal_outcome_stops_the_dispatcher():
             return Outcome("fatal", error_type=bm.FatalProviderError, message="no key", status=401)
         return ok(unit)
 
-    backend = FakeBackend(script=script)
-
-    async def main():
-        d = make_dispatcher(20, backend, window=1)
+    async def main(clock):
+        backend = FakeBackend(script=script, clock=clock)
+        d = make_dispatcher(20, backend, window=1, clock=clock)
         await d.run()
-        return d
+        return d, backend
 
-    d = asyncio.run(main())
+    d, backend = run_virtual(main)
     r = d.results
     assert isinstance(d.aborted, bm.FatalProviderError)
     assert r.output[:2] == ["out0", "out1"]
@@ -611,14 +715,12 @@ def test_fatal_outcome_stops_the_dispatcher():
 
 
 def test_rpm_gate_paces_the_dispatcher():
-    backend = FakeBackend()
-
-    async def main():
-        # 600 rpm = 10/s with a burst of 10: 14 requests need about 0.4 s
-        d = make_dispatcher(14, backend, window=4, rpm=600)
-        t0 = time.monotonic()
+    # 600 rpm = 10/s with a burst of 10: the first 10 start at once, the next 4 come 0.1 s apart
+    async def main(clock):
+        backend = FakeBackend(clock=clock)
+        d = make_dispatcher(14, backend, window=4, rpm=600, clock=clock)
         await d.run()
-        return time.monotonic() - t0
+        return [t - clock.start for t, _ in backend.calls]
 
-    elapsed = asyncio.run(main())
-    assert 0.3 <= elapsed < 1.5
+    starts = run_virtual(main)
+    assert starts == pytest.approx([0.0] * 10 + [0.1, 0.2, 0.3, 0.4], abs=1e-6)
