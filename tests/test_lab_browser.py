@@ -53,7 +53,9 @@ def _notebook(path: Path) -> None:
         code("_ = sim.configure(faults={'500': 0.1, '400_context': 0.1}, fault_seed=2)"),
         code("%%batch chat --on reviews -o risky -c 16 --no-cache\n"
              "In one word, what product is this review about? {text}"),
-        code("_ = sim.configure(faults={}, latency=0.1)"),
+        # each request of the background run takes a minute: it is still running whenever the
+        # test gets to its buttons, however slow the machine; Cancel ends it
+        code("_ = sim.configure(faults={}, latency=60.0)"),
         code("%%batch chat --on reviews -o summaries -c 2 --bg --no-cache\n"
              "Summarise in five words: {text}"),
     ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -82,6 +84,10 @@ def lab(tmp_path):
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # every cell stays in the page: "full" windowing would detach cells scrolled out of view
+    tracker = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     root = tmp_path / "root"
     root.mkdir()
     _notebook(root / "panel.ipynb")
@@ -121,83 +127,102 @@ def lab(tmp_path):
             proc.wait(5)
 
 
-def _text(locator) -> str:
-    return re.sub(r"\s+", " ", locator.inner_text())
+# Every check below is a Playwright locator with auto-waiting (``expect``): JupyterLab re-renders a
+# panel when its cell's display is updated (the final update at the end of a run draws a new
+# widget view), so an element handle kept across that points at a node no longer in the page
+# ("Element is not attached to the DOM"), and text read once may be from before the update.
 
 
 def _run_all(page) -> None:
-    """Run > Run All Cells once the kernel is connected and idle; again if Lab dropped the
-    request (a run issued while the kernel is still connecting leaves the cells unexecuted)."""
-    first_prompt = page.locator(".jp-Cell .jp-InputPrompt").first
+    """Run > Run All Cells once the kernel is connected and idle; again only if Lab dropped the
+    request (a run issued while the kernel is still connecting leaves every cell unexecuted)."""
+    from playwright.sync_api import expect
+
+    prompts = page.locator(".jp-Cell .jp-InputPrompt")
+    started = prompts.filter(has_text=re.compile(r"\[[*0-9]+\]"))
     for attempt in range(3):
-        page.get_by_text(re.compile(r"Python 3.* \| Idle")).first.wait_for()
+        expect(page.get_by_text(re.compile(r"Python 3.* \| Idle")).first).to_be_visible()
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:
-            page.wait_for_function("e => /\\[[*0-9]+\\]/.test(e.innerText)",
-                                   arg=first_prompt.element_handle(), timeout=20_000)
+            # Lab marks queued cells [*] at once, before the kernel answers
+            expect(started.first).to_be_visible(timeout=30_000)
             return
-        except Exception:
-            if attempt == 2:
+        except AssertionError:
+            if attempt == 2 or started.count():  # never run the cells twice
                 raise
 
 
+def _expect_text(locator, *needles) -> None:
+    from playwright.sync_api import expect
+
+    for needle in needles:
+        expect(locator).to_contain_text(needle)
+
+
+def _expect_buttons(panel, *, enabled: bool) -> None:
+    from playwright.sync_api import expect
+
+    buttons = panel.locator("button")
+    expect(buttons).to_have_text(["Pause", "Resume", "Cancel"])
+    for i in range(3):
+        if enabled:
+            expect(buttons.nth(i)).to_be_enabled()
+        else:
+            expect(buttons.nth(i)).to_be_disabled()
+
+
 def test_panel_in_jupyterlab(lab):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     url, log_text = lab
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "lab-failure.png").unlink(missing_ok=True)  # only this run's failure, if any
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.set_default_timeout(TIMEOUT_MS)
         try:
             page.goto(f"{url}/lab/tree/panel.ipynb")
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
             _run_all(page)
 
             panels = page.locator(".batchmagic-panel.widget-vbox")  # the widget, not a fallback
             green = panels.nth(0)
-            green.locator("text=done").wait_for()
-            text = _text(green)
-            assert "chat qwen-plus @ simulator" in text
-            assert "120 rows → 120 requests" in text
-            assert "120 / 120 requests (100%)" in text and "ok 120" in text and "failed 0" in text
-            assert "req/s" in text and "tok/s" in text
+            _expect_text(green, "done", "chat qwen-plus @ simulator", "120 rows → 120 requests",
+                         "120 / 120 rows (100%)", "120/120 requests", "ok 120", "failed 0",
+                         "req/s", "tok/s")
             bar = green.locator(".widget-hprogress .progress-bar")
-            assert bar.evaluate("e => e.style.width") == "100%"
-            assert "progress-bar-success" in (bar.get_attribute("class") or "")
-            buttons = green.locator("button")
-            assert [b.strip() for b in buttons.all_inner_texts()] == ["Pause", "Resume", "Cancel"]
-            assert all(buttons.nth(i).is_disabled() for i in range(3))  # foreground: interrupt
+            expect(bar).to_have_attribute("style", re.compile(r"width:\s*100%"))
+            expect(bar).to_have_class(re.compile(r"\bprogress-bar-success\b"))
+            _expect_buttons(green, enabled=False)  # foreground: interrupt the kernel instead
             green.screenshot(path=str(ARTIFACTS / "panel.png"))
 
             red = panels.nth(1)
-            red.locator("text=failed").first.wait_for()
-            page.wait_for_function(
-                "e => /finished, \\d+ failed/.test(e.innerText)", arg=red.element_handle())
-            text = _text(red)
-            assert "ContextLengthError" in text and "120 / 120 requests" in text
-            assert "progress-bar-danger" in (
-                red.locator(".widget-hprogress .progress-bar").get_attribute("class") or "")
+            _expect_text(red, re.compile(r"finished, \d+ failed"), "ContextLengthError",
+                         "120/120 requests")
+            expect(red.locator(".widget-hprogress .progress-bar")).to_have_class(
+                re.compile(r"\bprogress-bar-danger\b"))
             red.screenshot(path=str(ARTIFACTS / "panel-errors.png"))
 
             bg = panels.nth(2)
             pause, resume, cancel = (bg.locator("button", has_text=n) for n in
                                      ("Pause", "Resume", "Cancel"))
-            page.wait_for_function("e => !e.disabled", arg=pause.element_handle())
+            _expect_text(bg, "running")
+            expect(pause).to_be_enabled()
             pause.click()
-            bg.locator("text=paused").first.wait_for()
+            _expect_text(bg, "paused")
+            expect(resume).to_be_enabled()
             bg.screenshot(path=str(ARTIFACTS / "panel-paused.png"))
-            page.wait_for_function("e => !e.disabled", arg=resume.element_handle())
             resume.click()
-            bg.locator("text=running").first.wait_for()
+            _expect_text(bg, "running")
+            expect(cancel).to_be_enabled()
             cancel.click()
-            bg.locator("text=cancelled").first.wait_for()
-            assert "not started" in _text(bg)
-            assert all(bg.locator("button").nth(i).is_disabled() for i in range(3))
+            _expect_text(bg, "cancelled", "not started")
+            _expect_buttons(bg, enabled=False)
             bg.screenshot(path=str(ARTIFACTS / "panel-background.png"))
+            expect(panels).to_have_count(3)
             page.screenshot(path=str(ARTIFACTS / "lab.png"), full_page=True)
             assert SENTINEL not in page.content()
         except Exception as exc:
