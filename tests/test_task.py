@@ -39,7 +39,8 @@ def _gated_server(release: threading.Event, fast=("a", "b")) -> AsyncServer:
     return AsyncServer(answer)
 
 
-def _wait_for(cond, timeout=5.0):
+def _wait_for(cond, timeout=30.0):
+    """Wait until ``cond()`` holds; the deadline only ends a test that would hang."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -50,12 +51,10 @@ def _wait_for(cond, timeout=5.0):
 def test_submit_returns_at_once_and_wait_returns_the_frame():
     release = threading.Event()
     s = _gated_server(release)
-    t0 = time.monotonic()
     task = _submit(["a", "b", "c", "d"], server=s, concurrency=4)
-    assert time.monotonic() - t0 < 2.0  # the server holds every answer: it returned without them
     assert isinstance(task, bm.BatchTask)
     assert task.task_count() == 4 and len(task) == 4
-    assert not task.done()
+    assert not task.done()  # the server holds two answers until released: it returned without them
     _wait_for(lambda: task.finished_count() == 2)
     assert not task.done()
     assert task.finished_count() == 2
@@ -189,17 +188,22 @@ def test_cancel_before_the_run_starts_is_applied():
 
 
 def test_pause_and_resume_a_task():
-    s = AsyncServer(_slowish_echo)
+    release = threading.Event()
+    s = _gated_server(release, fast=())
     task = _submit([f"r{i}" for i in range(30)], server=s, concurrency=1)
-    _wait_for(lambda: s.count >= 2)
+    # the first request is held at the server; the sender has taken the next row and waits for
+    # the one slot
+    _wait_for(lambda: s.count == 1)
     task.pause()
-    time.sleep(0.1)
-    frozen = s.count
-    time.sleep(0.25)
-    assert s.count == frozen
-    assert not task.done()
+    _wait_for(lambda: task.progress.state == "paused")
+    release.set()
+    # the first answers; the row taken before the pause still goes, and nothing after it
+    _wait_for(lambda: task.finished_count() == 2)
+    time.sleep(0.3)  # a paused run sends nothing, however long it is watched
+    assert s.count == 2
+    assert not task.done() and task.progress.state == "paused"
     task.resume()
-    df = task.wait(5)
+    df = task.wait(30)
     assert df["error"].isna().all()
     assert s.count == 30
 
@@ -257,13 +261,22 @@ def test_cancelling_abatch_cancels_the_run():
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.1)
+        # the run stops on batchmagic's own loop: wait until the journal says it has ended
+        deadline = time.monotonic() + 30
+        while _latest_run_state() != "cancelled":
+            assert time.monotonic() < deadline, _latest_run_state()
+            await asyncio.sleep(0.01)
         after = s.count
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # an ended run sends nothing, however long it is watched
         return after, s.count
 
     after, later = asyncio.run(main())
     assert after == later < 500
+
+
+def _latest_run_state() -> str | None:
+    runs = bm.runs(limit=1)
+    return None if runs.empty else runs["state"].iloc[0]
 
 
 def test_abatch_config_errors_raise_in_the_caller():
