@@ -86,9 +86,6 @@ class BudgetGuard:
         self.reserved = 0.0  # worst case of requests in flight
         self.changed = asyncio.Event()
 
-    def worst_case(self, prompt_tokens: int, max_output: int) -> float:
-        return self.price.cost(prompt_tokens, max_output)
-
     def try_reserve(self, amount: float) -> bool:
         if self.spent + self.reserved + amount > self.budget + 1e-12:
             return False

@@ -46,7 +46,6 @@ class Durable:
         # the file is replaced (deleted, or damaged and moved aside) they are written again
         self._saved: list[int] = []
         self._generation = journal.generation
-        self.write_seconds = 0.0  # time spent committing, for the overhead report
 
     # -- before: the cache --------------------------------------------------------------------
 
@@ -173,10 +172,8 @@ class Durable:
         fut.add_done_callback(lambda f: self._written(f, batch))
 
     def _write(self, batch: list[int]) -> None:
-        t0 = time.perf_counter()
         self._commit(batch)
         self._saved.extend(batch)
-        self.write_seconds += time.perf_counter() - t0
 
     def _commit(self, batch: list[int]) -> None:
         """Write ``batch``. If the journal file was replaced since this run's last write, the

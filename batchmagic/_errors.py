@@ -68,7 +68,12 @@ class BatchError(Exception):
 
 
 class ConfigError(BatchError, ValueError):
-    """The call cannot run as given. Raised before anything is sent."""
+    """The call cannot run as given. Raised before anything is sent. ``option`` names the
+    option at fault, when one is (the magic and the CLI show it as their flag)."""
+
+    def __init__(self, message: str = "", *, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 class TemplateError(ConfigError):

@@ -692,6 +692,29 @@ _journals: dict[str, Journal] = {}
 _journals_lock = threading.Lock()
 
 
+def peek(folder: Path | None, keys: list[str]) -> set[str]:
+    """The ``keys`` the journal in ``folder`` has answered, read-only: nothing is created,
+    changed or moved aside (``bm.estimate`` writes no file). No journal, or one that cannot be
+    read as it is: none."""
+    path = None if folder is None else Path(folder) / "journal.sqlite3"
+    if path is None or not path.is_file() or not keys:
+        return set()
+    found: set[str] = set()
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+                chunk = keys[start:start + 900]
+                found.update(key for (key,) in conn.execute(
+                    f"SELECT key FROM rows WHERE status = 'ok' AND key IN "
+                    f"({','.join('?' * len(chunk))})", chunk))
+        finally:
+            conn.close()
+    except sqlite3.Error:  # damaged or locked: the run itself deals with it
+        return set()
+    return found
+
+
 def open_journal(folder: Path) -> Journal:
     """One open journal per folder per process."""
     key = str(folder.resolve())

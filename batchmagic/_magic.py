@@ -35,56 +35,48 @@ from . import _api
 from ._display import TextDisplay, summary_line
 from ._errors import ConfigError
 from ._inputs import is_foreign_table
-from ._kinds import KINDS
+from ._options import KINDS, OPTIONS, PARAM_FLAGS, Option, as_flag_message
 
-#: option -> (type, help). The order is the order ``%config BatchMagics`` lists them in.
-OPTIONS: dict[str, tuple[type, str]] = {
-    "kind": (str, "What to ask for: chat, completion, embedding or image (default chat)."),
-    "on": (str, "Name of the DataFrame, Series or list in the notebook whose rows are sent "
-                "(default: the cell's text is one prompt)."),
-    "output": (str, "Name of the variable the result frame is assigned to (default: the cell's "
-                    "output value). With bg, bound at once to a frame that fills in."),
-    "model": (str, "Model name, e.g. qwen-plus or gpt-4o-mini."),
-    "provider": (str, "Provider preset: openai, dashscope, ark, qianfan, deepseek, vllm, ollama, "
-                      "llamacpp, simulator. Its key comes from the provider's usual env var."),
-    "base_url": (str, "Any OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1."),
-    "engine": (str, "Offline engine (llama.cpp, vllm, fastdeploy, transformers)."),
-    "mode": (str, "online (default), batch-api (the provider's Batch API: about half the price, "
-                  "answers within its window; bm.jobs() follows it) or batch-chat."),
-    "concurrency": (int, "Most requests in flight (default: adaptive up to the preset's ceiling)."),
-    "rpm": (float, "Requests per minute (default: learned from the provider's headers)."),
-    "tpm": (float, "Tokens per minute (default: learned from the provider's headers)."),
-    "system": (str, "System prompt for chat."),
-    "max_tokens": (int, "max_tokens for each answer."),
-    "temperature": (float, "Sampling temperature."),
-    "budget": (float, "Stop before spending more than this many USD."),
-    "dry_run": (bool, "Show the plan (rows, requests, first prompt, endpoint); send nothing."),
-    "bg": (bool, "Run in the background: the cell returns at once, the panel's buttons work."),
-    "cache": (bool, "Answer rows already done from the journal (default True; --no-cache "
-                    "sends every row again)."),
-}
+#: what only the magic takes (where the rows come from and go, and how the cell runs)
+MAGIC_ONLY: tuple[Option, ...] = (
+    Option("on", "str | None", None, "Name of the DataFrame, Series or list in the notebook whose "
+           "rows are sent (default: the cell's text is one prompt).", "magic", flags=("--on",),
+           metavar="VAR", text=str, config=True),
+    Option("output", "str | None", None, "Name of the variable the result frame is assigned to "
+           "(default: the cell's output value). With --bg, bound at once to a frame that fills "
+           "in.", "magic", flags=("-o", "--output"), metavar="VAR", text=str, config=True),
+    Option("dry_run", "bool", False, "Show the plan (rows, requests, first prompt, endpoint, "
+           "key); send nothing.", "magic", flags=("--dry-run",), text=bool, config=True),
+    Option("bg", "bool", False, "Run in the background: the cell returns at once, the panel's "
+           "buttons work.", "magic", flags=("--bg",), text=bool, config=True),
+)
+#: the magic's options: the run's (those that can be written in a cell), its flags for params,
+#: and its own. The order is the order ``%config BatchMagics`` lists them in.
+MAGIC_OPTIONS: dict[str, Option] = {
+    o.name: o for o in (*MAGIC_ONLY[:2], *(o for o in OPTIONS if o.text is not None),
+                        *PARAM_FLAGS, *MAGIC_ONLY[2:])}
+#: options settable as defaults (%config, [tool.batchmagic], BATCHMAGIC_*)
+CONFIGURABLE: dict[str, Option] = {n: o for n, o in MAGIC_OPTIONS.items() if o.config}
 #: options naming where rows go: taken together from one layer (see the module docstring)
 WHERE = ("provider", "base_url", "engine")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def _trait(name: str):
+def _trait(opt: Option):
     """The traitlet behind one option: None means "not set here" (the next layer decides)."""
-    kind, help = OPTIONS[name]
-    if name == "kind":
-        return Enum(KINDS, default_value=None, allow_none=True, help=help).tag(config=True)
-    if name == "mode":
-        return Enum(("online", "batch-api", "batch-chat"), default_value=None, allow_none=True,
-                    help=help).tag(config=True)
-    cls = {str: Unicode, int: Int, float: Float, bool: Bool}[kind]
-    return cls(default_value=None, allow_none=True, help=help).tag(config=True)
+    if opt.choices:
+        return Enum(opt.choices, default_value=None, allow_none=True,
+                    help=opt.doc).tag(config=True)
+    cls = {str: Unicode, int: Int, float: Float, bool: Bool}[opt.text]
+    return cls(default_value=None, allow_none=True, help=opt.doc).tag(config=True)
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Check (and for env strings, parse) one default; a wrong type is a UsageError naming where
     the value came from."""
-    kind = OPTIONS[name][0]
+    opt = CONFIGURABLE[name]
+    kind = opt.text
     if isinstance(value, str) and kind is not str:
         text = value.strip().lower()
         try:
@@ -100,14 +92,42 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ok, value = True, float(value)
     if not ok:
         raise UsageError(f"{source}: {name} must be {_type_name(kind)}, got {value!r}")
-    if name == "kind" and value not in KINDS:
-        raise UsageError(f"{source}: kind must be one of {', '.join(KINDS)}, got {value!r}")
+    if opt.choices and value not in opt.choices:
+        raise UsageError(f"{source}: {name} must be one of {', '.join(opt.choices)}, got "
+                         f"{value!r}")
     return value
 
 
 def _type_name(kind: type) -> str:
     return {str: "a string", int: "a whole number", float: "a number",
             bool: "true or false"}[kind]
+
+
+def _flags_of(opt: Option) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The argparse flags and settings of one option in a cell."""
+    settings: dict[str, Any] = {"help": opt.doc}
+    if opt.text is bool:  # a flag says the opposite of the default
+        settings.update(action="store_const", const=not opt.default, dest=opt.name)
+    else:
+        settings["dest"] = opt.name
+        if opt.choices:
+            settings["choices"] = opt.choices
+        else:
+            settings["metavar"] = opt.metavar or opt.name.upper()
+        if opt.text in (int, float):
+            settings["type"] = opt.text
+    return opt.flags, settings
+
+
+def _cell_flags(fn):
+    """``@magic_arguments`` for %%batch, generated from the option table: the kind as the first
+    word, then every option with a flag."""
+    for opt in reversed([o for o in MAGIC_OPTIONS.values() if o.flags and o.name != "kind"]):
+        flags, settings = _flags_of(opt)
+        fn = argument(*flags, **settings)(fn)
+    fn = argument("kind", nargs="?", choices=KINDS, help="chat (default), completion, "
+                  "embedding or image")(fn)
+    return magic_arguments()(fn)
 
 
 _pyproject_cache: dict[Path, tuple[int, dict]] = {}
@@ -147,11 +167,11 @@ def pyproject_defaults(start: Path | None = None) -> dict[str, Any]:
     values = {}
     for key, value in table.items():
         name = key.replace("-", "_")
-        if name not in OPTIONS:
-            close = difflib.get_close_matches(name, OPTIONS, n=1)
+        if name not in CONFIGURABLE:
+            close = difflib.get_close_matches(name, CONFIGURABLE, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UsageError(f"{path} [tool.batchmagic]: unknown option {key!r}{hint}; "
-                             f"the options are: {', '.join(OPTIONS)}")
+                             f"the options are: {', '.join(CONFIGURABLE)}")
         values[name] = _coerce(name, value, f"{path} [tool.batchmagic]")
     _pyproject_cache[path] = (mtime, values)
     return dict(values)
@@ -161,9 +181,9 @@ def env_defaults(environ: dict | None = None) -> dict[str, Any]:
     """``BATCHMAGIC_<OPTION>`` environment variables, parsed."""
     environ = os.environ if environ is None else environ
     values = {}
-    for name in OPTIONS:
+    for name, opt in CONFIGURABLE.items():
         var = f"BATCHMAGIC_{name.upper()}"
-        if var in environ and (environ[var] != "" or OPTIONS[name][0] is bool):
+        if var in environ and (environ[var] != "" or opt.text is bool):
             values[name] = _coerce(name, environ[var], var)
     return values
 
@@ -185,24 +205,8 @@ class BatchMagics(Magics):
     """``%%batch``: run an LLM over every row of a DataFrame from a cell. Options are traitlets,
     so ``%config BatchMagics.model = "qwen-plus"`` sets a default for every cell."""
 
-    kind = _trait("kind")
-    on = _trait("on")
-    output = _trait("output")
-    model = _trait("model")
-    provider = _trait("provider")
-    base_url = _trait("base_url")
-    engine = _trait("engine")
-    mode = _trait("mode")
-    concurrency = _trait("concurrency")
-    rpm = _trait("rpm")
-    tpm = _trait("tpm")
-    system = _trait("system")
-    max_tokens = _trait("max_tokens")
-    temperature = _trait("temperature")
-    budget = _trait("budget")
-    dry_run = _trait("dry_run")
-    bg = _trait("bg")
-    cache = _trait("cache")
+    # one trait per configurable option, from the table (a class body's namespace is a dict)
+    locals().update({name: _trait(opt) for name, opt in CONFIGURABLE.items()})
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
@@ -211,30 +215,7 @@ class BatchMagics(Magics):
 
     # -- %%batch --------------------------------------------------------------------------------
 
-    @magic_arguments()
-    @argument("kind", nargs="?", choices=KINDS, help="chat (default), completion, embedding "
-              "or image")
-    @argument("--on", metavar="VAR", help="the DataFrame, Series or list whose rows are sent")
-    @argument("-o", "--output", metavar="VAR", help="assign the result frame to VAR")
-    @argument("-m", "--model", metavar="MODEL", help="model name")
-    @argument("-p", "--provider", metavar="PROVIDER", help="provider preset (openai, dashscope, "
-              "ark, qianfan, deepseek, vllm, ollama, llamacpp, simulator)")
-    @argument("--base-url", metavar="URL", help="any OpenAI-compatible endpoint")
-    @argument("--engine", metavar="NAME", help="offline engine")
-    @argument("--mode", choices=("online", "batch-api", "batch-chat"),
-              help="online (default), batch-api or batch-chat")
-    @argument("-c", "--concurrency", metavar="N", type=int, help="most requests in flight")
-    @argument("--rpm", metavar="N", type=float, help="requests per minute")
-    @argument("--tpm", metavar="N", type=float, help="tokens per minute")
-    @argument("--system", metavar="TEXT", help="system prompt (chat)")
-    @argument("--max-tokens", metavar="N", type=int, help="max_tokens per answer")
-    @argument("--temperature", metavar="X", type=float, help="sampling temperature")
-    @argument("--budget", metavar="USD", type=float, help="stop before spending more")
-    @argument("--dry-run", action="store_const", const=True, help="show the plan, send nothing")
-    @argument("--bg", action="store_const", const=True,
-              help="run in the background; -o VAR is bound at once and fills in")
-    @argument("--no-cache", dest="cache", action="store_const", const=False,
-              help="send every row again instead of answering from the journal")
+    @_cell_flags
     @line_cell_magic
     def batch(self, line: str, cell: str | None = None):
         """Run an LLM over every row: the cell body is the prompt template.
@@ -290,7 +271,7 @@ class BatchMagics(Magics):
     def resolve(self, flags: dict[str, Any]) -> dict[str, Any]:
         """Every option's value: flag, then %config, then pyproject.toml, then environment."""
         given = {k: v for k, v in flags.items() if v is not None}
-        configured = {name: getattr(self, name) for name in OPTIONS
+        configured = {name: getattr(self, name) for name in CONFIGURABLE
                       if getattr(self, name) is not None}
         return merge([given, configured, pyproject_defaults(), env_defaults()])
 
@@ -318,15 +299,11 @@ class BatchMagics(Magics):
 
     @staticmethod
     def _call_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
-        kwargs = {k: opts.get(k) for k in ("kind", "model", "provider", "base_url", "engine",
-                                           "mode", "system", "concurrency", "rpm", "tpm",
-                                           "budget")}
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        params = {k: opts[k] for k in ("max_tokens", "temperature") if opts.get(k) is not None}
+        """The keywords of the bm call: the run's options as given, the param flags in params."""
+        kwargs = {o.name: opts[o.name] for o in OPTIONS if opts.get(o.name) is not None}
+        params = {o.name: opts[o.name] for o in PARAM_FLAGS if opts.get(o.name) is not None}
         if params:
             kwargs["params"] = params
-        if opts.get("cache") is False:
-            kwargs["cache"] = False
         return kwargs
 
     @staticmethod
@@ -334,7 +311,7 @@ class BatchMagics(Magics):
         try:
             return fn(inputs, prompt, **kwargs)
         except ConfigError as exc:  # misuse, found before anything was sent: no traceback
-            raise UsageError(str(exc)) from None
+            raise UsageError(_as_flags(exc)) from None
 
     def _report_stop(self, df: pd.DataFrame, out: str | None) -> None:
         """One line after a stopped foreground run (a text bar has already printed its own)."""
@@ -448,12 +425,37 @@ def _has_rows(value: Any) -> bool:
 
 def _parse(magic, line: str):
     """Flags as a shell would split them (IPython's own splitter keeps the quotes around
-    ``--system "Be brief."``); argparse errors are UsageErrors."""
+    ``--system "Be brief."``); argparse errors are UsageErrors, and a mistyped flag gets a
+    suggestion."""
     try:
         argv = shlex.split(line)
     except ValueError as exc:
         raise UsageError(f"cannot read the flags: {exc}") from None
-    return magic.parser.parse_args(argv)
+    parser = magic.parser
+    known = [s for action in parser._actions for s in action.option_strings]
+    for word in argv:  # a mistyped flag first: its value would be taken for something else
+        flag = word.split("=", 1)[0]
+        if flag.startswith("--") and not any(k.startswith(flag) for k in known):
+            raise UsageError(_unknown_flag(known, flag))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UsageError(_unknown_flag(known, unknown[0]))
+    return args
+
+
+def _unknown_flag(known: list[str], word: str) -> str:
+    flag = word.split("=", 1)[0]
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    if flag.startswith("-"):
+        hint = f"; did you mean {close[0]}?" if close else f" (the flags: {', '.join(known)})"
+        return f"{flag}: no such flag{hint}"
+    return (f"unexpected {word!r} on the %%batch line: the prompt goes in the cell body, and a "
+            "flag's value with spaces needs quotes")
+
+
+def _as_flags(exc: ConfigError) -> str:
+    """A ConfigError as a cell author reads it: the option named by its flag (-m/--model)."""
+    return as_flag_message(exc, MAGIC_OPTIONS)
 
 
 def _find(run_id: str | None):

@@ -22,6 +22,7 @@ import sys
 from importlib import resources
 
 from ._errors import ConfigError
+from ._options import OPTIONS, PARAM_FLAGS, as_flag_message
 
 # -- files in and out --------------------------------------------------------------------------------
 
@@ -161,13 +162,6 @@ def _row_counts(out) -> str:
     return f"{len(out)} rows: {ok} ok{from_journal}, {failed} failed"
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
 def _parse_params(text: str | None) -> dict:
     import json
 
@@ -260,23 +254,43 @@ def _run(args: argparse.Namespace) -> int:
 
     # all that can fail without the provider is checked before the first request is paid for
     _check_output(args.output, args.input)
+    options = {o.name: getattr(args, o.name) for o in OPTIONS
+               if getattr(args, o.name, None) is not None}
     params = _parse_params(args.params)
-    if args.max_tokens is not None:
-        params["max_tokens"] = args.max_tokens
-    if args.temperature is not None:
-        params["temperature"] = args.temperature
+    params.update({o.name: getattr(args, o.name) for o in PARAM_FLAGS
+                   if getattr(args, o.name) is not None})
+    if params:
+        options["params"] = params
+    if args.mode == "batch-api":
+        options["batch_options"] = _batch_options(args)
     df = _read_table(args.input)
     prompt = args.prompt if args.prompt is not None else _default_prompt(df, args.input)
-    out = bm.batch(
-        df, prompt, kind=args.kind, model=args.model, provider=args.provider,
-        base_url=args.base_url, engine=args.engine, system=args.system, params=params or None,
-        concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, progress=not args.quiet,
-        cache=not args.no_cache, mode=args.mode,
-        batch_options=_batch_options(args) if args.mode == "batch-api" else None,
-    )
-    _save(out, args.output, journal=not args.no_cache)
+    out = bm.batch(df, prompt, **options)
+    _save(out, args.output, journal=args.cache is not False)
     print(f"wrote {args.output}: {_row_counts(out)}", file=sys.stderr)
     return 0 if out["error"].isna().all() else 1
+
+
+_FLAGGED = {o.name: o for o in (*OPTIONS, *PARAM_FLAGS)}
+#: the run command's own short flags: -p is its prompt (the magic's -p is the provider), -o its
+#: output file
+_CLI_OWN = {"-p", "-o"}
+
+
+def _add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """Every option with a flag, from the option table (as the magic's are)."""
+    for opt in (*OPTIONS, *PARAM_FLAGS):
+        flags = tuple(f for f in opt.flags if f not in _CLI_OWN)
+        if opt.text is None or not flags:
+            continue
+        settings: dict = {"help": opt.doc, "dest": opt.name, "default": None}
+        if opt.text is bool:  # the flag says the opposite of the default
+            settings.update(action="store_const", const=not opt.default)
+        elif opt.choices:
+            settings["choices"] = opt.choices
+        else:
+            settings.update(metavar=opt.metavar, type=opt.text)
+        parser.add_argument(*flags, **settings)
 
 
 def _save(out, path: str, *, journal: bool) -> None:
@@ -413,8 +427,6 @@ def _jobs(args: argparse.Namespace) -> int:
 def _jobs_create(args: argparse.Namespace, cache) -> int:
     from batchmagic import _api
     from batchmagic.batchapi._files import read_request_lines, validate_lines
-    from batchmagic.batchapi._handle import BatchJob
-
     kwargs = dict(kind=args.kind, model=args.model, provider=args.provider,
                   base_url=args.base_url, system=args.system, mode="batch-api",
                   progress=not args.quiet, batch_options=_batch_options(args), cache=cache)
@@ -428,16 +440,17 @@ def _jobs_create(args: argparse.Namespace, cache) -> int:
         ids, bodies = read_request_lines(validate_lines(data, "ark"))
         models = {b.get("model") or args.model for b in bodies}
         if len(models) > 1:
-            raise _api.ConfigError(f"a batch job holds one model; the file names {len(models)}: "
+            raise ConfigError(f"a batch job holds one model; the file names {len(models)}: "
                                    f"{', '.join(sorted(map(str, models)))}")
-        run = _api._Run(bodies, None, _api._options(kwargs))
+        run = _api._run_for(bodies, None, kwargs)
         import pandas as pd
 
+        # the result frame shows each line's custom_id beside its request
         run.plan.frame = pd.DataFrame({"custom_id": ids, "input": bodies},
                                       index=run.plan.frame.index)
     else:
-        run = _api._Run(_read_table(args.input), args.prompt, _api._options(kwargs))
-    job = BatchJob._submit(run)
+        run = _api._run_for(_read_table(args.input), args.prompt, kwargs)
+    job = _api._start(run)
     if not args.wait:
         job._wait_submitted()
         print(f"job {job.id} submitted; `batchmagic jobs status {job.id}` to follow it, "
@@ -495,26 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                           ".txt file or a table with one text column: that text as it is)")
     run.add_argument("-o", "--output", required=True,
                      help="where to write the result: .csv, .tsv, .jsonl, .json or .parquet")
-    run.add_argument("-k", "--kind", default="chat", choices=["chat", "completion", "embedding", "image"])
-    run.add_argument("-m", "--model")
-    run.add_argument("--provider")
-    run.add_argument("--base-url")
-    run.add_argument("--engine", help="run offline: llama.cpp, transformers, vllm, fastdeploy")
-    run.add_argument("--system")
     run.add_argument("--params", help="JSON object of generation parameters")
-    run.add_argument("--max-tokens", type=int)
-    run.add_argument("--temperature", type=_finite_float)
-    run.add_argument("-c", "--concurrency", type=int)
-    run.add_argument("--rpm", type=float)
-    run.add_argument("--tpm", type=float)
-    run.add_argument("-q", "--quiet", action="store_true")
-    run.add_argument("--no-cache", action="store_true",
-                     help="send every row again instead of answering from the journal, and "
-                          "keep no journal of this run")
-    run.add_argument("--mode", choices=["online", "batch-api", "batch-chat"],
-                     help="online (default); batch-api: the provider's Batch API (about half the "
-                          "price, answers within the completion window); batch-chat: its Batch "
-                          "Chat endpoint")
+    _add_option_flags(run)
     _add_batch_flags(run)
     run.set_defaults(fn=_run)
 
@@ -530,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         from batchmagic import BatchError
 
         if isinstance(exc, BatchError):  # one line, no traceback: the message says what to do
-            print("batchmagic: " + " ".join(str(exc).split()), file=sys.stderr)
+            text = as_flag_message(exc, _FLAGGED, _CLI_OWN) if isinstance(exc, ConfigError) \
+                else str(exc)
+            print("batchmagic: " + " ".join(text.split()), file=sys.stderr)
             return 2
         raise
 

@@ -462,14 +462,14 @@ def test_queued_requests_are_stored_compactly():
     the body dicts behind them are dropped once the bytes exist (the first stays, for showing)."""
     import tracemalloc
 
-    from batchmagic import _api
+    from batchmagic import _api, _run
 
     texts = [f"question {i}" for i in range(5_000)]
-    opts = _api._options(dict(provider="simulator", base_url="http://127.0.0.1:9/v1",
-                              model="m", progress=False, cache=False))
+    opts = dict(provider="simulator", base_url="http://127.0.0.1:9/v1", model="m",
+                progress=False, cache=False)
     tracemalloc.start()
     try:
-        run = _api._Run(texts, "Answer: {}", opts)
+        run = _api._run_for(texts, "Answer: {}", opts)
         kept, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -477,7 +477,7 @@ def test_queued_requests_are_stored_compactly():
     assert all(len(u.body) < 200 for u in run.units)
     assert kept < 5_000 * 1_000, kept  # was over 4 KB per queued request
     assert run.plan.items[0].body is not None and run.plan.items[1].body is None
-    _api._recent.remove(run)
+    _run._recent.remove(run)
 
 
 # -- tables from other libraries, and inputs with no clear rows --------------------------------------------

@@ -73,7 +73,7 @@ def test_load_ext_registers_the_magics():
 
 def test_every_option_is_a_configurable_traitlet_with_help():
     traits = _magic.BatchMagics.class_traits(config=True)
-    assert set(traits) == set(_magic.OPTIONS)
+    assert set(traits) == set(_magic.CONFIGURABLE)
     for name, trait in traits.items():
         assert trait.help, name
 
@@ -234,11 +234,13 @@ def test_pause_resume_cancel_line_magics(ip, sim, capsys):
     ("--on reviews -m m", "Label {txt}", "names column 'txt'.*columns are: 'text'"),
     ("--on notes -m m", "{text}", "notes is a dict"),
     ("--on reviews -m m --rpm fast", "{text}", "invalid float value: 'fast'"),
-    ("--on reviews -m m --bogus", "{text}", "unrecognized arguments: --bogus"),
+    ("--on reviews -m m --bogus", "{text}", "--bogus: no such flag"),
+    ("--on reviews -m m --max-tokns 5", "{text}", "--max-tokns: no such flag; did you mean "
+                                                  "--max-tokens\\?"),
     ("chatty --on reviews -m m", "{text}", "invalid choice: 'chatty'"),
     ("--on reviews -m m -o 1x", "{text}", "-o needs a variable name"),
-    ("--on reviews", "{text}", "model= is required"),
-    ("--on reviews -m m -c 0", "{text}", "concurrency must be a positive integer"),
+    ("--on reviews", "{text}", "^-m/--model is required: which simulator model"),
+    ("--on reviews -m m -c 0", "{text}", "^-c/--concurrency must be a positive integer"),
     ("--on reviews -m m --budget -1", "{text}", "budget must be a positive number"),
     ("--on reviews -m m --engine no-such-engine", "{text}", "engine"),
 ])

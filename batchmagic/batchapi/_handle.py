@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 
 from .. import _loop
-from .._api import BatchTask
 from .._dispatch import ItemResults
 from .._errors import ConfigError
 from .._frame import build_frame
@@ -26,7 +25,7 @@ from .._journal import Journal, default_folder, folder_for, open_journal
 from .._progress import Progress, Snapshot
 from ._jobs import Access, JobEngine, JobStatus, fill_results
 from ._modes import SECRET_OPTIONS, check_options
-from ._run import RunDriver, driver_for
+from ._run import RunDriver
 
 STATUS_TIMEOUT = 120.0
 
@@ -53,7 +52,7 @@ def _merge(statuses: list[JobStatus]) -> JobStatus:
         sum(s.failed for s in statuses), [b for s in statuses for b in s.batches])
 
 
-class BatchJob(BatchTask):
+class BatchJob:
     """A provider Batch API job (about half the online price; answers within its completion
     window, typically 24 hours).
 
@@ -61,32 +60,26 @@ class BatchJob(BatchTask):
     ``result()`` wait for it and return the result frame (the same shape as an online run's);
     ``cancel()`` stops it at the provider (finished rows are kept); ``resubmit()`` sends the rows
     still unanswered as a new job, ``finish_online()`` sends them through the online API. Jobs
-    live in the journal: ``bm.jobs()`` lists them after a kernel restart.
+    live in the journal: ``bm.jobs()`` lists them after a kernel restart. A provider's queue
+    cannot be paused, so there is no ``pause()``.
     """
 
     def __init__(self, job_id: str | None, journal: Journal, *, access: Access | None = None,
-                 record: dict | None = None, run: Any = None, future: Any = None,
-                 driver: RunDriver | None = None):
-        # no BatchTask.__init__: a job can live in a journal without a run in this process
+                 record: dict | None = None, task: Any = None, driver: RunDriver | None = None):
         self.id = job_id
         self._journal = journal
         self._access = access or Access()
         self._record = record or {}
-        self._run = run
-        self._future = future
+        self._task = task  # the run following this job in this process (bm.submit), if any
         self._driver = driver
         self._engine: JobEngine | None = None
 
     @classmethod
-    def _submit(cls, run: Any) -> BatchJob:
-        driver = driver_for(run)
-        driver.background = True
-        driver.prepare()  # recorded in the journal before this returns
-        run.open_display(background=True)
-        future = _loop.submit(run.execute())
+    def for_task(cls, task: Any, driver: RunDriver) -> BatchJob:
+        """The handle of a job ``bm.submit`` started in this process (already in the journal)."""
         job = driver.new_job.job_id if driver.new_job is not None else (
             driver.job_ids[0] if driver.job_ids else None)
-        return cls(job, run.durable.journal, access=driver.access, run=run, future=future,
+        return cls(job, driver.run.durable.journal, access=driver.access, task=task,
                    driver=driver)
 
     # -- engines --------------------------------------------------------------------------------
@@ -116,15 +109,15 @@ class BatchJob(BatchTask):
     def wait(self, timeout: float | None = None, *, progress: bool = True) -> pd.DataFrame:
         """Wait for the job to end and return the result frame. ``TimeoutError`` after
         ``timeout`` seconds (the job goes on at the provider)."""
-        if self._future is not None:
-            return self._future.result(timeout)
+        if self._task is not None:
+            return self._task.wait(timeout)
         return self._on_loop(self._collect(progress), timeout)
 
     result = wait
 
     def done(self) -> bool:
-        if self._future is not None:
-            return self._future.done()
+        if self._task is not None:
+            return self._task.done()
         return all(e.state == "finished" for e in self._engines())
 
     def _wait_submitted(self, timeout: float = 900.0) -> None:
@@ -135,12 +128,12 @@ class BatchJob(BatchTask):
             return
         deadline = time.monotonic() + timeout
         while not self._driver.submitted.wait(0.2):
-            if self._future is not None and self._future.done():
+            if self._task is not None and self._task.done():
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.id} was not submitted within {timeout:g} s")
-        if self._future is not None and self._future.done():
-            self._future.result()  # a submission error surfaces here
+        if self._task is not None and self._task.done():
+            self._task.wait(0)  # a submission error surfaces here
 
     def cancel(self) -> None:
         """Cancel the provider batches. Rows they finished are kept (``wait()`` collects them);
@@ -151,27 +144,23 @@ class BatchJob(BatchTask):
             if engine.state != "finished":
                 self._on_loop(engine.cancel())
 
-    def pause(self) -> None:
-        raise ConfigError("a provider's batch cannot be paused; cancel() stops it (finished rows "
-                          "are kept) and resubmit() sends the rest later")
-
-    resume = pause
-
     def task_count(self) -> int:
-        if self._run is not None:
-            return self._run.plan.n_rows
+        if self._task is not None:
+            return self._task.task_count()
         engines = self._engines()
         return engines[0].plan.n_rows if engines else 0
 
+    total_count = task_count  # the name Qianfan's batch_do users know
+
     def finished_count(self) -> int:
-        if self._run is not None:
-            return self._run.finished_rows
+        if self._task is not None:
+            return self._task.finished_count()
         frame = self.frame
         return int(frame["error"].notna().sum() + frame["output"].notna().sum())
 
     def __iter__(self):
-        if self._run is not None:
-            return iter(self._run.row_futures())
+        if self._task is not None:
+            return iter(self._task)
         frame = self.result()
         futures = []
         for out, err in zip(frame["output"], frame["error"]):
@@ -186,8 +175,8 @@ class BatchJob(BatchTask):
     @property
     def frame(self) -> pd.DataFrame:
         """The result frame as the journal has it now (rows still at the provider are empty)."""
-        if self._run is not None:
-            return self._run.live_frame()
+        if self._task is not None:
+            return self._task.frame
         engines = self._engines()
         if not engines:
             raise ConfigError("this job has no rows")
@@ -195,8 +184,8 @@ class BatchJob(BatchTask):
 
     @property
     def progress(self) -> Snapshot:
-        if self._run is not None:
-            return self._run.progress.snapshot()
+        if self._task is not None:
+            return self._task.progress
         s = _merge([e.status() for e in self._engines()]) if self._engines() else None
         return Snapshot(title=f"batch-api job {self.id}", requests=s.total if s else 0,
                         done=(s.completed + s.failed) if s else 0,
@@ -206,18 +195,18 @@ class BatchJob(BatchTask):
 
     @property
     def run_id(self) -> str | None:
-        return self._run.id if self._run is not None else None
+        return self._task.run_id if self._task is not None else None
 
     @property
     def provider(self) -> str | None:
-        if self._run is not None:
-            return self._run.target.name
+        if self._driver is not None:
+            return self._driver.run.target.name
         return self._record.get("provider") or (self._engines()[0].config["name"]
                                                 if self._engines() else None)
 
     def __repr__(self) -> str:
-        if self._run is not None:
-            state = self._run.state
+        if self._task is not None:
+            state = self._task.state
             rows = f"{self.finished_count()}/{self.task_count()} rows"
         else:
             state = self._record.get("state") or (self._engines()[0].state
@@ -307,7 +296,7 @@ class BatchJob(BatchTask):
     # -- the rest of an ended job ---------------------------------------------------------------
 
     def _ended(self, what: str) -> JobEngine:
-        if self._future is not None and not self._future.done():
+        if self._task is not None and not self._task.done():
             raise ConfigError(f"job {self.id} is still running; wait() for it or cancel() it "
                               f"(finished rows are kept) before {what}")
         engines = self._engines()

@@ -100,12 +100,13 @@ def _check_limits(options: dict, preset: Any) -> None:
                               f"at most {limit:,} per batch file")
 
 
-def target_for(o: Any) -> tuple[Target, str | None]:
-    """(the run's target, the base URL requests are actually sent to, if not the target's)."""
+def target_for(o: Any, *, need_key: bool = True) -> tuple[Target, str | None]:
+    """(the run's target, the base URL requests are actually sent to, if not the target's).
+    ``need_key=False`` (an estimate) looks for no key."""
     if o.engine is not None:
         raise ConfigError(f"mode={o.mode!r} sends rows to a provider; drop engine=")
     if o.mode == "batch-chat":
-        return _batch_chat(o)
+        return _batch_chat(o, need_key)
     if o.kind not in BATCH_KINDS:
         raise ConfigError(f"mode='batch-api' takes kind chat, completion or embedding, not "
                           f"{o.kind!r}")
@@ -135,7 +136,7 @@ def target_for(o: Any) -> tuple[Target, str | None]:
     if misplaced:
         raise ConfigError(f"batch_options {', '.join(map(repr, misplaced))} apply to "
                           "provider='ark' (its TOS files and signed job API) only")
-    target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
+    target = resolve_target(o.provider, o.base_url, o.api_key, o.kind, need_key=need_key)
     window = o.batch_options.get("completion_window")
     preset = target.preset
     if preset is not None:
@@ -148,8 +149,8 @@ def target_for(o: Any) -> tuple[Target, str | None]:
     return target, None
 
 
-def _batch_chat(o: Any) -> tuple[Target, str | None]:
-    target = resolve_target(o.provider, o.base_url, o.api_key, o.kind)
+def _batch_chat(o: Any, need_key: bool) -> tuple[Target, str | None]:
+    target = resolve_target(o.provider, o.base_url, o.api_key, o.kind, need_key=need_key)
     preset = target.preset
     if o.kind != "chat":
         raise ConfigError("mode='batch-chat' is for chat")

@@ -1,4 +1,5 @@
-"""``bm.batch(..., mode="batch-api")``: a run whose requests go through Batch API jobs.
+"""The Batch API side of ``bm.batch(..., mode="batch-api")`` (``executors/batchapi.py`` is its
+executor): the jobs that answer a run's rows.
 
 The run is planned as any other (row keys, journal lookup: rows already answered cost nothing).
 Then ``RunDriver.prepare`` records the job before anything is sent. Rows that an unfinished job
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 from .._errors import BudgetExceededError, InputError
-from ._jobs import Access, JobEngine, fill_results, job_config, price_of
+from ._jobs import Access, JobEngine, job_config, price_of
 from ._lease import Lease, row_names
 
 
@@ -43,6 +43,10 @@ class RunDriver:
     @property
     def job_ids(self) -> list[str]:
         return [e.job_id for e in self.engines]
+
+    def created(self) -> bool:
+        """Whether any of the run's batches exists at the provider."""
+        return any(shard.get("batch_id") for e in self.engines for shard in e.shards.values())
 
     def prepare(self) -> None:
         """Record the job (or find the jobs already holding these rows). Synchronous: called in
@@ -141,100 +145,7 @@ class RunDriver:
         return all(outcomes)
 
 
-def driver_for(run: Any) -> RunDriver:
-    """The run's driver, made once."""
-    driver = getattr(run, "_batch_driver", None)
-    if driver is None:
-        driver = run._batch_driver = RunDriver(run)
-    return driver
-
-
-async def execute(run: Any):
-    """``_Run.execute`` for mode="batch-api" (on the loop thread)."""
-    from .._display import quiet_logs, summary_line
-
-    driver = driver_for(run)
-    if not driver.prepared:
-        await asyncio.to_thread(driver.prepare)
-    run.state = "running"
-    progress = run.progress
-    progress.state = "running"
-    display = run.open_display()
-    refresher = asyncio.ensure_future(run._refresh(display))
-    t0 = time.monotonic()
-    finished = True
-    error: BaseException | None = driver.stopped_by
-    try:
-        if error is None and driver.engines:
-            with quiet_logs():
-                finished = await driver.run_all()
-    except asyncio.CancelledError:
-        finished = False
-        raise
-    except Exception as exc:  # the job could not be submitted or followed
-        error = exc
-    finally:
-        fatal = [e.fatal for e in driver.engines if e.fatal is not None]
-        if error is None and fatal:
-            error = fatal[0]  # as online: a bad key or no quota stops the run
-        refresher.cancel()
-        journal = run.durable.journal
-        jobs = ", ".join(driver.job_ids)
-        if error is not None and _created(driver):
-            # the batches exist and may be billed: their rows are still to be collected
-            pending = (f"not collected: following job {jobs} failed: {error}; it is in the "
-                       "journal: bm.jobs() finds it (wait() collects the rows, nothing is "
-                       "sent again)")
-        elif error is not None:
-            pending = f"not sent: the Batch API job stopped: {error}"
-            if jobs:
-                pending += f" (job {jobs} is in the journal: bm.jobs() to follow it up)"
-        else:
-            pending = (f"not finished: job {jobs} goes on at {run.target.name}; "
-                       "bm.jobs() finds it (wait() / result() collect the rows)")
-        filled = fill_results(journal, run.plan, run.results, driver.engines, pending=pending)
-        _count(run, filled)
-        run._on_saved(filled)
-        progress.finished = time.monotonic()
-        if error is not None:
-            run.state = "aborted"
-            progress.message = f"stopped: {error}"
-        elif not finished:
-            run.state = "cancelled"
-            progress.message = pending
-        else:
-            run.state = "done"
-            progress.message = f"{run.target.name} Batch API job {jobs} finished" if jobs else ""
-        progress.state = run.state
-        await run.durable.finish(run._run_record())
-        snap = progress.snapshot()
-        if display is not None:
-            display.close(snap)
-        elif run.state != "done" and summary_line(snap):
-            import sys
-
-            print(summary_line(snap), file=sys.stderr)
-    frame = run._frame(time.monotonic() - t0)
-    facts = frame.attrs["batchmagic"]
-    facts["mode"] = "batch-api"
-    facts["jobs"] = driver.job_ids
-    spent = [run.results.cost[i] for i in range(len(run.plan.items))
-             if run.results.done[i] and not run.results.cached[i] and run.results.error[i] is None]
-    facts["cost"] = float(sum(spent)) if run.price is not None and None not in spent else None
-    if error is not None:
-        facts["stopped_by"] = str(error)
-    run.frame = frame
-    if run.live is not None:
-        run.live.finish(frame)
-    return frame
-
-
-def _created(driver: RunDriver) -> bool:
-    """Whether any of the run's batches exists at the provider."""
-    return any(shard.get("batch_id") for e in driver.engines for shard in e.shards.values())
-
-
-def _count(run: Any, filled: list[int]) -> None:
+def count_rows(run: Any, filled: list[int]) -> None:
     p, r, items = run.progress, run.results, run.plan.items
     # the provider's counts were estimates while polling; the results are exact. Counts are
     # rows (a request answers every identical row); requests are counted apart.

@@ -30,7 +30,10 @@ class Target:
 
 
 def resolve_target(provider: str | None, base_url: str | None, api_key: str | Secret | None,
-                   kind: str, *, interactive: bool | None = None) -> Target:
+                   kind: str, *, interactive: bool | None = None, need_key: bool = True) -> Target:
+    """Where the rows go, and the key for it. ``need_key=False`` (an estimate) looks for no
+    key and asks for none: the target holds no key (``describe_key`` says which one a run would
+    use)."""
     if provider is None and base_url is None:
         provider = os.environ.get("BATCHMAGIC_PROVIDER") or None
         base_url = os.environ.get("BATCHMAGIC_BASE_URL") or None
@@ -64,7 +67,7 @@ def resolve_target(provider: str | None, base_url: str | None, api_key: str | Se
     if parts.username or parts.password:
         raise ConfigError("put credentials in api_key=, not in base_url")
     name = preset.name if preset is not None else parts.hostname
-    key = _find_key(api_key, preset, name, interactive)
+    key = _find_key(api_key, preset, name, interactive) if need_key else None
     return Target(name, base_url.rstrip("/"), key, preset, preset.dialect if preset else "openai")
 
 
@@ -91,6 +94,21 @@ def _find_key(api_key, preset: Preset | None, name: str, interactive: bool | Non
         f"no API key for {name}: set {' or '.join(envs)} or pass api_key= "
         "(the key is never printed, logged or stored)"
     )
+
+
+def describe_key(api_key: str | Secret | None, target: Target) -> str:
+    """Which key a run would use, by where it comes from, never by its value."""
+    if api_key is not None:
+        return "api_key= (given)"
+    preset = target.preset
+    envs = preset.key_env if preset is not None else ("BATCHMAGIC_API_KEY",)
+    for env in envs:
+        if os.environ.get(env, "").strip():
+            return f"${env} (set)"
+    if preset is None or not preset.needs_key:
+        return f"none (${envs[0]} is not set; {target.name} may need none)"
+    return (f"none found: a run would ask for it where a person can answer, else stop: set "
+            f"{' or '.join('$' + e for e in envs)} or pass api_key=")
 
 
 def _prompt_for_key(name: str) -> str:

@@ -242,92 +242,109 @@ class SimState:
 
     async def _serve(self, request: web.BaseRequest, kind: str, now: float,
                      inflight: int) -> web.StreamResponse:
+        """One API request: read and check it, then a fault, a limit, or the answer after its
+        latency. Every outcome is recorded in the call log."""
         path = PATHS[kind]
         self.by_path[path] = self.by_path.get(path, 0) + 1
         body = await request.read()
         digest = hashlib.sha256(body).digest()
-        picker = self.faults
-        if picker.table:
-            attempt: int | None
-            attempt, fault = picker.pick(digest)
-        else:
-            attempt, fault = None, None
-        cfg = self.cfg
+        attempt, fault = self.faults.pick(digest) if self.faults.table else (None, None)
+
+        def log(model, tag, n_inputs, status, fault, prompt_tokens) -> None:
+            self._record(now, path, model, digest, tag, n_inputs, status, fault, prompt_tokens,
+                         attempt)
+
+        refused, payload = self._refuse_unreadable(request, body, log)
+        if refused is not None:
+            return refused
+        model = payload.get("model")
+        model = model if isinstance(model, str) else None
+        if fault is not None and fault in IMMEDIATE:
+            return self._immediate(request, fault, model, kind, payload, log)
+        try:
+            job = PREPARE[kind](self, payload, self.cfg)
+        except ApiError as e:
+            log(model, call_tag(kind, payload), None, e.status, None, None)
+            return json_response(e.status, e.body)
+        headers: dict[str, str] = {}
+        if fault is None:
+            refused = self._admit(job, now, inflight, headers, log)
+            if refused is not None:
+                return refused
+        status = None if fault in ("reset_after", "hang") else 200
+        log(job.model, job.tag, job.n_inputs, status, fault, job.prompt_tokens)
+        delay = self._delay(fault, job, inflight)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return await self._answer(request, kind, job, fault, headers)
+
+    def _refuse_unreadable(self, request: web.BaseRequest, body: bytes, log
+                           ) -> tuple[web.StreamResponse | None, dict]:
+        """(a 401 or 400 answer, or None; the parsed body)."""
         if self._auth is not None and not self.authorized(request):
-            self._record(now, path, None, digest, None, None, 401, None, None, attempt)
+            log(None, None, None, 401, None, None)
             return json_response(401, error_obj("Incorrect API key provided.",
-                                                "invalid_request_error", "invalid_api_key"))
+                                                "invalid_request_error", "invalid_api_key")), {}
         try:
             payload = orjson.loads(body)
             if not isinstance(payload, dict):
                 raise ValueError
         except ValueError:
-            self._record(now, path, None, digest, None, None, 400, None, None, attempt)
+            log(None, None, None, 400, None, None)
             return json_response(400, error_obj(
                 "We could not parse the JSON body of your request. (HINT: This likely means you"
-                " aren't using your HTTP library correctly.)", "invalid_request_error"))
-        model = payload.get("model")
-        model = model if isinstance(model, str) else None
+                " aren't using your HTTP library correctly.)", "invalid_request_error")), {}
+        return None, payload
 
-        if fault is not None and fault in IMMEDIATE:
-            if fault == "reset_before":
-                self._record(now, path, model, digest, call_tag(kind, payload), None, None, fault,
-                             None, attempt)
-                abort_connection(request)
-                return web.Response()  # aiohttp finds the transport closed and drops it
-            headers: dict[str, str] = {}
-            if cfg.ratelimit_headers and self.limiter.active:
-                self.limiter.headers(headers)
-            resp = immediate_response(fault, model, cfg, headers)
-            self._record(now, path, model, digest, call_tag(kind, payload), None, resp.status, fault,
-                         None, attempt)
-            return resp
+    def _immediate(self, request: web.BaseRequest, fault: str, model: str | None, kind: str,
+                   payload: dict, log) -> web.StreamResponse:
+        """A fault answered at once: no latency, no validation, no rate limit."""
+        if fault == "reset_before":
+            log(model, call_tag(kind, payload), None, None, fault, None)
+            abort_connection(request)
+            return web.Response()  # aiohttp finds the transport closed and drops it
+        headers: dict[str, str] = {}
+        if self.cfg.ratelimit_headers and self.limiter.active:
+            self.limiter.headers(headers)
+        resp = immediate_response(fault, model, self.cfg, headers)
+        log(model, call_tag(kind, payload), None, resp.status, fault, None)
+        return resp
 
-        try:
-            job = PREPARE[kind](self, payload, cfg)
-        except ApiError as e:
-            self._record(now, path, model, digest, call_tag(kind, payload), None, e.status, None,
-                         None, attempt)
-            return json_response(e.status, e.body)
-
-        headers = {}
-        if fault is None:
-            limiter = self.limiter
-            if limiter.active:
-                refusal = limiter.acquire(job.charge, now)
-                if cfg.ratelimit_headers:
-                    limiter.headers(headers)
-                if refusal is not None:
-                    what, wait = refusal
-                    retry_after_headers(cfg.retry_after_format, wait, headers,
-                                        cfg.retry_after_value)
-                    self._record(now, path, job.model, digest, job.tag, job.n_inputs, 429, None,
-                                 job.prompt_tokens, attempt)
-                    return json_response(429, _rate_limit_body(what, limiter, job.charge, wait),
-                                         headers)
-            over = cfg.effective_overload
-            if over is not None and inflight > over:
-                self._record(now, path, job.model, digest, job.tag, job.n_inputs, 503, None,
-                             job.prompt_tokens, attempt)
-                return json_response(503, error_obj("server overloaded", "server_error"),
+    def _admit(self, job: Any, now: float, inflight: int, headers: dict[str, str], log
+               ) -> web.StreamResponse | None:
+        """A 429 past the rate limit or a 503 past the overload point; None when admitted.
+        ``headers`` gets the x-ratelimit-* headers either way."""
+        cfg, limiter = self.cfg, self.limiter
+        if limiter.active:
+            refusal = limiter.acquire(job.charge, now)
+            if cfg.ratelimit_headers:
+                limiter.headers(headers)
+            if refusal is not None:
+                what, wait = refusal
+                retry_after_headers(cfg.retry_after_format, wait, headers, cfg.retry_after_value)
+                log(job.model, job.tag, job.n_inputs, 429, None, job.prompt_tokens)
+                return json_response(429, _rate_limit_body(what, limiter, job.charge, wait),
                                      headers)
-            status: int | None = 200
-        else:
-            status = None if fault in ("reset_after", "hang") else 200
-        self._record(now, path, job.model, digest, job.tag, job.n_inputs, status, fault,
-                     job.prompt_tokens, attempt)
+        over = cfg.effective_overload
+        if over is not None and inflight > over:
+            log(job.model, job.tag, job.n_inputs, 503, None, job.prompt_tokens)
+            return json_response(503, error_obj("server overloaded", "server_error"), headers)
+        return None
 
+    def _delay(self, fault: str | None, job: Any, inflight: int) -> float:
+        cfg = self.cfg
         if fault == "hang":
-            delay = cfg.hang_seconds
-        else:
-            delay = draw_latency(cfg, self.rng) if cfg.latency or cfg.latency_jitter else 0.0
-            if cfg.per_token_latency:
-                delay += cfg.per_token_latency * job.ctoks
-            if cfg.capacity is not None and inflight > cfg.capacity:
-                delay *= inflight / cfg.capacity
-        if delay > 0:
-            await asyncio.sleep(delay)
+            return cfg.hang_seconds
+        delay = draw_latency(cfg, self.rng) if cfg.latency or cfg.latency_jitter else 0.0
+        if cfg.per_token_latency:
+            delay += cfg.per_token_latency * job.ctoks
+        if cfg.capacity is not None and inflight > cfg.capacity:
+            delay *= inflight / cfg.capacity
+        return delay
 
+    async def _answer(self, request: web.BaseRequest, kind: str, job: Any, fault: str | None,
+                      headers: dict[str, str]) -> web.StreamResponse:
+        """The answer, or the delayed fault that spoils it."""
         if fault is None or fault == "hang":
             return json_response(200, BUILD[kind](self, job, request), headers)
         if fault == "reset_after":
@@ -335,11 +352,11 @@ class SimState:
             return web.Response()
         if fault == "trickle":
             body_out = orjson.dumps(BUILD[kind](self, job, request))
-            return await send_trickle(request, body_out, cfg.trickle_interval)
+            return await send_trickle(request, body_out, self.cfg.trickle_interval)
         if fault == "truncated":
             await send_truncated(request, orjson.dumps(BUILD[kind](self, job, request)))
             return web.Response()  # the transport is closing: aiohttp drops this
-        return body_fault_response(fault, kind, cfg)
+        return body_fault_response(fault, kind, self.cfg)
 
 
 def _rate_limit_body(what: str, limiter: RateLimiter, charge: int, wait: float) -> dict:

@@ -1,0 +1,37 @@
+"""Rows answered by an OpenAI-compatible HTTP endpoint: many requests in flight on one wire,
+the adaptive window, the rate gate (given, learned from headers, or probed) and the circuit
+breaker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._breaker import CircuitBreaker
+from .._limits import RateGate, Window
+from ..providers._openai import OpenAICompatible
+from ..providers._wire import make_wire
+from ._dispatching import DispatchExecutor
+
+DEFAULT_TIMEOUT = {"chat": 300.0, "completion": 300.0, "embedding": 60.0, "image": 300.0}
+#: the adaptive window starts here when no concurrency is given (then slow-starts upward)
+INITIAL_WINDOW = 8
+
+
+class OnlineExecutor(DispatchExecutor):
+    async def connect(self) -> tuple[Any, Window, RateGate, Any]:
+        run = self._run
+        o, target = run.options, run.target
+        backend = OpenAICompatible(
+            name=target.name, base_url=run.send_url or target.base_url, kind=o.kind,
+            api_key=target.api_key, dialect=target.dialect,
+            wire=make_wire(o.http, run.max_window, o.transport),
+            timeout=o.timeout or DEFAULT_TIMEOUT[o.kind], headers=o.headers,
+        )
+        window = Window(o.concurrency or INITIAL_WINDOW, run.max_window, adaptive=True)
+        if o.concurrency:
+            window.ssthresh = float(o.concurrency)
+        breaker = None
+        if run.breaker is not None:
+            breaker = CircuitBreaker(run.breaker, provider=target.name, url=backend.url,
+                                     deadline=backend.timeout)
+        return backend, window, RateGate(o.rpm, o.tpm), breaker
