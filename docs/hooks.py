@@ -4,6 +4,7 @@ A page holds a marker where a generated part goes; the hook replaces it, so the 
 drift from the code it describes:
 
     <!-- options -->              the option table (``batchmagic._options.OPTIONS``), one table per group
+    <!-- magic-options -->        the options only ``%%batch`` takes, and its two flags for ``params``
     <!-- presets -->              the provider presets (``batchmagic.providers._presets.PRESETS``)
     <!-- error-tree -->           the exception tree drawn in ``batchmagic/_errors.py``'s docstring
     <!-- result-columns -->       the result frame's columns, from ``batchmagic/_frame.py``'s docstring
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the package from this checkout, as mkdocstrings reads it
     sys.path.insert(0, str(ROOT))
 
-_MARKER = re.compile(r"<!--\s*(options|presets|error-tree|result-columns|magic-help|cli-help(?:\s+[a-z-]+)*)\s*-->")
+_MARKER = re.compile(r"<!--\s*(options|magic-options|presets|error-tree|result-columns|magic-help|cli-help(?:\s+[a-z-]+)*)\s*-->")
 HELP_WIDTH = "96"  # columns for argparse, so the help reads the same on every machine
 
 
@@ -52,6 +53,11 @@ def render_marker(words: list[str]) -> str:
         from batchmagic._options import OPTIONS
 
         return options_tables(OPTIONS)
+    if name == "magic-options":
+        from batchmagic._magic import MAGIC_ONLY
+        from batchmagic._options import PARAM_FLAGS
+
+        return option_table([*MAGIC_ONLY, *PARAM_FLAGS])
     if name == "presets":
         from batchmagic.providers._presets import ALIASES, PRESETS
 
@@ -81,13 +87,18 @@ def options_tables(options: Iterable[Any]) -> str:
         groups.setdefault(option.group, []).append(option)
     if not groups:
         raise DocsBuildError("the option table is empty")
-    parts = []
-    for group, members in groups.items():
-        rows = ["| option | type | default | magic / CLI | notebook default | what it does |",
-                "|---|---|---|---|---|---|"]
-        rows += [_option_row(o) for o in members]
-        parts.append(f"### {group[:1].upper()}{group[1:]}\n\n" + "\n".join(rows))
-    return "\n\n".join(parts) + "\n"
+    parts = [f"### {group[:1].upper()}{group[1:]}\n\n" + option_table(members)
+             for group, members in groups.items()]
+    return "\n".join(parts)
+
+
+def option_table(options: Iterable[Any]) -> str:
+    rows = ["| option | type | default | magic / CLI | notebook default | what it does |",
+            "|---|---|---|---|---|---|"]
+    rows += [_option_row(o) for o in options]
+    if len(rows) == 2:
+        raise DocsBuildError("no options to show")
+    return "\n".join(rows) + "\n"
 
 
 def _option_row(option: Any) -> str:

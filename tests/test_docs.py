@@ -37,7 +37,8 @@ def test_every_marker_in_the_manual_renders():
         out = hooks.on_page_markdown(text, page=None, config=None, files=None)
         assert not hooks._MARKER.search(out), page
     # the parts the manual promises are generated, not written by hand
-    for marker in ("presets", "error-tree", "result-columns", "cli-help run", "magic-help"):
+    for marker in ("options", "magic-options", "presets", "error-tree", "result-columns",
+                   "cli-help run", "magic-help"):
         assert marker in seen, marker
 
 
