@@ -1,8 +1,15 @@
 """Inputs + template -> a plan: one request body per unique request, each with a stable row key.
 
-Everything that can be checked before spending is checked here: template columns, missing values,
-text JSON cannot carry, image references. A problem with one row becomes that row's ``InputError``;
-a problem with the call as a whole raises ``ConfigError`` / ``TemplateError``.
+Planning runs in two stages. A *shape step* (one per input shape: a DataFrame with a template,
+texts, message lists, whole request bodies) reads the rows and hands on each row's request in one
+common form, a :data:`Draft`. The *shared steps* (:class:`_Planner`) then run once per row,
+whatever its shape: the missing-value rule, image references, the request body, blank embedding
+input, the row key (which fails for text JSON cannot carry), and de-duplication with token
+estimates. Tables from polars or pyarrow are turned into pandas before any of it.
+
+Everything that can be checked before spending is checked here. A problem with one row becomes
+that row's ``InputError``; a problem with the call as a whole raises ``ConfigError`` /
+``TemplateError``.
 
 The row key is a hash of everything that shapes the request (endpoint, kind, the body with model
 and parameters) and nothing else: it is the de-duplication key, the cache/resume key and the
@@ -12,9 +19,11 @@ source of Batch API ``custom_id``s. Identical requests are planned once and fann
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +33,7 @@ import pandas as pd
 from . import _kinds, _tokens
 from ._errors import ConfigError, InputError, TemplateError
 from ._media import MediaError, image_url
-from ._template import parse_template
+from ._template import Template, parse_template
 
 ON_MISSING = ("error", "skip", "empty")
 _DUMP_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -63,21 +72,6 @@ def row_key(endpoint: str, kind: str, body: dict) -> str:
     return hashlib.sha256(b"%s\0%s\0%s" % (endpoint.encode(), kind.encode(), raw)).hexdigest()[:32]
 
 
-def _plain_param(name: str, value: Any) -> Any:
-    """A generation parameter as JSON can carry it: numpy scalars become plain numbers (the wire
-    encoder refuses them, and ``max_tokens`` budgets read ints), NaN and inf are refused (JSON has
-    neither; they would go out as null)."""
-    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
-        value = value.tolist()  # a scalar or an array, as plain Python
-    if isinstance(value, Mapping):
-        return {k: _plain_param(f"{name}[{k!r}]", v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_param(f"{name}[{i}]", v) for i, v in enumerate(value)]
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
 def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True
@@ -97,6 +91,30 @@ def make_plan(
     images: str | None = None,
     allow_private_urls: bool = False,
 ) -> Plan:
+    """Check the call, read the rows by their shape, then run the shared steps over each row."""
+    call = _Call(kind, model, _checked_params(kind, on_missing, params, system), system)
+    table = _normalise(inputs)
+    tmpl, drafts = _SHAPE_STEPS[table.shape](table, template, images, call)
+    planner = _Planner(call, endpoint, on_missing, allow_private_urls, table.index)
+    for pos, request, image_refs, missing in drafts:
+        planner.take(pos, request, image_refs, missing)
+    return Plan(kind, endpoint, table.index, table.frame, planner.items, planner.row_item,
+                planner.row_errors, planner.skipped, tmpl.source if tmpl is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What every row's request shares: the kind, the model, its parameters, the system prompt."""
+
+    kind: str
+    model: str | None
+    params: dict
+    system: str | None
+
+
+def _checked_params(kind: str, on_missing: str, params: Mapping[str, Any] | None,
+                    system: str | None) -> dict:
+    """The call's own checks, before any row is read; ``params`` as JSON can carry them."""
     if kind not in _kinds.KINDS:
         raise ConfigError(f"kind must be one of {', '.join(_kinds.KINDS)}; got {kind!r}")
     if on_missing not in ON_MISSING:
@@ -112,235 +130,87 @@ def make_plan(
             raise ConfigError(f"params may not set {reserved!r}; it comes from the call itself")
     if system is not None and kind != "chat":
         raise ConfigError(f"system= applies to chat only, not {kind}")
-
-    shape, index, frame, rows = _normalise(inputs, kind)
-    builder = _Builder(kind, endpoint, model, params, system)
-    row_errors: dict[int, InputError] = {}
-    skipped: set[int] = set()
-
-    if shape == "frame":
-        tmpl = _frame_template(template, frame)
-        fields = tmpl.fields
-        if images is None:  # with images= each row still differs by its pictures
-            _require_a_field(tmpl, frame.columns)
-        labels = _field_columns(fields, frame.columns)
-        if images is not None and images not in frame.columns:
-            raise TemplateError(_missing_columns_message([images], frame.columns, what="images="))
-        sub = frame[labels] if fields else frame.iloc[:, :0]
-        na = sub.isna().to_numpy() if fields else None
-        columns = list(fields)
-        image_values = frame[images].tolist() if images is not None else None
-        for pos, values in enumerate(sub.itertuples(index=False, name=None)):
-            if na is not None and na[pos].any():
-                bad = [c for c, m in zip(columns, na[pos]) if m]
-                if on_missing == "skip":
-                    skipped.add(pos)
-                    continue
-                if on_missing == "error":
-                    row_errors[pos] = InputError(
-                        f"missing value in column{'s' if len(bad) > 1 else ''} "
-                        f"{', '.join(map(repr, bad))}; pass on_missing='skip' or 'empty' to change this",
-                        row=index[pos],
-                    )
-                    continue
-                values = tuple("" if m else v for v, m in zip(values, na[pos]))
-            try:
-                prompt = tmpl.render(dict(zip(columns, values)))
-            except (ValueError, TypeError) as exc:
-                row_errors[pos] = InputError(f"the template cannot format this row: {exc}",
-                                             row=index[pos])
-                continue
-            builder.add(pos, prompt, image_values[pos] if image_values is not None else None,
-                        allow_private_urls, row_errors, index)
-        return builder.plan(index, frame, len(rows) if rows is not None else len(frame),
-                            row_errors, skipped, tmpl.source)
-
-    if images is not None:
-        raise ConfigError("images= names a column, so it needs a DataFrame input")
-
-    if shape == "texts":
-        tmpl = parse_template(template) if template is not None else None
-        if tmpl is not None and len(tmpl.fields) > 1:
-            raise TemplateError(
-                f"a list or Series of texts fills one template field, but the template has "
-                f"{len(tmpl.fields)}: {', '.join('{' + f + '}' for f in tmpl.fields)}; "
-                "pass a DataFrame to fill several columns"
-            )
-        if tmpl is not None:
-            _require_a_field(tmpl, None)
-        name = tmpl.fields[0] if tmpl is not None else None
-        for pos, value in enumerate(rows):
-            if is_missing(value):
-                if on_missing == "skip":
-                    skipped.add(pos)
-                    continue
-                if on_missing == "error":
-                    row_errors[pos] = InputError(
-                        "missing value; pass on_missing='skip' or 'empty' to change this",
-                        row=index[pos],
-                    )
-                    continue
-                value = ""
-            try:
-                prompt = tmpl.render({name: value}) if tmpl is not None else (
-                    value if isinstance(value, str) else str(value))
-            except (ValueError, TypeError) as exc:
-                row_errors[pos] = InputError(f"the template cannot format this row: {exc}",
-                                             row=index[pos])
-                continue
-            builder.add(pos, prompt, None, allow_private_urls, row_errors, index)
-        return builder.plan(index, frame, len(rows), row_errors, skipped,
-                            tmpl.source if tmpl else None)
-
-    if template is not None:
-        raise TemplateError(
-            "a template applies to texts or DataFrame rows; message lists and request bodies are "
-            "sent as they are, so pass prompt=None"
-        )
-    if shape == "messages":
-        if kind != "chat":
-            raise ConfigError(f"message lists are chat inputs, but kind={kind!r}")
-        for pos, messages in enumerate(rows):
-            bad = _check_messages(messages)
-            if bad:
-                row_errors[pos] = InputError(bad, row=index[pos])
-                continue
-            builder.add(pos, messages, None, allow_private_urls, row_errors, index)
-    else:  # bodies
-        for pos, body in enumerate(rows):
-            if not isinstance(body, Mapping):
-                row_errors[pos] = InputError(
-                    f"a request body must be a dict, not {type(body).__name__}", row=index[pos])
-                continue
-            builder.add_body(pos, dict(body), row_errors, index)
-    return builder.plan(index, frame, len(rows), row_errors, skipped, None)
+    return params
 
 
-class _Builder:
-    def __init__(self, kind: str, endpoint: str, model: str | None, params: dict,
-                 system: str | None):
-        self.kind, self.endpoint, self.model = kind, endpoint, model
-        self.params, self.system = params, system
-        self.items: list[Item] = []
-        self.by_key: dict[str, int] = {}
-        self.row_item: dict[int, int] = {}
-        self.max_output = _tokens.max_output_tokens(kind, params)
-
-    def add(self, pos: int, prompt: Any, image_refs: Any, allow_private: bool,
-            row_errors: dict[int, InputError], index: pd.Index) -> None:
-        urls = None
-        if image_refs is not None and not (isinstance(image_refs, float) and math.isnan(image_refs)):
-            refs = [image_refs] if isinstance(image_refs, str) else list(image_refs)
-            try:
-                urls = [image_url(r, allow_private=allow_private) for r in refs]
-            except MediaError as exc:
-                row_errors[pos] = InputError(str(exc), row=index[pos])
-                return
-        if self.kind == "embedding" and _nothing_to_embed(prompt):
-            row_errors[pos] = InputError(NOTHING_TO_EMBED, row=index[pos])
-            return
-        body = _kinds.build_body(self.kind, prompt, self.model, self.params, self.system, urls)
-        self._add(pos, body, row_errors, index)
-
-    def add_body(self, pos: int, body: dict, row_errors: dict[int, InputError],
-                 index: pd.Index) -> None:
-        if self.model and "model" not in body:
-            body["model"] = self.model
-        for k, v in self.params.items():
-            body.setdefault(k, v)
-        problem = _body_problem(self.kind, body, self.system)
-        if problem:
-            row_errors[pos] = InputError(problem, row=index[pos])
-            return
-        self._add(pos, body, row_errors, index)
-
-    def _add(self, pos: int, body: dict, row_errors: dict[int, InputError], index: pd.Index) -> None:
-        try:
-            key = row_key(self.endpoint, self.kind, body)
-        except (orjson.JSONEncodeError, TypeError) as exc:
-            row_errors[pos] = InputError(_unencodable_message(exc), row=index[pos])
-            return
-        at = self.by_key.get(key)
-        if at is None:
-            at = self.by_key[key] = len(self.items)
-            max_out = self.max_output
-            if "max_tokens" in body or "max_completion_tokens" in body:
-                max_out = _tokens.max_output_tokens(self.kind, body)
-            self.items.append(Item(key, body, _tokens.estimate_prompt_tokens(self.kind, body), max_out))
-        self.items[at].rows.append(pos)
-        self.row_item[pos] = at
-
-    def plan(self, index, frame, n, row_errors, skipped, template) -> Plan:
-        row_item = [-1] * n
-        for pos, at in self.row_item.items():
-            row_item[pos] = at
-        return Plan(self.kind, self.endpoint, index, frame, self.items, row_item, row_errors,
-                    skipped, template)
+def _plain_param(name: str, value: Any) -> Any:
+    """A generation parameter as JSON can carry it: numpy scalars become plain numbers (the wire
+    encoder refuses them, and ``max_tokens`` budgets read ints), NaN and inf are refused (JSON has
+    neither; they would go out as null)."""
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        value = value.tolist()  # a scalar or an array, as plain Python
+    if isinstance(value, Mapping):
+        return {k: _plain_param(f"{name}[{k!r}]", v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_param(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return value
 
 
-def _unencodable_message(exc: Exception) -> str:
-    text = str(exc)
-    if "surrogates" in text or "UTF-8" in text:
-        return ("the row's text contains a lone surrogate (half of a UTF-16 pair), which JSON "
-                "cannot carry; clean it with s.encode('utf-8', 'replace').decode()")
-    return f"the row cannot be encoded as JSON: {text}"
+# -- the common form a shape step hands on ----------------------------------------------------------
 
 
-#: why an empty text is refused before sending, not left to the provider: embedding inputs are
-#: packed many to a request, and one blank input fails the whole request (OpenAI 400 "'$.input'
-#: is invalid"). Whitespace-only counts as blank: SGLang, NVIDIA NIM and SiliconFlow's bge-m3
-#: refuse it too, and its vector would mean nothing anyway.
-NOTHING_TO_EMBED = ("the text is empty or only whitespace, so there is nothing to embed (a "
-                    "provider would refuse it, and with it every row packed into the same request)")
+class _Refused(Exception):
+    """Why a row cannot become a request. A shape step hands one on in the request's place, a
+    shared step raises one; either way the row gets an ``InputError`` and nothing is sent."""
 
 
-def _nothing_to_embed(value: Any) -> bool:
-    if isinstance(value, str):
-        return not value.strip()
-    return isinstance(value, list) and (not value or all(_nothing_to_embed(v) for v in value))
+#: One row after its shape step: ``(position, request, image references, missing)``.
+#: ``request`` is a rendered prompt (text), a message list, a whole request body (a dict), or a
+#: ``_Refused``. ``missing`` is None, or the template fields whose values were missing (empty for
+#: a text, which has no field to name); the request was then rendered with them blank, which is
+#: what ``on_missing='empty'`` sends.
+Draft = tuple[int, Any, Any, "tuple[str, ...] | None"]
+#: a shape step: (the table, the template, images=, the call) -> (the template used, the drafts)
+_ShapeStep = Callable[["_Table", "str | None", "str | None", _Call],
+                      "tuple[Template | None, Iterable[Draft]]"]
+
+_NO_FIELD: tuple[str, ...] = ()  # a missing text: missing, with no column to name
 
 
-def _body_problem(kind: str, body: dict, system: str | None) -> str | None:
-    """Why a whole request body (Qianfan's ``body_list`` style) cannot be sent, or None."""
-    if kind == "embedding":
-        return NOTHING_TO_EMBED if _nothing_to_embed(body.get("input")) else None
-    if kind != "chat":
-        return None
-    if not isinstance(body.get("messages"), list):
-        return "a chat request body needs a 'messages' list"
-    return _check_messages(body["messages"]) or _system_into_messages(body, system)
+def _rendered(render: Callable[[Any], str], values: Any) -> str | _Refused:
+    try:
+        return render(values)
+    except (ValueError, TypeError) as exc:  # a format spec that does not fit the value
+        return _Refused(f"the template cannot format this row: {exc}")
 
 
-def _system_into_messages(body: dict, system: str | None) -> str | None:
-    """Qianfan's v1 API took ``system`` as a body field; its OpenAI-compatible v2 (like every
-    server we send to) wants a leading system message, so the field becomes one. ``system=``
-    fills in where a body has neither, as it does for message lists. Returns why not, or None."""
-    own = body.pop("system", None)
-    if own is not None and not isinstance(own, str):
-        return f"the body's 'system' field must be text, not {type(own).__name__}"
-    messages = body["messages"]
-    lead = messages[0]
-    if lead.get("role") in ("system", "developer"):
-        if own and lead.get("content") != own:
-            return ("the body has a 'system' field and a different leading system message; "
-                    "keep one of them")
-        return None
-    text = own or system
-    if text:
-        body["messages"] = [{"role": "system", "content": text}, *messages]  # the caller's list stays
-    return None
+# -- shape: a DataFrame and a template naming its columns ---------------------------------------------
 
 
-def _check_messages(messages: Any) -> str | None:
-    if not isinstance(messages, list) or not messages:
-        return "a chat row must be a non-empty list of messages"
-    for m in messages:
-        if not isinstance(m, Mapping) or "role" not in m:
-            return "each message must be a dict with a 'role' and 'content'"
-    return None
+def _frame_drafts(table: _Table, template: str | None, images: str | None,
+                  call: _Call) -> tuple[Template, Iterable[Draft]]:
+    frame = table.frame
+    tmpl = _frame_template(template, frame)
+    if images is None:  # with images= each row still differs by its pictures
+        _require_a_field(tmpl, frame.columns)
+    labels = _field_columns(tmpl.fields, frame.columns)
+    if images is not None and images not in frame.columns:
+        raise TemplateError(_missing_columns_message([images], frame.columns, what="images="))
+    image_refs = frame[images].tolist() if images is not None else itertools.repeat(None)
+    return tmpl, _frame_rows(tmpl, frame[labels], image_refs)
 
 
-def _frame_template(template: str | None, frame: pd.DataFrame):
+def _frame_rows(tmpl: Template, fields_frame: pd.DataFrame,
+                image_refs: Iterable[Any]) -> Iterator[Draft]:
+    names = tmpl.fields
+    missing_at = fields_frame.isna().to_numpy()
+    row_has_missing = missing_at.any(axis=1).tolist()  # at once: a numpy call per row is slow
+
+    def render(values: tuple) -> str:
+        return tmpl.render(dict(zip(names, values)))
+
+    rows = fields_frame.itertuples(index=False, name=None)
+    for pos, (values, refs) in enumerate(zip(rows, image_refs)):
+        missing = None
+        if row_has_missing[pos]:
+            missing = tuple(n for n, m in zip(names, missing_at[pos]) if m)
+            values = tuple("" if m else v for v, m in zip(values, missing_at[pos]))
+        yield pos, _rendered(render, values), refs, missing
+
+
+def _frame_template(template: str | None, frame: pd.DataFrame) -> Template:
     if template is None:
         if frame.shape[1] == 1:
             return parse_template("{" + str(frame.columns[0]).replace("{", "{{").replace("}", "}}") + "}")
@@ -351,7 +221,7 @@ def _frame_template(template: str | None, frame: pd.DataFrame):
     return parse_template(template)
 
 
-def _require_a_field(tmpl, columns: pd.Index | None) -> None:
+def _require_a_field(tmpl: Template, columns: pd.Index | None) -> None:
     """One rule for texts and DataFrames: a template with no field would send every row the same
     prompt (one request, its answer copied to every row), which is never what was meant."""
     if tmpl.fields:
@@ -397,8 +267,276 @@ def _missing_columns_message(missing, columns, what: str = "the template") -> st
            f"does not have; its columns are: {have}{more}"
 
 
-def _normalise(inputs: Any, kind: str) -> tuple[str, pd.Index, pd.DataFrame, list | None]:
-    """(shape, index, input frame for the result, per-row values for non-frame shapes)."""
+# -- shape: texts (a Series or a list), filling the template's one field or sent as they are ---------
+
+
+def _text_drafts(table: _Table, template: str | None, images: str | None,
+                 call: _Call) -> tuple[Template | None, Iterable[Draft]]:
+    _refuse_images(images)
+    tmpl = _text_template(template)
+    if tmpl is None:
+        return None, _text_rows(table.values, None)
+    name = tmpl.fields[0]
+    return tmpl, _text_rows(table.values, lambda value: tmpl.render({name: value}))
+
+
+def _text_rows(values: list, render: Callable[[Any], str] | None) -> Iterator[Draft]:
+    """Each text as its prompt: filled into the template, or (``render`` None) as it is."""
+    for pos, value in enumerate(values):
+        if type(value) is str and render is None:  # the usual row, with nothing to do
+            yield pos, value, None, None
+        elif type(value) is not str and is_missing(value):
+            yield pos, _rendered(render or _as_text, ""), None, _NO_FIELD
+        else:
+            yield pos, _rendered(render or _as_text, value), None, None
+
+
+def _text_template(template: str | None) -> Template | None:
+    if template is None:
+        return None
+    tmpl = parse_template(template)
+    if len(tmpl.fields) > 1:
+        raise TemplateError(
+            f"a list or Series of texts fills one template field, but the template has "
+            f"{len(tmpl.fields)}: {', '.join('{' + f + '}' for f in tmpl.fields)}; "
+            "pass a DataFrame to fill several columns"
+        )
+    _require_a_field(tmpl, None)
+    return tmpl
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _refuse_images(images: str | None) -> None:
+    if images is not None:
+        raise ConfigError("images= names a column, so it needs a DataFrame input")
+
+
+def _refuse_template(template: str | None) -> None:
+    if template is not None:
+        raise TemplateError(
+            "a template applies to texts or DataFrame rows; message lists and request bodies are "
+            "sent as they are, so pass prompt=None"
+        )
+
+
+# -- shape: chat message lists, sent as they are ------------------------------------------------------
+
+
+def _message_drafts(table: _Table, template: str | None, images: str | None,
+                    call: _Call) -> tuple[None, Iterable[Draft]]:
+    _refuse_images(images)
+    _refuse_template(template)
+    if call.kind != "chat":
+        raise ConfigError(f"message lists are chat inputs, but kind={call.kind!r}")
+    return None, ((pos, _checked_messages(messages), None, None)
+                  for pos, messages in enumerate(table.values))
+
+
+def _checked_messages(messages: Any) -> list | _Refused:
+    problem = _messages_problem(messages)
+    return _Refused(problem) if problem else messages
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "a chat row must be a non-empty list of messages"
+    for m in messages:
+        if not isinstance(m, Mapping) or "role" not in m:
+            return "each message must be a dict with a 'role' and 'content'"
+    return None
+
+
+# -- shape: whole request bodies (Qianfan's ``body_list``) --------------------------------------------
+
+
+def _body_drafts(table: _Table, template: str | None, images: str | None,
+                 call: _Call) -> tuple[None, Iterable[Draft]]:
+    _refuse_images(images)
+    _refuse_template(template)
+    return None, ((pos, _whole_body(body, call), None, None)
+                  for pos, body in enumerate(table.values))
+
+
+def _whole_body(body: Any, call: _Call) -> dict | _Refused:
+    """The body as sent: a copy (the caller's dict stays as it was) with the call's model and
+    parameters filling what it leaves out."""
+    if not isinstance(body, Mapping):
+        return _Refused(f"a request body must be a dict, not {type(body).__name__}")
+    body = dict(body)
+    if call.model and "model" not in body:
+        body["model"] = call.model
+    for k, v in call.params.items():
+        body.setdefault(k, v)
+    if call.kind != "chat":
+        return body
+    if not isinstance(body.get("messages"), list):
+        return _Refused("a chat request body needs a 'messages' list")
+    problem = _messages_problem(body["messages"]) or _system_into_messages(body, call.system)
+    return _Refused(problem) if problem else body
+
+
+def _system_into_messages(body: dict, system: str | None) -> str | None:
+    """Qianfan's v1 API took ``system`` as a body field; its OpenAI-compatible v2 (like every
+    server we send to) wants a leading system message, so the field becomes one. ``system=``
+    fills in where a body has neither, as it does for message lists. Returns why not, or None."""
+    own = body.pop("system", None)
+    if own is not None and not isinstance(own, str):
+        return f"the body's 'system' field must be text, not {type(own).__name__}"
+    messages = body["messages"]
+    lead = messages[0]
+    if lead.get("role") in ("system", "developer"):
+        if own and lead.get("content") != own:
+            return ("the body has a 'system' field and a different leading system message; "
+                    "keep one of them")
+        return None
+    text = own or system
+    if text:
+        body["messages"] = [{"role": "system", "content": text}, *messages]  # the caller's list stays
+    return None
+
+
+_SHAPE_STEPS: dict[str, _ShapeStep] = {
+    "frame": _frame_drafts,
+    "texts": _text_drafts,
+    "messages": _message_drafts,
+    "bodies": _body_drafts,
+}
+
+
+# -- the steps every shape shares ---------------------------------------------------------------------
+
+
+class _Planner:
+    """Takes each row's draft through the shared steps, in this order: the missing-value rule,
+    the row's own refusal, image references, the request body, blank embedding input, the row
+    key (JSON must carry the body), then one ``Item`` per unique key."""
+
+    def __init__(self, call: _Call, endpoint: str, on_missing: str, allow_private_urls: bool,
+                 index: pd.Index):
+        self.call, self.endpoint, self.on_missing = call, endpoint, on_missing
+        self.allow_private_urls, self.index = allow_private_urls, index
+        self.items: list[Item] = []
+        self.by_key: dict[str, int] = {}
+        self.row_item = [-1] * len(index)
+        self.row_errors: dict[int, InputError] = {}
+        self.skipped: set[int] = set()
+        self.max_output = _tokens.max_output_tokens(call.kind, call.params)
+
+    def take(self, pos: int, request: Any, image_refs: Any,
+             missing: tuple[str, ...] | None) -> None:
+        if missing is not None and self.on_missing != "empty":
+            self._apply_missing_rule(pos, missing)
+            return
+        try:
+            body, whole = self._body(request, image_refs)
+            key = self._key(body)
+        except _Refused as why:
+            self.row_errors[pos] = InputError(str(why), row=self.index[pos])
+            return
+        self._add(pos, key, body, whole)
+
+    def _apply_missing_rule(self, pos: int, missing: tuple[str, ...]) -> None:
+        """The one place ``on_missing`` is read ('empty' sends the row as its step rendered it)."""
+        if self.on_missing == "skip":
+            self.skipped.add(pos)
+            return
+        where = (f" in column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
+                 if missing else "")
+        self.row_errors[pos] = InputError(
+            f"missing value{where}; pass on_missing='skip' or 'empty' to change this",
+            row=self.index[pos])
+
+    def _body(self, request: Any, image_refs: Any) -> tuple[dict, bool]:
+        """The request body, and whether it came whole from the inputs."""
+        if isinstance(request, _Refused):
+            raise request
+        whole = isinstance(request, dict)  # prompts are text or message lists, never dicts
+        body = request if whole else self._built_body(request, image_refs)
+        if self.call.kind == "embedding" and _nothing_to_embed(body.get("input")):
+            raise _Refused(NOTHING_TO_EMBED)
+        return body, whole
+
+    def _built_body(self, prompt: Any, image_refs: Any) -> dict:
+        call = self.call
+        urls = None if image_refs is None else _image_urls(image_refs, self.allow_private_urls)
+        return _kinds.build_body(call.kind, prompt, call.model, call.params, call.system, urls)
+
+    def _key(self, body: dict) -> str:
+        try:
+            return row_key(self.endpoint, self.call.kind, body)
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            raise _Refused(_unencodable_message(exc)) from None
+
+    def _add(self, pos: int, key: str, body: dict, whole: bool) -> None:
+        at = self.by_key.get(key)
+        if at is None:
+            at = self.by_key[key] = len(self.items)
+            max_output = self._own_max_output(body) if whole else self.max_output
+            tokens = _tokens.estimate_prompt_tokens(self.call.kind, body)
+            self.items.append(Item(key, body, tokens, max_output))
+        self.items[at].rows.append(pos)
+        self.row_item[pos] = at
+
+    def _own_max_output(self, body: dict) -> int:
+        """A whole body may set its own output limit; built bodies carry the call's."""
+        if "max_tokens" in body or "max_completion_tokens" in body:
+            return _tokens.max_output_tokens(self.call.kind, body)
+        return self.max_output
+
+
+def _image_urls(refs: Any, allow_private: bool) -> list[str] | None:
+    """The URLs of a row's images: one reference (a path or URL) or a list of them; a missing
+    value means the row has none."""
+    if is_missing(refs):
+        return None
+    if isinstance(refs, (str, os.PathLike)) or not isinstance(refs, Iterable):
+        refs = [refs]
+    try:
+        return [image_url(r, allow_private=allow_private) for r in refs]
+    except MediaError as exc:
+        raise _Refused(str(exc)) from None
+
+
+def _unencodable_message(exc: Exception) -> str:
+    text = str(exc)
+    if "surrogates" in text or "UTF-8" in text:
+        return ("the row's text contains a lone surrogate (half of a UTF-16 pair), which JSON "
+                "cannot carry; clean it with s.encode('utf-8', 'replace').decode()")
+    return f"the row cannot be encoded as JSON: {text}"
+
+
+#: why an empty text is refused before sending, not left to the provider: embedding inputs are
+#: packed many to a request, and one blank input fails the whole request (OpenAI 400 "'$.input'
+#: is invalid"). Whitespace-only counts as blank: SGLang, NVIDIA NIM and SiliconFlow's bge-m3
+#: refuse it too, and its vector would mean nothing anyway.
+NOTHING_TO_EMBED = ("the text is empty or only whitespace, so there is nothing to embed (a "
+                    "provider would refuse it, and with it every row packed into the same request)")
+
+
+def _nothing_to_embed(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, list) and (not value or all(_nothing_to_embed(v) for v in value))
+
+
+# -- reading the inputs: which shape, which rows --------------------------------------------------------
+
+
+@dataclass
+class _Table:
+    """The inputs, read: their shape, the row labels, the input columns the result frame starts
+    with, and (for every shape but a DataFrame) each row's value."""
+
+    shape: str  # a key of _SHAPE_STEPS
+    index: pd.Index
+    frame: pd.DataFrame
+    values: list | None = None
+
+
+def _normalise(inputs: Any) -> _Table:
     if inputs is None:
         raise ConfigError("inputs is None; pass a DataFrame, a Series, or a list of prompts")
     inputs = _from_table_library(inputs)
@@ -406,15 +544,18 @@ def _normalise(inputs: Any, kind: str) -> tuple[str, pd.Index, pd.DataFrame, lis
         if not inputs.columns.is_unique:
             dup = inputs.columns[inputs.columns.duplicated()].tolist()
             raise ConfigError(f"the DataFrame has duplicate column names: {dup}")
-        return "frame", inputs.index, inputs, None
+        return _Table("frame", inputs.index, inputs)
     if isinstance(inputs, pd.Series):
         name = inputs.name if inputs.name is not None else "input"
-        return "texts", inputs.index, inputs.to_frame(name=name), inputs.tolist()
+        return _Table("texts", inputs.index, inputs.to_frame(name=name), inputs.tolist())
     rows = _rows_of(inputs)
     index = pd.RangeIndex(len(rows))
     frame = pd.DataFrame({"input": pd.Series(rows, index=index, dtype=object)})
-    if not rows:
-        return "texts", index, frame, rows
+    return _Table(_list_shape(rows), index, frame, rows)
+
+
+def _list_shape(rows: list) -> str:
+    """The one shape of a list's elements (missing values fit any); an empty list is texts."""
     kinds = {_element_shape(r) for r in rows}
     kinds.discard("missing")
     if "bytes" in kinds:
@@ -424,8 +565,7 @@ def _normalise(inputs: Any, kind: str) -> tuple[str, pd.Index, pd.DataFrame, lis
         raise ConfigError(
             "the list mixes texts, message lists and request bodies; pass one kind of element"
         )
-    shape = kinds.pop() if kinds else "texts"
-    return shape, index, frame, rows
+    return kinds.pop() if kinds else "texts"
 
 
 def is_foreign_table(value: Any) -> bool:
