@@ -11,31 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._errors import (
-    BadRequestError,
-    BatchError,
-    BudgetExceededError,
-    CancelledRowError,
-    CircuitOpenError,
-    ColumnClashError,
-    ConfigError,
-    ConnectError,
-    ConnectionLostError,
-    ContextLengthError,
-    DeadlineError,
-    FatalProviderError,
-    InputError,
-    JournalError,
-    NotSentError,
-    ProviderError,
-    RateLimitError,
-    ResponseError,
-    RowError,
-    RunError,
-    ServerError,
-    TemplateError,
-    TransportError,
-)
+from . import _errors
+from ._errors import *  # noqa: F403  (the error tree: every name in _errors.__all__)
 
 if TYPE_CHECKING:
     from ._api import BatchTask, Estimate, abatch, batch, estimate, submit
@@ -103,28 +80,5 @@ __all__ = [
     "unload",
     "RESULT_COLUMNS",
     "GeneratedImage",
-    # errors
-    "BatchError",
-    "ConfigError",
-    "TemplateError",
-    "ColumnClashError",
-    "RunError",
-    "JournalError",
-    "BudgetExceededError",
-    "CircuitOpenError",
-    "RowError",
-    "InputError",
-    "NotSentError",
-    "CancelledRowError",
-    "ProviderError",
-    "RateLimitError",
-    "ServerError",
-    "ContextLengthError",
-    "BadRequestError",
-    "FatalProviderError",
-    "TransportError",
-    "ConnectError",
-    "DeadlineError",
-    "ConnectionLostError",
-    "ResponseError",
 ]
+__all__ += _errors.__all__  # the error tree

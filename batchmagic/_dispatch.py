@@ -30,6 +30,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Backend, Outcome, Unit
 from ._breaker import CircuitBreaker
@@ -78,6 +79,21 @@ class ItemResults:
         self.cost: list = [None] * n
         self.cached = bytearray(n)  # answered from the journal, not by a request in this run
         self.done = bytearray(n)
+
+    def answer(self, i: int, output: Any, finish_reason: str | None, reasoning: str | None,
+               input_tokens: int | None, output_tokens: int | None, *, cost: float | None = None,
+               latency: float | None = None, attempts: int = 0, cached: bool = False) -> None:
+        """Item ``i`` has its answer (from a request, a journal record or a job's output)."""
+        self.output[i] = output
+        self.finish_reason[i] = finish_reason
+        self.reasoning[i] = reasoning
+        self.input_tokens[i] = input_tokens
+        self.output_tokens[i] = output_tokens
+        self.cost[i] = cost
+        self.latency[i] = latency
+        self.attempts[i] = attempts
+        self.cached[i] = cached
+        self.done[i] = 1
 
 
 class Dispatcher:
@@ -305,18 +321,14 @@ class Dispatcher:
         used = 0
         spent = 0.0
         for item, parsed in zip(unit.items, outcome.results or ()):
-            r.output[item] = parsed.output
-            r.finish_reason[item] = parsed.finish_reason
-            r.input_tokens[item] = parsed.input_tokens
-            r.output_tokens[item] = parsed.output_tokens
-            r.reasoning[item] = parsed.reasoning
-            r.latency[item] = latency
-            r.attempts[item] = unit.attempts
-            r.done[item] = 1
-            used += (parsed.input_tokens or 0) + (parsed.output_tokens or 0)
+            cost = None
             if self.price is not None:
-                r.cost[item] = cost = self.price.cost(parsed.input_tokens, parsed.output_tokens)
+                cost = self.price.cost(parsed.input_tokens, parsed.output_tokens)
                 spent += cost
+            r.answer(item, parsed.output, parsed.finish_reason, parsed.reasoning,
+                     parsed.input_tokens, parsed.output_tokens, cost=cost, latency=latency,
+                     attempts=unit.attempts)
+            used += (parsed.input_tokens or 0) + (parsed.output_tokens or 0)
         progress.input_tokens += sum((p.input_tokens or 0) for p in outcome.results or ())
         progress.output_tokens += sum((p.output_tokens or 0) for p in outcome.results or ())
         self.gate.settle_tokens(unit.tokens, used or unit.tokens)

@@ -83,7 +83,7 @@ def summary_line(s: Snapshot) -> str:
     says what it cost: rows cut off in flight (possibly billed) and rows never sent."""
     if not s.failed and s.state == "done":
         return ""
-    stop_kinds = ("CancelledRowError", "NotSentError") if s.state in ("cancelled", "aborted") else ()
+    stop_kinds = s.stop_kinds
     head = {"cancelled": "batch cancelled", "aborted": "batch stopped"}.get(s.state, "batch finished")
     parts = [f"{s.ok} ok"]
     if stop_kinds:

@@ -64,17 +64,8 @@ class Durable:
         return rows
 
     def _fill(self, idx: int, rec) -> None:
-        r = self.results
-        r.output[idx] = rec.output
-        r.finish_reason[idx] = rec.finish_reason
-        r.reasoning[idx] = rec.reasoning
-        r.input_tokens[idx] = rec.input_tokens
-        r.output_tokens[idx] = rec.output_tokens
-        r.cost[idx] = rec.cost
-        r.latency[idx] = None
-        r.attempts[idx] = 0
-        r.cached[idx] = 1
-        r.done[idx] = 1
+        self.results.answer(idx, rec.output, rec.finish_reason, rec.reasoning, rec.input_tokens,
+                            rec.output_tokens, cost=rec.cost, cached=True)
         self.cached_items.add(idx)
 
     # -- during: leases and writes ------------------------------------------------------------

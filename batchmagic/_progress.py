@@ -10,6 +10,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+#: error classes of rows a stop left undone: cut off in flight, and never sent
+STOP_ERRORS = ("CancelledRowError", "NotSentError")
+
 
 @dataclass
 class Snapshot:
@@ -43,6 +46,12 @@ class Snapshot:
     @property
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def stop_kinds(self) -> tuple[str, ...]:
+        """After a cancel or a stop, the error classes that are what the stop left undone (cut
+        off in flight, never sent), not failures of their own."""
+        return STOP_ERRORS if self.state in ("cancelled", "aborted") else ()
 
     @property
     def queued(self) -> int:

@@ -119,15 +119,10 @@ def _limits(s: Snapshot) -> list[str]:
     return parts
 
 
-def _stop_kinds(s: Snapshot) -> tuple[str, ...]:
-    """After a cancel or a stop, these are not failures but what the stop left undone."""
-    return ("CancelledRowError", "NotSentError") if s.state in ("cancelled", "aborted") else ()
-
-
 def _stop_line(s: Snapshot) -> str:
-    if not _stop_kinds(s):
+    if not s.stop_kinds:
         return ""
-    cut, unsent = (s.errors.get(k, 0) for k in _stop_kinds(s))
+    cut, unsent = (s.errors.get(k, 0) for k in s.stop_kinds)
     return f"{s.state}: {_n(cut)} cancelled in flight, {_n(unsent)} not started"
 
 
@@ -135,7 +130,7 @@ def error_groups(s: Snapshot) -> list[tuple[str, int, str]]:
     """(class, count, first message seen for it) per error class, the most frequent first."""
     groups = []
     for name, count in sorted(s.errors.items(), key=lambda kv: -kv[1]):
-        if name in _stop_kinds(s):
+        if name in s.stop_kinds:
             continue
         first = next((m for m in s.first_errors if m.startswith(name + ": ")), "")
         groups.append((name, count, first[len(name) + 2:] if first else ""))

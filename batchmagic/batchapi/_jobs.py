@@ -594,16 +594,10 @@ def fill_results(journal: Journal, plan: Any, results: Any, engines: list[JobEng
     for i in todo:
         key = plan.items[i].key
         rec = found.get(key)
-        if rec is not None:
-            results.output[i] = rec.output
-            results.finish_reason[i] = rec.finish_reason
-            results.reasoning[i] = rec.reasoning
-            results.input_tokens[i] = rec.input_tokens
-            results.output_tokens[i] = rec.output_tokens
-            results.cost[i] = rec.cost
-            results.latency[i] = None  # hours in a queue are not a latency
-            results.attempts[i] = 1 if key in in_jobs else 0
-            results.cached[i] = 0 if key in in_jobs else 1
+        if rec is not None:  # hours in a queue are not a latency: none is given
+            results.answer(i, rec.output, rec.finish_reason, rec.reasoning, rec.input_tokens,
+                           rec.output_tokens, cost=rec.cost, attempts=1 if key in in_jobs else 0,
+                           cached=key not in in_jobs)
         elif key in decided:
             results.error[i] = error_from_json(decided[key]["error"])
             results.attempts[i] = results.error[i].attempts
