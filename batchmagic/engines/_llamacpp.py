@@ -94,32 +94,74 @@ def _quiet_native_stderr():
             os.close(saved)
 
 
+#: load options handed to llama.cpp as they are
+_PASSED_THROUGH = ("n_batch", "n_ubatch", "flash_attn", "use_mmap", "use_mlock", "chat_format")
+
+
+def _embedding_load_options(kw: dict, options: dict, metadata: dict, n_ctx: int) -> None:
+    """An embedding input is one batch; a generative model's token states are averaged."""
+    kw.setdefault("n_batch", n_ctx)
+    kw.setdefault("n_ubatch", n_ctx)
+    pooling = options.get("pooling")
+    if pooling is None and not _has_pooling(metadata):
+        pooling = "mean"
+    if pooling is not None:
+        if pooling not in _POOLING:
+            raise ConfigError(f"pooling must be one of {', '.join(_POOLING)}")
+        kw["pooling_type"] = _POOLING[pooling]
+
+
+def _chat_formatter(llm):
+    """The model's own chat template (from its GGUF metadata), or None to let llama.cpp pick."""
+    from llama_cpp import llama_chat_format
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template, eos_token=_token_text(llm, llm.token_eos()),
+        bos_token=_token_text(llm, llm.token_bos()))
+
+
 class LlamaCppEngine(Engine):
     name = "llama.cpp"
     locate_model = staticmethod(_models.gguf_path)
     concurrency_for = staticmethod(default_concurrency)
 
     def __init__(self, spec) -> None:
-        from llama_cpp import Llama, llama_chat_format
-
         self.spec = spec
         self.model = spec.model
         self.kind = spec.kind
         options = dict(spec.options)
         self.n_contexts, self.n_threads = layout(options)
-        embedding = spec.kind == "embedding"
+        loaded = self._load(spec.model, options, spec.kind == "embedding")
+        self._contexts: queue.SimpleQueue = queue.SimpleQueue()
+        for llm in loaded:
+            self._contexts.put(llm)
+        self._all = loaded
+        first = loaded[0]
+        self.context_window = first.n_ctx()
+        self.default_concurrency = spec.default_concurrency
+        self._counter = first  # tokenizing reads the vocabulary only; guarded all the same
+        self._count_lock = threading.Lock()
+        self._formatter = None if "chat_format" in options else _chat_formatter(first)
+        self._executor = ThreadPoolExecutor(max_workers=self.n_contexts,
+                                            thread_name_prefix="batchmagic-llama")
+        self._flags: set[StopFlag] = set()
+        self._closed = False
+
+    def _load(self, model: str, options: dict, embedding: bool) -> list:
+        """``n_contexts`` contexts of the model, at its training context (capped) unless
+        ``n_ctx`` is given. The first load reads the metadata that says how to load the rest."""
+        from llama_cpp import Llama
+
         kw: dict[str, Any] = {
-            "model_path": spec.model,
-            "n_threads": self.n_threads,
+            "model_path": model, "n_threads": self.n_threads,
             "n_threads_batch": options.get("n_threads_batch", self.n_threads),
-            "n_gpu_layers": options.get("n_gpu_layers", 0),
-            "verbose": False,
+            "n_gpu_layers": options.get("n_gpu_layers", 0), "verbose": False,
             "embedding": embedding,
         }
-        for name in ("n_batch", "n_ubatch", "flash_attn", "use_mmap", "use_mlock", "chat_format"):
-            if name in options:
-                kw[name] = options[name]
-        self._contexts: queue.SimpleQueue = queue.SimpleQueue()
+        kw.update({name: options[name] for name in _PASSED_THROUGH if name in options})
         loaded: list = []
         with _quiet_native_stderr() as native_log:
             try:
@@ -128,52 +170,22 @@ class LlamaCppEngine(Engine):
                 train_ctx = _train_context(first.metadata)
                 n_ctx = int(options.get("n_ctx") or min(train_ctx or FALLBACK_CTX, MAX_DEFAULT_CTX))
                 if embedding:
-                    kw.setdefault("n_batch", n_ctx)  # an embedding input is one batch
-                    kw.setdefault("n_ubatch", n_ctx)
-                    pooling = options.get("pooling")
-                    if pooling is None and not _has_pooling(first.metadata):
-                        pooling = "mean"  # a generative model: average the token states
-                    if pooling is not None:
-                        if pooling not in _POOLING:
-                            raise ConfigError(f"pooling must be one of {', '.join(_POOLING)}")
-                        kw["pooling_type"] = _POOLING[pooling]
+                    _embedding_load_options(kw, options, first.metadata, n_ctx)
                 if n_ctx != first.n_ctx() or embedding:
                     first.close()
                     loaded.clear()
-                    first = Llama(**kw, n_ctx=n_ctx)
-                    loaded.append(first)
+                    loaded.append(Llama(**kw, n_ctx=n_ctx))
                 for _ in range(self.n_contexts - 1):
                     loaded.append(Llama(**kw, n_ctx=n_ctx))
-            except ConfigError:
+            except BaseException as exc:
                 for llm in loaded:
                     llm.close()
-                raise
-            except Exception as exc:
-                for llm in loaded:
-                    llm.close()
+                if isinstance(exc, ConfigError) or not isinstance(exc, Exception):
+                    raise
                 detail = native_log().strip().splitlines()[-3:]
-                raise ConfigError(f"llama.cpp could not load {spec.model}: {exc}"
+                raise ConfigError(f"llama.cpp could not load {model}: {exc}"
                                   + (f" ({' / '.join(detail)})" if detail else "")) from None
-        for llm in loaded:
-            self._contexts.put(llm)
-        self._all = loaded
-        self.context_window = first.n_ctx()
-        self.default_concurrency = spec.default_concurrency
-        self._counter = first  # tokenizing reads the vocabulary only; guarded all the same
-        self._count_lock = threading.Lock()
-        template = first.metadata.get("tokenizer.chat_template")
-        self._formatter = None
-        if template and "chat_format" not in options:
-            eos_id, bos_id = first.token_eos(), first.token_bos()
-            self._formatter = llama_chat_format.Jinja2ChatFormatter(
-                template=template,
-                eos_token=_token_text(first, eos_id),
-                bos_token=_token_text(first, bos_id),
-            )
-        self._executor = ThreadPoolExecutor(max_workers=self.n_contexts,
-                                            thread_name_prefix="batchmagic-llama")
-        self._flags: set[StopFlag] = set()
-        self._closed = False
+        return loaded
 
     # -- tokens -------------------------------------------------------------------------------
 
