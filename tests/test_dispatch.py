@@ -270,8 +270,8 @@ def test_raise_for_errors():
 # -- the dispatcher with a fake backend ----------------------------------------------------------------
 # On virtual time (tests/virtual_time.py): the dispatcher, its window and its gate share one clock
 # with the event loop, so the backend's latencies, the parked retries and the gate's waits take no
-# wall time and happen exactly when due. Timings are asserted exactly; a loaded machine cannot
-# move them.
+# wall time and happen when due. Timings are asserted to the microsecond; a loaded machine
+# cannot move them.
 
 FAST = RetryPolicy(retries=3, rate_limit_retries=5, billed_retries=1, backoff_base=0.01,
                    rate_limit_base=0.01, backoff_max=0.05, max_wait=1.0)

@@ -4,7 +4,8 @@ and a real asyncio event loop that runs on it.
 ``VirtualClock`` is what the limits and the dispatcher take as ``clock=``. ``run_virtual`` runs a
 coroutine on a selector event loop whose ``time()`` is that clock: when every task is waiting on a
 timer (``asyncio.sleep``, ``call_later``, ``wait_for``), the clock jumps straight to the next timer
-instead of sleeping. So a test can say "the retry started 0.3 s after the 429" exactly, takes no
+instead of sleeping. So a test can say "the retry started 0.3 s after the 429" to the microsecond
+(each reading of the clock adds a hundredth of a nanosecond, see ``VirtualTimeLoop``), takes no
 wall time for it, and cannot be made late by a loaded machine; and everything that could happen
 before a timer fires has happened before the clock moves, so "nothing started during the pause"
 is checked exactly too.
