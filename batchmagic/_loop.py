@@ -43,6 +43,16 @@ def submit(coro: Coroutine) -> concurrent.futures.Future:
     return asyncio.run_coroutine_threadsafe(coro, get_loop())
 
 
+def wait_for(coro: Coroutine, timeout: float | None) -> Any:
+    """Run ``coro`` on the loop and wait for its result; an interrupt or a timeout cancels it."""
+    fut = submit(coro)
+    try:
+        return fut.result(timeout)
+    except (concurrent.futures.TimeoutError, KeyboardInterrupt):
+        fut.cancel()
+        raise
+
+
 def call(fn: Callable, *args: Any) -> None:
     """Run ``fn(*args)`` on the loop thread (thread-safe control: cancel, pause, resume)."""
     loop = get_loop()

@@ -208,3 +208,107 @@ def test_no_import_cycles():
     graph = import_graph()
     cycles = [" -> ".join(a_cycle(graph, group)) for group in strongly_connected(graph)]
     assert not cycles, "import cycles in batchmagic/:\n" + "\n".join(cycles)
+
+
+# --------------------------------------------------------------------------- refused methods
+
+
+def _classes(tree: ast.Module) -> list[ast.ClassDef]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+
+
+def _base_names(cls: ast.ClassDef) -> list[str]:
+    """The names a class's bases go by (``Base`` or ``module.Base``)."""
+    names = []
+    for base in cls.bases:
+        if isinstance(base, ast.Subscript):  # Generic[T], Base[int]
+            base = base.value
+        if isinstance(base, ast.Name):
+            names.append(base.id)
+        elif isinstance(base, ast.Attribute):
+            names.append(base.attr)
+    return names
+
+
+def _methods(cls: ast.ClassDef) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    return {node.name: node for node in cls.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def only_raises(method: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A body that is a docstring (or none) and one ``raise``."""
+    body = list(method.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    return len(body) == 1 and isinstance(body[0], ast.Raise)
+
+
+def refused_methods(sources: dict[str, str]) -> list[str]:
+    """``module.Class.method`` for each public method a class overrides with a body that only
+    raises, where a base of it (a class of ``sources``, directly or further up) defines it."""
+    classes: dict[str, list[ast.ClassDef]] = {}
+    found_in: dict[int, str] = {}
+    for module, text in sources.items():
+        for cls in _classes(ast.parse(text)):
+            classes.setdefault(cls.name, []).append(cls)
+            found_in[id(cls)] = module
+
+    def inherited(cls: ast.ClassDef, seen: set[str]) -> set[str]:
+        names: set[str] = set()
+        for base in _base_names(cls):
+            for parent in classes.get(base, []):
+                if base not in seen:
+                    names |= set(_methods(parent)) | inherited(parent, seen | {base})
+        return names
+
+    refused = []
+    for group in classes.values():
+        for cls in group:
+            promised = inherited(cls, {cls.name})
+            refused += [f"{found_in[id(cls)]}.{cls.name}.{name}"
+                        for name, method in _methods(cls).items()
+                        if not name.startswith("_") and name in promised and only_raises(method)]
+    return sorted(refused)
+
+
+def test_the_refusal_check_finds_a_subclass_that_refuses_its_parents_method():
+    sources = {"m.base": '''
+class Job:
+    def resubmit(self):
+        return 1
+    def _private(self):
+        return 2
+''', "m.child": '''
+from m.base import Job
+import m.base
+class Adopted(Job):
+    def resubmit(self, **kw):
+        """Not here."""
+        raise ValueError("made elsewhere")
+    def _private(self):
+        raise ValueError("private: allowed")
+    def own(self):
+        raise ValueError("not promised by a base: allowed")
+class Deeper(m.base.Job):
+    pass
+class Deepest(Deeper):
+    def resubmit(self):
+        raise ValueError("refused two levels down")
+class Extends(Job):
+    def resubmit(self):
+        """Checks first, then does the work."""
+        check()
+        raise ValueError("not only a raise: allowed")
+class Unrelated:
+    def resubmit(self):
+        raise ValueError("no base: allowed")
+'''}
+    assert refused_methods(sources) == ["m.child.Adopted.resubmit", "m.child.Deepest.resubmit"]
+
+
+def test_no_class_refuses_a_public_method_its_base_promises():
+    sources = {name: path.read_text(encoding="utf-8") for name, path in all_modules().items()}
+    assert refused_methods(sources) == [], (
+        "a subclass that only raises in a public method its base defines breaks the base's "
+        "contract: compose instead, or give the method one precondition on the base")

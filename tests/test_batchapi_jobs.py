@@ -297,6 +297,27 @@ def test_jobs_status_and_results_adopt_from_the_command_line(sim, tmp_path, capf
     assert_no_secret(captured.out, captured.err, out.read_text())
 
 
+def test_an_adopted_batch_is_a_batchjob_and_says_why_it_cannot_be_sent_again(sim):
+    """One class for every job: an adopted batch is a plain BatchJob (no subclass refusing its
+    methods); resubmit() and finish_online() exist once and need inputs the journal holds."""
+    batch_id = made_elsewhere(sim, ["s2", "s1"])
+    adopted = bm.job(batch_id, provider="simulator", base_url=sim.base_url)
+    assert type(adopted) is bm.BatchJob and bm.BatchJob.__subclasses__() == []
+    assert [f.result() for f in adopted] == ["echo: hello s1", "echo: hello s2"]
+    assert adopted.run_id is None and adopted._engines() == []
+    before = created(sim)
+    for send_again in (adopted.resubmit, adopted.finish_online):
+        with pytest.raises(bm.ConfigError, match=f"batch {batch_id} was made elsewhere: its "
+                                                 "inputs are not in the journal"):
+            send_again()
+    assert created(sim) == before and bm.jobs() == []  # nothing sent again, nothing recorded
+    bm.batch(pd.DataFrame({"text": ["z"]}), "Say: {text}", model="sim-chat",
+             provider="simulator", base_url=sim.base_url, mode="batch-api", progress=False,
+             batch_options=FAST)
+    [mine] = bm.jobs()
+    assert type(mine) is bm.BatchJob and [f.result() for f in mine] == ["echo: Say: z"]
+
+
 def test_a_journal_job_is_found_by_its_provider_batch_id(sim):
     df = pd.DataFrame({"text": ["x", "y"]})
     bm.batch(df, "Say: {text}", model="sim-chat", provider="simulator", base_url=sim.base_url,

@@ -11,8 +11,11 @@ elsewhere.
 * ``_results``: output / error files -> one outcome per custom_id
 * ``_jobs``: a job's life (record, submit, adopt after a crash, poll, harvest into the journal)
 * ``_lease``: one process at a time records a job for the same rows, or creates a job's batches
-* ``_adopt``: batches made elsewhere (by id, or listed from the provider) and their frames
-* ``_run``: a run in batch-api mode; ``_handle``: ``BatchJob`` and ``jobs()``
+* ``_adopt``: batches made elsewhere (by id, or listed from the provider): the source a
+  ``BatchJob`` asks for them, and their frames
+* ``_run``: a run in batch-api mode
+* ``_handle``: ``BatchJob`` (one class; it asks its source: a job of this journal, or a batch
+  adopted from elsewhere), ``jobs()`` and ``job()``
 * ``_modes``: where batch-api and batch-chat runs go, checked before anything is sent
 """
 

@@ -4,9 +4,10 @@ and listed from the provider.
 ``bm.job("batch_abc", provider="openai")`` finds a batch the journal does not know by asking the
 provider; ``bm.jobs(provider="openai", status="completed")`` lists the provider's own batches
 (OpenAI-compatible ``GET /batches``; Ark's ``ListBatchInferenceJobs``). Either way the handle is
-an ``AdoptedJob``: a ``BatchJob`` that answers ``status()``, ``wait()`` / ``result()``,
-``cancel()`` and ``done()`` by asking the provider each time. Nothing about it is written to the
-journal, and it cannot ``resubmit()`` or ``finish_online()``: its inputs are unknown here.
+a ``BatchJob`` whose source is an ``AdoptedBatch``: it answers ``status()``, ``wait()`` /
+``result()``, ``cancel()`` and ``done()`` by asking the provider each time. Nothing about it is
+written to the journal, and its inputs are unknown here, so ``resubmit()`` and
+``finish_online()`` (which need them) say so.
 
 The frame of an adopted batch. Its inputs are not known (they are in the provider's input file),
 so its rows are the requests its output and error files name, one row per ``custom_id``:
@@ -33,16 +34,16 @@ from typing import Any
 
 import pandas as pd
 
-from .. import _kinds
+from .. import _kinds, _loop
 from .._dispatch import ItemResults
 from .._errors import BadRequestError, ConfigError, NotSentError, RowError
 from .._frame import build_frame
 from .._inputs import Item, Plan
+from .._progress import Snapshot
 from ..providers._presets import get_preset
 from ..providers._target import resolve_target
 from ..providers._wire import make_wire
 from ._client import OpenAIBatch, RemoteBatch
-from ._handle import BatchJob
 from ._jobs import DEFAULT_MAX_POLL, DEFAULT_POLL, JobStatus
 from ._modes import check_options
 from ._results import FileReport, Unprocessed, read_file
@@ -129,18 +130,26 @@ def _natural(custom_id: str) -> list:
             for part in re.split(r"(\d+)", custom_id) if part]
 
 
-class AdoptedJob(BatchJob):
-    """A provider batch this journal did not create (see the module docstring for its frame)."""
+class AdoptedBatch:
+    """Where a ``BatchJob`` adopted from elsewhere gets its answers: the provider, asked each
+    time (see the module docstring for its frame). Nothing about it is in the journal."""
 
     def __init__(self, batch: RemoteBatch, access: ProviderAccess):
-        super().__init__(batch.id, None)  # no journal: it holds nothing about this batch
+        self.id = batch.id
+        self.access = access
         self._remote = batch
-        self._provider = access
+
+    def inputs(self) -> None:
+        """None: its inputs are in the provider's input file, not in the journal."""
+        return None
+
+    def live_row_futures(self) -> None:
+        return None  # no run of this process follows it
 
     # -- asking the provider --------------------------------------------------------------------
 
     def _ask(self, call, timeout: float | None = None):
-        return self._on_loop(_with_client(self._provider, call), timeout)
+        return _loop.wait_for(_with_client(self.access, call), timeout)
 
     def _status_of(self, rb: RemoteBatch) -> JobStatus:
         batch = {"shard": 0, "batch_id": rb.id, "status": rb.status, "state": rb.state,
@@ -150,7 +159,6 @@ class AdoptedJob(BatchJob):
                          rb.status, rb.total or 0, rb.completed or 0, rb.failed or 0, [batch])
 
     def status(self) -> JobStatus:
-        """The provider's status and request counts (one round trip)."""
         self._remote = self._ask(lambda c: c.retrieve(self.id))
         return self._status_of(self._remote)
 
@@ -162,13 +170,9 @@ class AdoptedJob(BatchJob):
         if not self._remote.terminal:
             self._remote = self._ask(lambda c: c.cancel(self.id))
 
-    def wait(self, timeout: float | None = None, *, progress: bool = True) -> pd.DataFrame:
-        """Wait for the batch to end, then read its output and error files into a frame.
-        ``TimeoutError`` after ``timeout`` seconds (the batch goes on at the provider)."""
-        return self._on_loop(_with_client(self._provider, lambda c: self._collect(c, progress)),
-                             timeout)
-
-    result = wait
+    def wait(self, timeout: float | None, progress: bool) -> pd.DataFrame:
+        """Wait for the batch to end, then read its output and error files into a frame."""
+        return self._ask(lambda c: self._collect(c, progress), timeout)
 
     def task_count(self) -> int:
         return self._remote.total or 0
@@ -180,13 +184,11 @@ class AdoptedJob(BatchJob):
     def frame(self) -> pd.DataFrame:
         """The batch's rows if it has ended; no rows while it runs (its files come at the end)."""
         if self.status().state == "finished":
-            return self.wait(progress=False)
+            return self.wait(None, progress=False)
         return self._frame_of(FileReport({}), self._remote)
 
     @property
-    def progress(self):
-        from .._progress import Snapshot
-
+    def progress(self) -> Snapshot:
         s = self._status_of(self._remote)
         return Snapshot(title=f"batch-api job {self.id}", requests=s.total,
                         done=s.completed + s.failed, ok=s.completed, failed=s.failed,
@@ -194,24 +196,16 @@ class AdoptedJob(BatchJob):
 
     @property
     def provider(self) -> str | None:
-        return self._provider.provider or self._provider.base_url
+        return self.access.provider or self.access.base_url
 
-    def resubmit(self, **kwargs: Any):
-        raise ConfigError(f"batch {self.id} was made elsewhere: its inputs are not in the "
-                          "journal, so there is nothing to resubmit from here")
-
-    def finish_online(self, **kwargs: Any) -> pd.DataFrame:
-        raise ConfigError(f"batch {self.id} was made elsewhere: its inputs are not in the "
-                          "journal, so its unanswered rows cannot be sent online from here")
-
-    def __repr__(self) -> str:
+    def describe(self) -> str:
         rb = self._remote
         counts = f", {rb.completed or 0}/{rb.total or 0} requests done" if rb.total else ""
         when = (f", created {time.strftime('%Y-%m-%d %H:%M', time.localtime(rb.created))}"
                 if rb.created else "")
         name = f" {rb.name!r}" if rb.name else ""
-        return (f"<BatchJob {rb.id} {self.provider}{name}: {rb.status or rb.state}{counts}"
-                f"{when} (made elsewhere)>")
+        return (f"{rb.id} {self.provider}{name}: {rb.status or rb.state}{counts}{when} "
+                "(made elsewhere)")
 
     # -- collecting -----------------------------------------------------------------------------
 
@@ -219,8 +213,8 @@ class AdoptedJob(BatchJob):
         from .._display import make_display
 
         display = make_display(show, self.progress) if show else None
-        interval = float(self._provider.options.get("poll_interval") or DEFAULT_POLL)
-        cap = float(self._provider.options.get("max_poll_interval")
+        interval = float(self.access.options.get("poll_interval") or DEFAULT_POLL)
+        cap = float(self.access.options.get("max_poll_interval")
                     or max(DEFAULT_MAX_POLL, interval))
         try:
             while True:
@@ -240,7 +234,7 @@ class AdoptedJob(BatchJob):
     async def _harvest(self, client, rb: RemoteBatch) -> pd.DataFrame:
         kind = next((k for suffix, k in KIND_OF_ENDPOINT.items()
                      if (rb.endpoint or "").endswith(suffix)), "chat")
-        dialect = "ark" if self._provider.ark else client.caller.dialect
+        dialect = "ark" if self.access.ark else client.caller.dialect
         report = FileReport({})
         for ref in (rb.output_ref, rb.error_ref):
             if ref:  # a download cut short raises: never a partial harvest
