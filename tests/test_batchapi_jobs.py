@@ -305,6 +305,9 @@ def test_an_adopted_batch_is_a_batchjob_and_says_why_it_cannot_be_sent_again(sim
     assert type(adopted) is bm.BatchJob and bm.BatchJob.__subclasses__() == []
     assert [f.result() for f in adopted] == ["echo: hello s1", "echo: hello s2"]
     assert adopted.run_id is None and adopted._engines() == []
+    panel = adopted.progress
+    assert (panel.title, panel.state, panel.ok, panel.requests) == (
+        f"batch-api job {batch_id}", "done", 2, 2)
     before = created(sim)
     for send_again in (adopted.resubmit, adopted.finish_online):
         with pytest.raises(bm.ConfigError, match=f"batch {batch_id} was made elsewhere: its "
@@ -316,6 +319,9 @@ def test_an_adopted_batch_is_a_batchjob_and_says_why_it_cannot_be_sent_again(sim
              batch_options=FAST)
     [mine] = bm.jobs()
     assert type(mine) is bm.BatchJob and [f.result() for f in mine] == ["echo: Say: z"]
+    panel = mine.progress
+    assert (panel.title, panel.state, panel.ok, panel.requests) == (
+        f"batch-api job {mine.id}", "done", 1, 1)
 
 
 def test_a_journal_job_is_found_by_its_provider_batch_id(sim):

@@ -189,10 +189,7 @@ class AdoptedBatch:
 
     @property
     def progress(self) -> Snapshot:
-        s = self._status_of(self._remote)
-        return Snapshot(title=f"batch-api job {self.id}", requests=s.total,
-                        done=s.completed + s.failed, ok=s.completed, failed=s.failed,
-                        state="done" if s.state == "finished" else "running", message=str(s))
+        return self._status_of(self._remote).snapshot()
 
     @property
     def provider(self) -> str | None:

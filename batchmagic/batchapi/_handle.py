@@ -137,11 +137,16 @@ class JournalJob:
     # -- the source protocol --------------------------------------------------------------------
 
     def status(self) -> JobStatus:
+        return self._status(ask_provider=True)
+
+    def _status(self, ask_provider: bool) -> JobStatus:
+        """The provider's status of each batch, asked now or as the journal last saw it."""
         engines = self.engines()
         if not engines:
             return JobStatus("", "finished", self.provider or "", "nothing to send: every row "
                              "was already answered", 0, 0, 0, [])
-        return _merge([_loop.wait_for(e.refresh(), STATUS_TIMEOUT) for e in engines])
+        return _merge([_loop.wait_for(e.refresh(), STATUS_TIMEOUT) if ask_provider
+                       else e.status() for e in engines])
 
     def done(self) -> bool:
         if self._task is not None:
@@ -185,12 +190,7 @@ class JournalJob:
     def progress(self) -> Snapshot:
         if self._task is not None:
             return self._task.progress
-        s = _merge([e.status() for e in self.engines()]) if self.engines() else None
-        return Snapshot(title=f"batch-api job {self.id}", requests=s.total if s else 0,
-                        done=(s.completed + s.failed) if s else 0,
-                        ok=s.completed if s else 0, failed=s.failed if s else 0,
-                        state="done" if s is None or s.state == "finished" else "running",
-                        message=str(s) if s else "")
+        return self._status(ask_provider=False).snapshot()
 
     @property
     def provider(self) -> str | None:

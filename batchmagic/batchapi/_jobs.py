@@ -43,6 +43,7 @@ from .._errors import (
     TransportError,
 )
 from .._journal import Journal, encode_result
+from .._progress import Snapshot
 from .._secrets import Secret
 from ..providers._target import resolve_target
 from ..providers._wire import make_wire
@@ -158,6 +159,13 @@ class JobStatus:
 
     def _repr_pretty_(self, p, cycle) -> None:
         p.text(str(self))
+
+    def snapshot(self) -> Snapshot:
+        """The job as a progress panel draws it, from these counts."""
+        return Snapshot(title=f"batch-api job {self.job_id}", requests=self.total,
+                        done=self.completed + self.failed, ok=self.completed, failed=self.failed,
+                        state="done" if self.state == "finished" else "running",
+                        message=str(self))
 
 
 class JobEngine:
