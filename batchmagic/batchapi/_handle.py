@@ -2,7 +2,7 @@
 
 A ``BatchJob`` is one class whatever made the job; it asks a *source* chosen when it is built:
 
-* ``JournalJob``: a job of this journal, its ``JobEngine``\\ s; when this process runs it
+* ``JournalJob``: a job of this journal, its ``JobEngine`` objects; when this process runs it
   (``bm.submit(..., mode="batch-api")``: its run polls in the background, on batchmagic's own
   loop, so the kernel stays free), also the ``BatchTask`` following it and the ``RunDriver``
   submitting it. ``bm.jobs()`` rebuilds one after a restart.
@@ -96,7 +96,7 @@ class JobSource(Protocol):
 
 
 class JournalJob:
-    """A job of this journal: its ``JobEngine``\\ s, read from the journal; when this process
+    """A job of this journal: its ``JobEngine`` objects, read from the journal; when this process
     runs it, also the ``BatchTask`` following it (it answers for the rows) and the ``RunDriver``
     (it holds the engines while it records and submits them)."""
 
