@@ -490,7 +490,7 @@ class Dispatcher:
                     r.attempts[item] = unit.attempts
                     r.done[item] = 1
             self._outstanding -= 1
-            self.progress.finish(unit.items, err)
+            self.progress.finish(unit.items, err, sent=unit.attempts > 0)
             if self.on_item is not None:  # settle per-row futures and counts, as _finished does
                 for item in unit.items:
                     self.on_item(item)

@@ -264,8 +264,8 @@ class RateProbe:
 
     The dispatcher calls ``throttled`` only when throttling is general (a tenth of recent
     answers), never for a stray 429. The first call sets the rate to the pace that was
-    succeeding just before (answers in the last second; with none yet there is nothing to start
-    from, and the rows only back off); each later one cuts it by
+    succeeding just before (answers in the last second, or since the run started when that is
+    shorter; with none yet there is nothing to start from, and the rows only back off); each later one cuts it by
     ``DECREASE``, at most once a second (requests already in flight when a cut happens carry no
     news). Every success adds ``GROWTH`` requests per second, and successes arrive at about the
     rate, so the rate grows about 10% a second: back to the limit within 4 s of a cut.
@@ -275,9 +275,11 @@ class RateProbe:
     GROWTH = 0.1
     FLOOR = 0.1  # requests per second: even a very tight limit gets some traffic
     WINDOW = 1.0  # seconds of recent answers that say what pace was succeeding
+    MIN_SPAN = 0.5  # a burst in the first moments says little about the sustained pace
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
+        self.born = clock()
         self.rate: float | None = None  # None until the first 429
         self._recent: collections.deque[float] = collections.deque(maxlen=4096)
         self._last_cut = -math.inf
@@ -298,7 +300,9 @@ class RateProbe:
                 recent.popleft()
             if not recent:  # no pace has succeeded yet: nothing to start from; back off only
                 return None
-            self.rate = max(self.FLOOR, len(recent) / self.WINDOW)
+            # a run throttled in its first second has had less than a second to succeed in
+            span = min(self.WINDOW, max(self.MIN_SPAN, now - self.born))
+            self.rate = max(self.FLOOR, len(recent) / span)
             self._recent.clear()
             self._last_cut = now
         elif now - self._last_cut >= self.WINDOW:

@@ -95,11 +95,12 @@ class Progress(Snapshot):
         return len(items) if weights is None else sum(weights[i] for i in items)
 
     def finish(self, items: Sequence[int], error: BaseException | None = None,
-               *, cached: bool = False) -> None:
+               *, cached: bool = False, sent: bool = True) -> None:
         """Requests ``items`` finished: answered (``error`` None), failed, or answered by the
-        journal while this run waited for them (``cached``)."""
+        journal while this run waited for them (``cached``). A request never sent (``sent``
+        False: the run stopped first) finishes its rows but is no request done."""
         rows = self.rows_of(items)
-        self.requests_done += len(items)
+        self.requests_done += len(items) if sent else 0
         self.done += rows
         if error is None:
             self.ok += rows

@@ -147,7 +147,7 @@ class Run:
         for u in units:
             err = NotSentError("not sent: another run was answering it when this run stopped",
                                provider=self.target.name)
-            self.fail_items([i for i in u.items if not self.results.done[i]], err)
+            self.fail_items([i for i in u.items if not self.results.done[i]], err, sent=False)
             self.items_saved(u.items)
 
     def preflight_failed(self, errors: dict[int, RowError]) -> None:
@@ -159,12 +159,12 @@ class Run:
             self.items_saved(list(errors))
             self.rebuild_units()
 
-    def fail_items(self, items: list[int], err: RowError) -> None:
+    def fail_items(self, items: list[int], err: RowError, *, sent: bool = True) -> None:
         for i in items:
             self.results.error[i] = err
             self.results.done[i] = 1
         if items:
-            self.progress.finish(items, err)
+            self.progress.finish(items, err, sent=sent)
 
     # -- the lifecycle (loop thread) -----------------------------------------------------------------
 

@@ -169,6 +169,7 @@ def test_no_rate_limit_headers_still_finds_the_limit(fresh) -> None:
 def test_the_rate_probe_cuts_at_most_once_a_second_and_grows_back() -> None:
     clock = Clock()
     probe = RateProbe(clock)
+    clock.now += 5.0  # a run well under way
     for _ in range(8):
         probe.success()
     assert probe.throttled() == 8.0  # the pace that was succeeding in the last second
@@ -178,6 +179,18 @@ def test_the_rate_probe_cuts_at_most_once_a_second_and_grows_back() -> None:
     for _ in range(10):
         probe.success()
     assert probe.rate == pytest.approx(6.6)
+
+
+def test_throttling_in_the_first_moments_measures_the_pace_over_the_time_there_was() -> None:
+    """Throttled 0.4 s into a run after 6 answers: the pace is measured over half a second (the
+    shortest span that says more than a startup burst), not over a full second, which would
+    make a run throttled early crawl well below its limit."""
+    clock = Clock()
+    probe = RateProbe(clock)
+    clock.now += 0.4
+    for _ in range(6):
+        probe.success()
+    assert probe.throttled() == pytest.approx(12.0)
 
 
 def test_throttling_before_any_success_installs_no_rate() -> None:

@@ -136,3 +136,23 @@ def test_an_estimate_reads_the_journal_without_touching_it(tmp_path):
     assert (est.cached_rows, est.to_send) == (2, 1)
     after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()}
     assert after == before
+
+
+def test_requests_never_sent_are_not_counted_as_done():
+    """A cancelled run's panel said "120/120 requests" when 118 were never sent."""
+    import time
+
+    from batchmagic.simulator import SimulatorThread
+
+    with SimulatorThread(latency=0.2) as sim:
+        task = bm.submit([f"r{i}" for i in range(60)], provider="simulator",
+                         base_url=sim.base_url, model="m", concurrency=2, progress=False,
+                         cache=False)
+        deadline = time.monotonic() + 30
+        while task.finished_count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        task.cancel()
+        df = task.wait(30)
+    unsent = sum(isinstance(e, bm.NotSentError) for e in df["error"])
+    assert unsent > 0
+    assert task.progress.requests_done == 60 - unsent

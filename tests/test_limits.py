@@ -284,9 +284,9 @@ def test_probed_rate_paces_the_gate_and_grows_with_answers():
         return rate_after_cut, times, gate.rpm / 60
 
     rate, times, grown = run_virtual(main)
-    assert rate == pytest.approx(8.0)
-    assert times == pytest.approx([1 / 8, 2 / 8, 3 / 8], abs=1e-6)
-    assert grown == pytest.approx(8.1)
+    assert rate == pytest.approx(10.0)  # 8 answers in the run's first 0.8 s: 10 a second
+    assert times == pytest.approx([1 / 10, 2 / 10, 3 / 10], abs=1e-6)
+    assert grown == pytest.approx(10.1)
 
 
 def test_rate_gate_settle_tokens():
