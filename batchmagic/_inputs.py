@@ -169,11 +169,9 @@ _ShapeStep = Callable[["_Table", "str | None", "str | None", _Call],
 _NO_FIELD: tuple[str, ...] = ()  # a missing text: missing, with no column to name
 
 
-def _rendered(render: Callable[[Any], str], values: Any) -> str | _Refused:
-    try:
-        return render(values)
-    except (ValueError, TypeError) as exc:  # a format spec that does not fit the value
-        return _Refused(f"the template cannot format this row: {exc}")
+def _cannot_format(exc: Exception) -> _Refused:
+    """A format spec that does not fit the row's value (``{price:.2f}`` over text)."""
+    return _Refused(f"the template cannot format this row: {exc}")
 
 
 # -- shape: a DataFrame and a template naming its columns ---------------------------------------------
@@ -194,20 +192,20 @@ def _frame_drafts(table: _Table, template: str | None, images: str | None,
 
 def _frame_rows(tmpl: Template, fields_frame: pd.DataFrame,
                 image_refs: Iterable[Any]) -> Iterator[Draft]:
-    names = tmpl.fields
+    names, render = tmpl.fields, tmpl.render
     missing_at = fields_frame.isna().to_numpy()
     row_has_missing = missing_at.any(axis=1).tolist()  # at once: a numpy call per row is slow
-
-    def render(values: tuple) -> str:
-        return tmpl.render(dict(zip(names, values)))
-
     rows = fields_frame.itertuples(index=False, name=None)
     for pos, (values, refs) in enumerate(zip(rows, image_refs)):
         missing = None
         if row_has_missing[pos]:
             missing = tuple(n for n, m in zip(names, missing_at[pos]) if m)
             values = tuple("" if m else v for v, m in zip(values, missing_at[pos]))
-        yield pos, _rendered(render, values), refs, missing
+        try:
+            prompt = render(dict(zip(names, values)))
+        except (ValueError, TypeError) as exc:
+            prompt = _cannot_format(exc)
+        yield pos, prompt, refs, missing
 
 
 def _frame_template(template: str | None, frame: pd.DataFrame) -> Template:
@@ -274,21 +272,24 @@ def _text_drafts(table: _Table, template: str | None, images: str | None,
                  call: _Call) -> tuple[Template | None, Iterable[Draft]]:
     _refuse_images(images)
     tmpl = _text_template(template)
-    if tmpl is None:
-        return None, _text_rows(table.values, None)
-    name = tmpl.fields[0]
-    return tmpl, _text_rows(table.values, lambda value: tmpl.render({name: value}))
+    return tmpl, _text_rows(table.values, tmpl)
 
 
-def _text_rows(values: list, render: Callable[[Any], str] | None) -> Iterator[Draft]:
-    """Each text as its prompt: filled into the template, or (``render`` None) as it is."""
+def _text_rows(values: list, tmpl: Template | None) -> Iterator[Draft]:
+    """Each text as its prompt: filled into the template's one field, or as it is."""
+    render, name = (tmpl.render, tmpl.fields[0]) if tmpl is not None else (None, "")
     for pos, value in enumerate(values):
-        if type(value) is str and render is None:  # the usual row, with nothing to do
-            yield pos, value, None, None
-        elif type(value) is not str and is_missing(value):
-            yield pos, _rendered(render or _as_text, ""), None, _NO_FIELD
-        else:
-            yield pos, _rendered(render or _as_text, value), None, None
+        missing = None
+        if type(value) is not str and is_missing(value):  # a str, the usual row, never is
+            value, missing = "", _NO_FIELD
+        try:
+            if render is not None:
+                prompt = render({name: value})
+            else:
+                prompt = value if isinstance(value, str) else str(value)
+        except (ValueError, TypeError) as exc:
+            prompt = _cannot_format(exc)
+        yield pos, prompt, None, missing
 
 
 def _text_template(template: str | None) -> Template | None:
@@ -303,10 +304,6 @@ def _text_template(template: str | None) -> Template | None:
         )
     _require_a_field(tmpl, None)
     return tmpl
-
-
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else str(value)
 
 
 def _refuse_images(images: str | None) -> None:
@@ -431,12 +428,9 @@ class _Planner:
             self._apply_missing_rule(pos, missing)
             return
         try:
-            body, whole = self._body(request, image_refs)
-            key = self._key(body)
+            self._add(pos, *self._body(request, image_refs))
         except _Refused as why:
             self.row_errors[pos] = InputError(str(why), row=self.index[pos])
-            return
-        self._add(pos, key, body, whole)
 
     def _apply_missing_rule(self, pos: int, missing: tuple[str, ...]) -> None:
         """The one place ``on_missing`` is read ('empty' sends the row as its step rendered it)."""
@@ -453,24 +447,23 @@ class _Planner:
         """The request body, and whether it came whole from the inputs."""
         if isinstance(request, _Refused):
             raise request
+        call = self.call
         whole = isinstance(request, dict)  # prompts are text or message lists, never dicts
-        body = request if whole else self._built_body(request, image_refs)
-        if self.call.kind == "embedding" and _nothing_to_embed(body.get("input")):
+        if whole:
+            body = request
+        else:
+            urls = None if image_refs is None else _image_urls(image_refs, self.allow_private_urls)
+            body = _kinds.build_body(call.kind, request, call.model, call.params, call.system, urls)
+        if call.kind == "embedding" and _nothing_to_embed(body.get("input")):
             raise _Refused(NOTHING_TO_EMBED)
         return body, whole
 
-    def _built_body(self, prompt: Any, image_refs: Any) -> dict:
-        call = self.call
-        urls = None if image_refs is None else _image_urls(image_refs, self.allow_private_urls)
-        return _kinds.build_body(call.kind, prompt, call.model, call.params, call.system, urls)
-
-    def _key(self, body: dict) -> str:
+    def _add(self, pos: int, body: dict, whole: bool) -> None:
+        """The row joins the item with its key, or starts one (JSON must carry the body)."""
         try:
-            return row_key(self.endpoint, self.call.kind, body)
+            key = row_key(self.endpoint, self.call.kind, body)
         except (orjson.JSONEncodeError, TypeError) as exc:
             raise _Refused(_unencodable_message(exc)) from None
-
-    def _add(self, pos: int, key: str, body: dict, whole: bool) -> None:
         at = self.by_key.get(key)
         if at is None:
             at = self.by_key[key] = len(self.items)
