@@ -22,7 +22,8 @@
         │   ├── ConnectError        could not connect (never billed)
         │   ├── DeadlineError       no complete answer within the per-attempt deadline
         │   └── ConnectionLostError the connection dropped after the request was sent
-        └── ResponseError           an answer arrived but is unusable: not JSON, bad UTF-8, wrong shape
+        ├── ResponseError           an answer arrived but is unusable: not JSON, bad UTF-8, wrong shape
+        └── SchemaError             the answer does not fit schema= after every re-ask (``raw`` holds it)
 
 Every ``RowError`` says which row failed (``row``, the input index label), how many ``attempts`` were
 made, the HTTP ``status`` if there was one, the ``provider``, and ``possibly_billed``: whether the
@@ -60,6 +61,7 @@ __all__ = [
     "DeadlineError",
     "ConnectionLostError",
     "ResponseError",
+    "SchemaError",
 ]
 
 
@@ -161,6 +163,9 @@ class RowError(BatchError):
             type(self), self.message, row, self.attempts, self.status, self.provider, self.code,
             self.possibly_billed,
         )
+        for name, value in vars(self).items():  # what a subclass adds (SchemaError's raw)
+            if not hasattr(twin, name):
+                setattr(twin, name, value)
         return twin
 
 
@@ -238,3 +243,22 @@ class ConnectionLostError(TransportError):
 
 class ResponseError(RowError):
     """An answer arrived but cannot be used: not JSON, invalid UTF-8, or the wrong shape."""
+
+
+class SchemaError(RowError):
+    """The answer did not parse or validate against ``schema=``, after every re-ask. ``raw`` is
+    the answer's text as it came; the message says what did not fit. It was paid for."""
+
+    def __init__(self, message: str, *, raw: str | None = None, **facts: Any):
+        super().__init__(message, **facts)
+        self.raw = raw
+
+    def __reduce__(self):
+        rebuild, args = super().__reduce__()
+        return _rebuild_schema_error, (args, self.raw)
+
+
+def _rebuild_schema_error(args: tuple, raw: str | None) -> SchemaError:
+    err = _rebuild_row_error(*args)
+    err.raw = raw
+    return err

@@ -30,7 +30,9 @@ from ._errors import ColumnClashError, RowError, RunError
 
 RESULT_COLUMNS = ("output", "error", "finish_reason", "input_tokens", "output_tokens", "cost",
                   "latency", "attempts")
-OPTIONAL_COLUMNS = ("reasoning",)
+#: columns a run adds when they apply (reasoning models, schema=, samples=, tools, logprobs,
+#: stream=); an object schema's fields are added too
+OPTIONAL_COLUMNS = ("reasoning", "raw", "sample", "tool_calls", "logprobs", "ttft")
 
 
 def check_clash(frame: pd.DataFrame) -> None:

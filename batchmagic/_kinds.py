@@ -33,6 +33,9 @@ class Parsed:
     image_url: str | None = None  # image answers given as a URL: fetched by the dispatcher
     reasoning: str | None = None
     metrics: dict | None = None  # offline engines' per-request timings (queue_s, ttft_s), if any
+    tool_calls: list | None = None  # [{"id", "name", "arguments"}], arguments parsed from JSON
+    logprobs: Any = None  # the choice's logprobs, as the provider gave them
+    ttft: float | None = None  # seconds to the first token of a streamed answer
 
 
 def path_for(kind: str) -> str:

@@ -177,6 +177,18 @@ def _executor(name: str, value: Any) -> Any:
     return value
 
 
+def _optional_flag(name: str, value: Any) -> Any:
+    return None if value is None else _flag(name, value)
+
+
+def _schema(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    from ._schema import schema_for
+
+    return schema_for(value)
+
+
 def _anything(name: str, value: Any) -> Any:
     return value
 
@@ -220,6 +232,20 @@ OPTIONS: tuple[Option, ...] = (
        "what", _text, ("--system",), "TEXT", str, config=True),
     _O("params", "dict | None", None, "Generation parameters sent with each request "
        "(temperature, max_tokens, top_p, ...); engines map them to their own.", "what", _params),
+    _O("schema", "Any", None, "The answer's type: a pydantic model, a JSON Schema dict or a "
+       "type (Literal[...], int, list[str], a TypedDict, an Enum); output holds the validated "
+       "value and an object's fields become columns.", "what", _schema, ("--schema",), "NAME",
+       str),
+    _O("parse_retries", "int", 1, "Times an answer that does not fit the schema is asked "
+       "again before it is the row's SchemaError.", "what", count, ("--parse-retries",), "N",
+       int, config=True),
+    _O("samples", "int | None", None, "Answers per row: K rows out per row in, with a sample "
+       "column (0..K-1).", "what", positive_int, ("--samples",), "K", int, config=True),
+    _O("dedupe", "bool | None", None, "Send identical requests once (default: only when the "
+       "answer is deterministic, temperature 0).", "what", _optional_flag),
+    _O("stream", "bool | None", None, "Send streamed requests and assemble each answer, with a "
+       "ttft column (default: where the model only answers streamed requests).", "what",
+       _optional_flag, ("--stream",), text=bool),
     # where the rows go
     _O("provider", "str | None", None, "A provider preset: openai, dashscope, ark, qianfan, "
        "deepseek, vllm, ollama, llamacpp, simulator; its key comes from its usual variable.",
@@ -348,10 +374,13 @@ R = TypeVar("R")
 
 def _signature(inputs: Any, prompt: str | None = None, *, kind: str = "chat",
                model: str | None = None, system: str | None = None, params: dict | None = None,
+               schema: Any = None, parse_retries: int = 1, samples: int | None = None,
+               dedupe: bool | None = None, stream: bool | None = None,
                provider: str | None = None, base_url: str | None = None,
                api_key: str | None = None, engine: str | None = None,
                engine_options: dict | None = None, mode: str | None = None,
-               executor: str | None = None, batch_options: dict | None = None, concurrency: int | None = None,
+               executor: str | None = None, batch_options: dict | None = None,
+               concurrency: int | None = None,
                rpm: float | None = None, tpm: float | None = None, retries: int | None = None,
                timeout: float | None = None, breaker: Breaker | bool = True,
                budget: float | None = None, prices: dict | None = None,

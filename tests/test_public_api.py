@@ -38,6 +38,7 @@ EXPECTED_ALL = [
     "ResponseError",
     "RowError",
     "RunError",
+    "SchemaError",
     "ServerError",
     "TemplateError",
     "TransportError",

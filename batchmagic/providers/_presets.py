@@ -43,6 +43,12 @@ class Preset:
     dialect: str = "openai"  # error dialect: "openai", "dashscope", "ark", "qianfan", "deepseek"
     docs: str = ""  # URL of the doc page the facts came from
     batch_endpoint_prefix: str = "/v1"  # prefix of the per-line "url" in a batch JSONL file
+    # structured output: "json_schema" (response_format with a JSON Schema), "json_object" (only
+    # JSON mode: the schema goes into the system message) or "none"
+    structured_output: str = "json_schema"
+    supports_n: bool = True  # several choices in one request (n=K) for samples=K
+    # model-name prefixes that only answer streamed requests (stream=None turns streaming on)
+    stream_only: tuple[str, ...] = ()
 
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The first non-empty key among ``key_env``, or ``None``."""
