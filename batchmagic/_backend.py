@@ -61,6 +61,7 @@ class Unit:
     rate_limited: int = 0
     worst_cost: float = 0.0  # USD if every token of max_tokens is used (budget reservations)
     last: Any = None  # the Outcome of its last failed attempt: what a stopped run reports
+    reasks: int = 0  # answers that did not fit schema= and were asked again
 
 
 @dataclass(slots=True)

@@ -41,9 +41,11 @@ from ._errors import (
     CircuitOpenError,
     NotSentError,
     RowError,
+    SchemaError,
 )
 from ._limits import RateGate, Window
 from ._progress import Progress
+from ._schema import InvalidAnswer
 
 log = logging.getLogger("batchmagic")
 
@@ -53,6 +55,7 @@ class RetryPolicy:
     """Bounded retries (nothing retries forever)."""
 
     retries: int = 5  # transient failures (5xx, connection, deadline, bad answers)
+    parse_retries: int = 1  # re-asks of an answer that does not fit schema=
     rate_limit_retries: int = 30  # 429s are expected while riding a limit
     billed_retries: int = 1  # failures that may already have been billed
     backoff_base: float = 0.5
@@ -65,7 +68,8 @@ class ItemResults:
     """Per unique request: parallel lists, cheap to fill and to turn into columns."""
 
     __slots__ = ("output", "error", "finish_reason", "input_tokens", "output_tokens", "latency",
-                 "attempts", "reasoning", "cost", "cached", "done")
+                 "attempts", "reasoning", "cost", "cached", "done", "value", "tool_calls",
+                 "logprobs", "ttft")
 
     def __init__(self, n: int):
         self.output: list = [None] * n
@@ -79,11 +83,21 @@ class ItemResults:
         self.cost: list = [None] * n
         self.cached = bytearray(n)  # answered from the journal, not by a request in this run
         self.done = bytearray(n)
+        self.value: list = [None] * n  # with schema=: the validated answer (output is its text)
+        self.tool_calls: list = [None] * n
+        self.logprobs: list = [None] * n
+        self.ttft: list = [None] * n
 
     def answer(self, i: int, output: Any, finish_reason: str | None, reasoning: str | None,
                input_tokens: int | None, output_tokens: int | None, *, cost: float | None = None,
-               latency: float | None = None, attempts: int = 0, cached: bool = False) -> None:
+               latency: float | None = None, attempts: int = 0, cached: bool = False,
+               value: Any = None, tool_calls: list | None = None, logprobs: Any = None,
+               ttft: float | None = None) -> None:
         """Item ``i`` has its answer (from a request, a journal record or a job's output)."""
+        self.value[i] = value
+        self.tool_calls[i] = tool_calls
+        self.logprobs[i] = logprobs
+        self.ttft[i] = ttft
         self.output[i] = output
         self.finish_reason[i] = finish_reason
         self.reasoning[i] = reasoning
@@ -102,7 +116,8 @@ class Dispatcher:
                  on_item: Callable[[int], None] | None = None, results: ItemResults | None = None,
                  price: Price | None = None, budget: BudgetGuard | None = None,
                  breaker: CircuitBreaker | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 check: Callable[[Any], Any] | None = None):
         self.units = units
         self.backend = backend
         self.window = window
@@ -114,6 +129,7 @@ class Dispatcher:
         self.price = price  # per-row cost from real usage, when the price is known
         self.budget = budget
         self.breaker = breaker
+        self.check = check  # schema=: text -> validated value, or InvalidAnswer
         # latencies and congestion times; the limits carry their own. Parked retries are the
         # event loop's timers: a test that moves time runs the loop on this clock too
         self.clock = clock
@@ -306,7 +322,9 @@ class Dispatcher:
             self.gate.answered()
             if self.breaker is not None:
                 self.breaker.success()
-            self._succeed(unit, outcome, latency)
+            checks = self._check(outcome)
+            if checks is None or not self._reask(unit, outcome, checks):
+                self._succeed(unit, outcome, latency, checks)
         else:
             if self.breaker is not None and not self._stop:
                 reason = self.breaker.failure(outcome)
@@ -316,24 +334,69 @@ class Dispatcher:
         progress.concurrency = self.window.current
         progress.rate_waits = self.gate.waits
 
-    def _succeed(self, unit: Unit, outcome: Outcome, latency: float) -> None:
-        r, progress = self.results, self.progress
-        used = 0
-        spent = 0.0
-        for item, parsed in zip(unit.items, outcome.results or ()):
-            cost = None
-            if self.price is not None:
-                cost = self.price.cost(parsed.input_tokens, parsed.output_tokens)
-                spent += cost
-            r.answer(item, parsed.output, parsed.finish_reason, parsed.reasoning,
-                     parsed.input_tokens, parsed.output_tokens, cost=cost, latency=latency,
-                     attempts=unit.attempts)
-            used += (parsed.input_tokens or 0) + (parsed.output_tokens or 0)
-        progress.input_tokens += sum((p.input_tokens or 0) for p in outcome.results or ())
-        progress.output_tokens += sum((p.output_tokens or 0) for p in outcome.results or ())
+    def _check(self, outcome: Outcome) -> list[tuple[Any, str | None]] | None:
+        """With schema=: each answer's (validated value, None) or (None, what did not fit)."""
+        if self.check is None or not outcome.results:
+            return None
+        checks: list[tuple[Any, str | None]] = []
+        for parsed in outcome.results:
+            if parsed.tool_calls and not (parsed.output or "").strip():
+                checks.append((None, None))  # the model called a tool instead of answering
+                continue
+            try:
+                checks.append((self.check(parsed.output), None))
+            except InvalidAnswer as exc:
+                checks.append((None, str(exc)))
+        return checks
+
+    def _reask(self, unit: Unit, outcome: Outcome, checks: list) -> bool:
+        """An answer that does not fit the schema is asked again (its cost stays spent), up to
+        ``parse_retries`` times; then it is the row's SchemaError (``_succeed``)."""
+        if all(why is None for _, why in checks) or self._stop \
+                or unit.reasks >= self.policy.parse_retries:
+            return False
+        spent, _ = self._charge(unit, outcome)
+        self._unreserve(unit, spent)
+        unit.reasks += 1
+        progress = self.progress
+        progress.retries += 1
+        progress.reasked += 1
+        progress.retrying += 1
+        self._park(unit, 0.0)
+        return True
+
+    def _charge(self, unit: Unit, outcome: Outcome) -> tuple[float, list]:
+        """Count an answer's tokens and cost (paid for, whether it is kept or asked again):
+        (the total spent, each result's cost)."""
+        progress, results = self.progress, outcome.results or ()
+        costs = [self.price.cost(p.input_tokens, p.output_tokens) if self.price is not None
+                 else None for p in results]
+        spent = float(sum(c for c in costs if c is not None))
+        used = sum((p.input_tokens or 0) + (p.output_tokens or 0) for p in results)
+        progress.input_tokens += sum((p.input_tokens or 0) for p in results)
+        progress.output_tokens += sum((p.output_tokens or 0) for p in results)
         self.gate.settle_tokens(unit.tokens, used or unit.tokens)
         self.spent += spent
         progress.cost = self.spent
+        return spent, costs
+
+    def _succeed(self, unit: Unit, outcome: Outcome, latency: float,
+                 checks: list | None = None) -> None:
+        r, progress = self.results, self.progress
+        spent, costs = self._charge(unit, outcome)
+        failed: list[tuple[int, RowError]] = []
+        for k, (item, parsed) in enumerate(zip(unit.items, outcome.results or ())):
+            value, why = checks[k] if checks is not None else (None, None)
+            r.answer(item, parsed.output, parsed.finish_reason, parsed.reasoning,
+                     parsed.input_tokens, parsed.output_tokens, cost=costs[k], latency=latency,
+                     attempts=unit.attempts, value=value, tool_calls=parsed.tool_calls,
+                     logprobs=parsed.logprobs, ttft=parsed.ttft)
+            if why is not None:
+                err = SchemaError(f"the answer does not fit the schema: {why}",
+                                  raw=parsed.output, attempts=unit.attempts,
+                                  provider=self.backend.name)
+                r.error[item], r.output[item] = err, None
+                failed.append((item, err))
         self._unreserve(unit, spent)
         out_tokens = sum((p.output_tokens or 0) for p in outcome.results or ()) / max(1, len(unit.items))
         # queueing shows as latency per answer; normalise by output length so long answers are not
@@ -341,7 +404,10 @@ class Dispatcher:
         norm = latency / (1.0 + out_tokens / 32.0)
         self.window.on_success(norm)
         self.window.latency_congested(self.clock() - latency)
-        progress.finish(unit.items)
+        bad = {item for item, _ in failed}
+        progress.finish([i for i in unit.items if i not in bad])
+        for item, err in failed:
+            progress.finish([item], err)
         self._finished(unit)
 
     def _failed(self, unit: Unit, outcome: Outcome, sent_at: float) -> None:

@@ -26,8 +26,10 @@ RENEW_SECONDS = 20.0
 
 
 class Durable:
-    def __init__(self, journal: Journal, run_id: str, plan: Any, results: Any, *, model: str | None):
+    def __init__(self, journal: Journal, run_id: str, plan: Any, results: Any, *,
+                 model: str | None, check: Callable[[Any], Any] | None = None):
         self.journal = journal
+        self.check = check  # schema=: a stored answer must still fit it to count
         self.run_id = run_id
         self.plan = plan
         self.results = results
@@ -58,15 +60,25 @@ class Durable:
         rows = 0
         for idx, item in enumerate(items):
             rec = found.get(item.key)
-            if rec is not None:
-                self._fill(idx, rec)
+            if rec is not None and self._fill(idx, rec):
                 rows += len(item.rows)
         return rows
 
-    def _fill(self, idx: int, rec) -> None:
+    def _fill(self, idx: int, rec) -> bool:
+        """Take a stored answer; with a schema, only one that still fits it (a model's
+        validators may have changed since: such an answer is asked again)."""
+        value = None
+        if self.check is not None:
+            try:
+                value = self.check(rec.output)
+            except ValueError:
+                return False
         self.results.answer(idx, rec.output, rec.finish_reason, rec.reasoning, rec.input_tokens,
-                            rec.output_tokens, cost=rec.cost, cached=True)
+                            rec.output_tokens, cost=rec.cost, cached=True, value=value,
+                            tool_calls=rec.extra.get("tool_calls"),
+                            logprobs=rec.extra.get("logprobs"))
         self.cached_items.add(idx)
+        return True
 
     # -- during: leases and writes ------------------------------------------------------------
 
@@ -213,7 +225,9 @@ class Durable:
         base = (self.plan.kind, self.model)
         usage = (r.input_tokens[i], r.output_tokens[i], r.cost[i], r.latency[i], r.attempts[i])
         if err is None:
-            result = encode_result(r.output[i], r.finish_reason[i], r.reasoning[i]).decode()
+            result = encode_result(r.output[i], r.finish_reason[i], r.reasoning[i],
+                                   {"tool_calls": r.tool_calls[i],
+                                    "logprobs": r.logprobs[i]}).decode()
             return (key, "ok", *base, result, *usage, None, None, None, None, 0, self.run_id)
         assert isinstance(err, RowError)
         return (key, "error", *base, None, *usage, type(err).__name__, err.message[:2000],

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._errors import ColumnClashError, RowError, RunError
+from ._errors import ColumnClashError, RowError, RunError, SchemaError
 
 RESULT_COLUMNS = ("output", "error", "finish_reason", "input_tokens", "output_tokens", "cost",
                   "latency", "attempts")
@@ -35,8 +35,15 @@ RESULT_COLUMNS = ("output", "error", "finish_reason", "input_tokens", "output_to
 OPTIONAL_COLUMNS = ("reasoning", "raw", "sample", "tool_calls", "logprobs", "ttft")
 
 
-def check_clash(frame: pd.DataFrame) -> None:
-    clash = [c for c in frame.columns if c in RESULT_COLUMNS + OPTIONAL_COLUMNS]
+def check_clash(frame: pd.DataFrame, fields: tuple[str, ...] = ()) -> None:
+    """A result column (or a schema's field) that would overwrite an input column, or a schema
+    field named like a result column: an error that says how to rename."""
+    taken = [f for f in fields if f in RESULT_COLUMNS + OPTIONAL_COLUMNS]
+    if taken:
+        raise ColumnClashError(
+            f"the schema's field{'s' if len(taken) > 1 else ''} {', '.join(map(repr, taken))} "
+            "would overwrite the result column of that name; rename the field in the schema")
+    clash = [c for c in frame.columns if c in RESULT_COLUMNS + OPTIONAL_COLUMNS + tuple(fields)]
     if clash:
         renames = ", ".join(f"{c!r}: '{c}_in'" for c in clash)
         raise ColumnClashError(
@@ -87,6 +94,10 @@ def _result_values(plan, results, positions: list[int] | None = None, *,
         "latency": column(results.latency),
         "attempts": column(results.attempts, 0),
         "reasoning": column(results.reasoning),
+        "value": column(results.value),
+        "tool_calls": column(results.tool_calls),
+        "logprobs": column(results.logprobs),
+        "ttft": column(results.ttft),
     }
     errors, finish, attempts, latency = (out["error"], out["finish_reason"], out["attempts"],
                                          out["latency"])
@@ -128,17 +139,51 @@ def _typed(name: str, values: np.ndarray, index: pd.Index) -> pd.Series:
                          index=index)
     if name == "attempts":
         return pd.Series(np.asarray(list(values), dtype=np.int64), index=index)
+    if name == "ttft":
+        return pd.Series(np.array([np.nan if v is None else v for v in values], dtype=float),
+                         index=index)
     return pd.Series(values, index=index, dtype=object)
 
 
+#: optional columns that appear once any row has a value for them
+_WHEN_PRESENT = ("reasoning", "tool_calls", "logprobs", "ttft")
+
+
+def _with_schema(values: dict[str, np.ndarray], schema: Any) -> dict[str, np.ndarray]:
+    """With schema=: ``output`` is the validated value, ``raw`` the answer's text (a
+    SchemaError's own), and an object schema's fields are columns of their own."""
+    if schema is None:
+        return values
+    text, errors = values["output"], values["error"]
+    raw = np.empty(len(text), dtype=object)
+    for j, (t, err) in enumerate(zip(text, errors)):
+        raw[j] = err.raw if isinstance(err, SchemaError) else t
+    values = dict(values, output=values["value"], raw=raw)
+    for field in schema.fields:
+        col = np.empty(len(raw), dtype=object)
+        for j, v in enumerate(values["value"]):
+            col[j] = schema.columns(v).get(field) if v is not None else None
+        values[field] = col
+    return values
+
+
+def _optional(values: dict[str, np.ndarray], schema: Any) -> list[str]:
+    """The optional columns a frame has: the schema's always, the others once they have values."""
+    names = [n for n in _WHEN_PRESENT if any(v is not None for v in values[n])]
+    if schema is not None:
+        names = ["raw", *names, *schema.fields]
+    return names
+
+
 def build_frame(plan, results, *, costs: list | None = None, attrs: dict | None = None,
-                cached: set[int] | None = None) -> pd.DataFrame:
-    """``plan`` from ``_inputs.make_plan``; ``results`` an ``ItemResults`` over ``plan.items``."""
+                cached: set[int] | None = None, schema: Any = None) -> pd.DataFrame:
+    """``plan`` from ``_inputs.make_plan``; ``results`` an ``ItemResults`` over ``plan.items``;
+    ``schema`` the run's ``_schema.Schema``, if any."""
     index = plan.index
-    values = _result_values(plan, results, costs=costs, cached=cached)
+    values = _with_schema(_result_values(plan, results, costs=costs, cached=cached), schema)
     result = {name: _typed(name, values[name], index) for name in RESULT_COLUMNS}
-    if any(r is not None for r in results.reasoning):
-        result["reasoning"] = _typed("reasoning", values["reasoning"], index)
+    for name in _optional(values, schema):
+        result[name] = _typed(name, values[name], index)
     out = pd.concat([plan.frame, pd.DataFrame(result, index=index)], axis=1) if len(plan.frame.columns) \
         else pd.DataFrame(result, index=index)
     out.attrs["batchmagic"] = dict(attrs or {})
@@ -156,14 +201,16 @@ class LiveFrame:
     writes while the user's thread may ask for the frame.
     """
 
-    def __init__(self, plan, results, *, costs: list | None = None, attrs: dict | None = None):
+    def __init__(self, plan, results, *, costs: list | None = None, attrs: dict | None = None,
+                 schema: Any = None):
         self._plan = plan
         self._results = results
         self._costs = costs
+        self._schema = schema
         self._lock = threading.Lock()
         # what is done now is in the first build; anything finishing during it is re-applied
         self._applied = np.frombuffer(bytes(results.done), dtype=np.uint8).astype(bool)
-        self.frame = build_frame(plan, results, costs=costs, attrs=attrs)
+        self.frame = build_frame(plan, results, costs=costs, attrs=attrs, schema=schema)
         self._final = False
 
     def sync(self, attrs: dict | None = None) -> int:
@@ -188,11 +235,14 @@ class LiveFrame:
 
     def _write(self, positions: list[int]) -> None:
         df = self.frame
-        values = _result_values(self._plan, self._results, positions, costs=self._costs)
+        values = _with_schema(_result_values(self._plan, self._results, positions,
+                                             costs=self._costs), self._schema)
         rows = pd.RangeIndex(len(positions))
-        if "reasoning" not in df.columns and any(v is not None for v in values["reasoning"]):
-            df["reasoning"] = pd.Series([None] * len(df), index=df.index, dtype=object)
-        for name in (*RESULT_COLUMNS, *OPTIONAL_COLUMNS):
+        optional = _optional(values, self._schema)
+        for name in optional:
+            if name not in df.columns:
+                df[name] = _typed(name, np.full(len(df), None, dtype=object), df.index)
+        for name in (*RESULT_COLUMNS, *optional):
             if name in df.columns:
                 df.iloc[positions, df.columns.get_loc(name)] = _typed(name, values[name], rows).array
 
@@ -201,7 +251,8 @@ class LiveFrame:
         with self._lock:
             df = self.frame
             for name in final.columns:
-                if name in RESULT_COLUMNS or name in OPTIONAL_COLUMNS or name not in df.columns:
+                if name in RESULT_COLUMNS or name in OPTIONAL_COLUMNS or name not in df.columns \
+                        or (self._schema is not None and name in self._schema.fields):
                     # a Series keeps its dtype (a bare object array of strings would be inferred
                     # as a string column); same rows, so positional, never aligned on the index
                     column = pd.Series(final[name].to_numpy(copy=True), index=df.index,

@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -149,6 +149,7 @@ class Record:
     cost: float | None
     latency: float | None
     attempts: int
+    extra: dict = field(default_factory=dict)  # tool_calls, logprobs
 
 
 def default_folder() -> Path:
@@ -169,7 +170,10 @@ def folder_for(cache: Any) -> Path | None:
 # -- answers <-> JSON ---------------------------------------------------------------------------
 
 
-def encode_result(output: Any, finish_reason: str | None, reasoning: str | None) -> bytes:
+def encode_result(output: Any, finish_reason: str | None, reasoning: str | None,
+                  extra: dict | None = None) -> bytes:
+    """An answer as the journal keeps it; ``extra`` holds what some answers carry besides
+    (``tool_calls``, ``logprobs``), left out when empty."""
     if isinstance(output, np.ndarray):
         value: Any = {"f32": base64.b64encode(output.astype("<f4").tobytes()).decode()}
     elif type(output).__name__ == "GeneratedImage":
@@ -177,10 +181,14 @@ def encode_result(output: Any, finish_reason: str | None, reasoning: str | None)
                  "url": output.url}
     else:
         value = output
-    return orjson.dumps({"o": value, "f": finish_reason, "r": reasoning})
+    stored = {"o": value, "f": finish_reason, "r": reasoning}
+    extra = {k: v for k, v in (extra or {}).items() if v is not None}
+    if extra:
+        stored["x"] = extra
+    return orjson.dumps(stored)
 
 
-def decode_result(raw: str | bytes) -> tuple[Any, str | None, str | None]:
+def decode_result(raw: str | bytes) -> tuple[Any, str | None, str | None, dict]:
     data = orjson.loads(raw)
     value = data["o"]
     if isinstance(value, dict) and "f32" in value:
@@ -190,7 +198,7 @@ def decode_result(raw: str | bytes) -> tuple[Any, str | None, str | None]:
 
         value = GeneratedImage(base64.b64decode(value["image"]), mime=value.get("mime"),
                                url=value.get("url"))
-    return value, data.get("f"), data.get("r")
+    return value, data.get("f"), data.get("r"), data.get("x") or {}
 
 
 # -- the journal --------------------------------------------------------------------------------
@@ -605,14 +613,15 @@ def _record(key: str, status: str, result: str | None, *usage: Any) -> Record | 
     """A stored row as a ``Record``; None when its answer does not decode (it is asked again)."""
     in_tok, out_tok, cost, latency, attempts = usage
     output = finish = reasoning = None
+    extra: dict = {}
     if status == "ok":
         try:
-            output, finish, reasoning = decode_result(result)
+            output, finish, reasoning, extra = decode_result(result)
         except Exception:  # garbage: ask again
             log.debug("batchmagic: journal row %s does not decode; re-asking", key)
             return None
     return Record(key, status, output, finish, reasoning, in_tok, out_tok, cost, latency,
-                  attempts or 0)
+                  attempts or 0, extra)
 
 
 def _side(path: Path, suffix: str) -> Path:

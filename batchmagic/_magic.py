@@ -248,6 +248,8 @@ class BatchMagics(Magics):
         body = (cell or "").strip()
         inputs, prompt = self._inputs(opts.get("on"), body)
         kwargs = self._call_kwargs(opts)
+        if "schema" in kwargs:
+            kwargs["schema"] = self._schema(kwargs["schema"])
         out = opts.get("output")
         if out is not None and (not out.isidentifier() or keyword.iskeyword(out)):
             raise UsageError(f"-o needs a variable name, got {out!r}")
@@ -296,6 +298,22 @@ class BatchMagics(Magics):
             raise UsageError(f"--on {name}: {name} is a {type(value).__name__}; pass a "
                              "DataFrame, a Series or a list")
         return value, body or None
+
+    def _schema(self, name: str) -> Any:
+        """``--schema NAME``: the pydantic model, JSON Schema dict or type the notebook calls
+        NAME (a dotted name reaches into a module: ``--schema models.Review``)."""
+        head, _, rest = name.partition(".")
+        ns = self.shell.user_ns
+        if not head.isidentifier() or head not in ns:
+            raise UsageError(f"--schema {name}: no variable named {head!r} in the notebook; "
+                             "define the schema first (a pydantic model, a JSON Schema dict, or "
+                             "e.g. Label = Literal['yes', 'no'])")
+        value = ns[head]
+        for part in filter(None, rest.split(".")):
+            if not hasattr(value, part):
+                raise UsageError(f"--schema {name}: {head} has no {part!r}")
+            value = getattr(value, part)
+        return value
 
     @staticmethod
     def _call_kwargs(opts: dict[str, Any]) -> dict[str, Any]:

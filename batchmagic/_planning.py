@@ -18,6 +18,7 @@ from ._cost import Price, resolve_price
 from ._errors import ConfigError
 from ._frame import check_clash
 from ._inputs import Plan, make_plan
+from ._tokens import estimate_text_tokens
 from ._units import embedding_units, item_units
 from .providers._target import Target, describe_key, resolve_target
 
@@ -48,12 +49,19 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     target, engine, send_url = _where(o, need_key)
     key_note = describe_key(o.api_key, target) if engine is None else "none needed (engine)"
     o.api_key = None  # the Secret in the target is the only copy kept
+    params, system = o.params, o.system
+    if o.schema is not None:
+        params, system = _structured(o, target, engine)
     plan = make_plan(
         inputs, prompt, kind=o.kind, endpoint=target.base_url + _kinds.path_for(o.kind),
-        model=o.model, params=o.params, system=o.system, on_missing=o.on_missing,
+        model=o.model, params=params, system=system, on_missing=o.on_missing,
         images=o.images, allow_private_urls=o.allow_private_urls,
     )
-    check_clash(plan.frame)
+    check_clash(plan.frame, o.schema.fields if o.schema is not None else ())
+    if o.schema is not None and _structured_mode(target, engine) == "json_schema":
+        extra = estimate_text_tokens(o.schema.key_text)  # providers count the schema as input
+        for item in plan.items:
+            item.prompt_tokens += extra
     if engine is not None:
         from .engines import check_bodies
 
@@ -70,6 +78,37 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     return RunPlan(o, target, engine, send_url, plan, price,
                    breaker_for(o.breaker) if engine is None else None,
                    _executor_name(o, engine), _max_window(o, target, engine), key_note)
+
+
+def _structured_mode(target: Target, engine: Any) -> str:
+    """How the schema is asked for: engines and bare servers take a JSON Schema; a preset says
+    what its provider takes."""
+    if engine is not None or target.preset is None:
+        return "json_schema"
+    return target.preset.structured_output
+
+
+def _structured(o: Any, target: Target, engine: Any) -> tuple[dict | None, str | None]:
+    """(params, system) asking for answers of ``o.schema``: ``response_format`` with the JSON
+    Schema, or JSON mode with the schema spelled out in the system message (which JSON mode
+    needs anyway: the word JSON), or only the system message."""
+    if o.kind not in ("chat", "completion"):
+        raise ConfigError(f"schema= applies to chat and completion, not {o.kind}",
+                          option="schema")
+    params = dict(o.params or {})
+    if "response_format" in params:
+        raise ConfigError("pass schema= or params['response_format'], not both",
+                          option="schema")
+    mode = _structured_mode(target, engine)
+    if mode != "none":
+        params["response_format"] = o.schema.response_format(mode)
+    system = o.system
+    if mode != "json_schema":
+        if o.kind != "chat":
+            raise ConfigError(f"{target.name} takes no JSON Schema, so schema= needs kind='chat' "
+                              "(the schema goes into the system message)", option="schema")
+        system = f"{system}\n\n{o.schema.instructions()}" if system else o.schema.instructions()
+    return params, system
 
 
 def _where(o: Any, need_key: bool) -> tuple[Target, Any, str | None]:

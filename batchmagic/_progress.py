@@ -29,7 +29,8 @@ class Snapshot:
     requests_done: int = 0  # of those, finished (answered or failed)
     in_flight: int = 0
     retrying: int = 0  # waiting for a retry
-    retries: int = 0  # retries made so far
+    retries: int = 0  # retries made so far (re-asks included)
+    reasked: int = 0  # answers that did not fit schema= and were asked again
     rate_limited: int = 0  # 429-like answers received
     input_tokens: int = 0
     output_tokens: int = 0

@@ -30,7 +30,7 @@ from ._backend import Unit
 from ._dispatch import ItemResults
 from ._display import make_display, quiet_logs, summary_line
 from ._durable import Durable
-from ._errors import ConfigError, NotSentError, RowError
+from ._errors import ConfigError, NotSentError, RowError, SchemaError
 from ._frame import LiveFrame, build_frame
 from ._journal import folder_for, open_journal
 from ._planning import RunPlan, build_units
@@ -51,6 +51,7 @@ class Run:
         self.id = uuid.uuid4().hex[:12]
         self.options, self.target, self.engine = rp.options, rp.target, rp.engine
         self.plan, self.price, self.breaker = rp.plan, rp.price, rp.breaker
+        self.schema = rp.options.schema  # a _schema.Schema, or None
         self.send_url, self.max_window = rp.send_url, rp.max_window
         self._rp = rp
         self.results = ItemResults(len(self.plan.items))
@@ -89,7 +90,8 @@ class Run:
         if folder is None or not self.plan.items:
             return None
         return Durable(open_journal(folder), self.id, self.plan, self.results,
-                       model=self.options.model)
+                       model=self.options.model,
+                       check=self.schema.parse if self.schema is not None else None)
 
     def _new_progress(self, cached: int) -> Progress:
         plan, o = self.plan, self.options
@@ -158,6 +160,24 @@ class Run:
         if errors:
             self.items_saved(list(errors))
             self.rebuild_units()
+
+    def check_answers(self, items: list[int]) -> None:
+        """With schema=: answers that came without the dispatcher (a Batch API job's output)
+        get their validated value, or become the row's SchemaError (no re-ask: the job is
+        over; ``finish_online`` can ask those rows again)."""
+        if self.schema is None:
+            return
+        r = self.results
+        for i in items:
+            if r.error[i] is not None or not r.done[i]:
+                continue
+            try:
+                r.value[i] = self.schema.parse(r.output[i])
+            except ValueError as exc:
+                r.error[i] = SchemaError(f"the answer does not fit the schema: {exc}",
+                                         raw=r.output[i], attempts=r.attempts[i],
+                                         provider=self.target.name)
+                r.output[i] = None
 
     def fail_items(self, items: list[int], err: RowError, *, sent: bool = True) -> None:
         for i in items:
@@ -265,12 +285,12 @@ class Run:
                 return self.frame
             if self.live is None:
                 self.live = LiveFrame(self.plan, self.results, costs=self.results.cost,
-                                      attrs=self.attrs(None))
+                                      attrs=self.attrs(None), schema=self.schema)
             return self.live.frame
 
     def _frame(self, wall: float | None = None) -> pd.DataFrame:
         return build_frame(self.plan, self.results, costs=self.results.cost,
-                           attrs=self.attrs(wall))
+                           attrs=self.attrs(wall), schema=self.schema)
 
     def attrs(self, wall: float | None) -> dict:
         """``df.attrs["batchmagic"]``: counts in rows, then what the executor adds."""

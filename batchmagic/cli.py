@@ -162,6 +162,23 @@ def _row_counts(out) -> str:
     return f"{len(out)} rows: {ok} ok{from_journal}, {failed} failed"
 
 
+def _read_schema(path: str) -> dict:
+    """``--schema FILE.json``: a JSON Schema (an object) from a file."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            schema = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--schema: no such file: {path!r}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--schema: cannot read {path!r} as JSON ({exc})") from None
+    if not isinstance(schema, dict):
+        raise ConfigError(f"--schema: {path!r} holds a JSON {type(schema).__name__}, not a JSON "
+                          "Schema object")
+    return schema
+
+
 def _parse_params(text: str | None) -> dict:
     import json
 
@@ -263,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
         options["params"] = params
     if args.mode == "batch-api":
         options["batch_options"] = _batch_options(args)
+    if args.schema is not None:
+        options["schema"] = _read_schema(args.schema)
     df = _read_table(args.input)
     prompt = args.prompt if args.prompt is not None else _default_prompt(df, args.input)
     out = bm.batch(df, prompt, **options)
@@ -272,6 +291,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 _FLAGGED = {o.name: o for o in (*OPTIONS, *PARAM_FLAGS)}
+#: what a flag's value is on the command line, where it differs from a cell's
+_CLI_METAVARS = {"schema": "FILE.json"}
 #: the run command's own short flags: -p is its prompt (the magic's -p is the provider), -o its
 #: output file
 _CLI_OWN = {"-p", "-o"}
@@ -289,7 +310,7 @@ def _add_option_flags(parser: argparse.ArgumentParser) -> None:
         elif opt.choices:
             settings["choices"] = opt.choices
         else:
-            settings.update(metavar=opt.metavar, type=opt.text)
+            settings.update(metavar=_CLI_METAVARS.get(opt.name, opt.metavar), type=opt.text)
         parser.add_argument(*flags, **settings)
 
 

@@ -546,7 +546,9 @@ class JobEngine:
             out = report.outcomes.get(cid)
             if isinstance(out, _kinds.Parsed):
                 cost = price.cost(out.input_tokens, out.output_tokens) * share if price else None
-                result = encode_result(out.output, out.finish_reason, out.reasoning).decode()
+                result = encode_result(out.output, out.finish_reason, out.reasoning,
+                                       {"tool_calls": out.tool_calls,
+                                        "logprobs": out.logprobs}).decode()
                 records.append((key, "ok", kind, model, result, out.input_tokens,
                                 out.output_tokens, cost, None, 1, None, None, None, None, 0,
                                 self.job_id))
@@ -605,7 +607,8 @@ def fill_results(journal: Journal, plan: Any, results: Any, engines: list[JobEng
         if rec is not None:  # hours in a queue are not a latency: none is given
             results.answer(i, rec.output, rec.finish_reason, rec.reasoning, rec.input_tokens,
                            rec.output_tokens, cost=rec.cost, attempts=1 if key in in_jobs else 0,
-                           cached=key not in in_jobs)
+                           cached=key not in in_jobs, tool_calls=rec.extra.get("tool_calls"),
+                           logprobs=rec.extra.get("logprobs"))
         elif key in decided:
             results.error[i] = error_from_json(decided[key]["error"])
             results.attempts[i] = results.error[i].attempts

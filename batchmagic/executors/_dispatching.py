@@ -41,9 +41,9 @@ class DispatchExecutor(abc.ABC):
             budget = BudgetGuard(o.budget, run.price, assumed_output=_assumed_output(o))
         self.dispatcher = d = Dispatcher(
             units, len(run.plan.items), self.backend, window=window, gate=gate,
-            policy=RetryPolicy() if o.retries is None else RetryPolicy(retries=o.retries),
-            progress=run.progress, on_item=run.item_done, results=run.results, price=run.price,
-            budget=budget, breaker=breaker)
+            policy=_policy(o), progress=run.progress, on_item=run.item_done,
+            results=run.results, price=run.price, budget=budget, breaker=breaker,
+            check=run.schema.parse if run.schema is not None else None)
         if run.durable is not None:
             run.durable.start_writes(run.items_saved, d.stop)
             run.durable.watch_held(held, d, run.progress, run.items_cached)
@@ -87,6 +87,13 @@ class DispatchExecutor(abc.ABC):
 
     def handle(self, task: Any) -> Any:
         return task
+
+
+def _policy(o: Any) -> RetryPolicy:
+    given = {"parse_retries": o.parse_retries}
+    if o.retries is not None:
+        given["retries"] = o.retries
+    return RetryPolicy(**given)
 
 
 def _assumed_output(o: Any) -> int | None:

@@ -49,6 +49,7 @@ class BatchApiExecutor:
         pending = self._pending_text()
         filled = fill_results(run.durable.journal, run.plan, run.results, driver.engines,
                               pending=pending)
+        run.check_answers(filled)
         count_rows(run, filled)
         run.items_saved(filled)
         progress = run.progress
