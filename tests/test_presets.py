@@ -22,7 +22,13 @@ from batchmagic.providers._dialects import (
     Classified,
     classify,
 )
-from batchmagic.providers._presets import ALL_KINDS, PRESETS, Preset, get_preset
+from batchmagic.providers._presets import (
+    ALL_KINDS,
+    PRESETS,
+    STRUCTURED_OUTPUT_MODES,
+    Preset,
+    get_preset,
+)
 
 LOCAL = {"vllm", "ollama", "llamacpp", "simulator"}
 REQUIRED = {
@@ -116,6 +122,83 @@ def test_documented_facts():
     assert PRESETS["deepseek"].kinds == frozenset({"chat"})
     assert PRESETS["vllm"].key_env == ("VLLM_API_KEY",)
     assert PRESETS["simulator"].kinds == ALL_KINDS and PRESETS["simulator"].batch_api
+
+
+# What each provider does with a schema, with n > 1 and with unstreamed requests, as its docs say
+# (the comment above each preset cites the page). A change here must be a deliberate one.
+STRUCTURED_FACTS = {
+    # name: (structured_output, supports_n)
+    "openai": ("json_schema", True),
+    "dashscope": ("json_object", False),  # json_schema on some models only; n on Qwen3 non-thinking
+    "dashscope-intl": ("json_object", False),
+    "ark": ("json_object", False),  # response_format is beta and per model; no n field
+    "qianfan": ("json_object", False),  # json_schema on some models only; no n field
+    "deepseek": ("json_object", False),  # JSON Output is json_object only; no n field
+    "vllm": ("json_schema", True),
+    "ollama": ("json_schema", False),  # n listed as unsupported
+    "llamacpp": ("json_schema", False),  # "Only one completion choice is allowed"
+    "simulator": ("json_schema", True),
+}
+DASHSCOPE_STREAM_ONLY = (
+    "qwq-", "qvq-", "qwen-omni", "qwen2.5-omni", "qwen3-omni", "qwen3.5-omni",
+    "qwen3-235b-a22b", "qwen3-32b", "qwen3-30b-a3b", "qwen3-14b", "qwen3-8b", "qwen3-4b",
+    "qwen3-1.7b", "qwen3-0.6b", "qwen3-next-80b-a3b-thinking",
+)
+
+
+def test_structured_facts_cover_every_preset():
+    assert set(STRUCTURED_FACTS) == set(PRESETS), "a new preset needs its documented facts"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_structured_output_is_one_of_three_words(name):
+    assert PRESETS[name].structured_output in ("json_schema", "json_object", "none")
+    assert STRUCTURED_OUTPUT_MODES == ("json_schema", "json_object", "none")
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED_FACTS))
+def test_structured_output_and_n_as_documented(name):
+    preset = PRESETS[name]
+    assert (preset.structured_output, preset.supports_n) == STRUCTURED_FACTS[name]
+
+
+def test_stream_only_models_as_documented():
+    for name in ("dashscope", "dashscope-intl"):
+        assert PRESETS[name].stream_only == DASHSCOPE_STREAM_ONLY
+    for name in set(PRESETS) - {"dashscope", "dashscope-intl"}:
+        assert PRESETS[name].stream_only == (), name
+    for preset in PRESETS.values():
+        for prefix in preset.stream_only:
+            assert prefix and prefix == prefix.strip().lower(), prefix
+
+
+@pytest.mark.parametrize(
+    "model, streamed_only",
+    [
+        ("qwq-plus", True),
+        ("QwQ-32B", True),  # case does not matter
+        (" qvq-max ", True),
+        ("qwen-omni-turbo", True),
+        ("qwen3-omni-flash", True),
+        ("qwen3-8b", True),  # open-source Qwen3 thinks by default: streamed only
+        ("qwen3-235b-a22b-thinking-2507", True),
+        ("qwen3-next-80b-a3b-thinking", True),
+        ("qwen3-next-80b-a3b-instruct", False),
+        ("qwen3-max", False),  # commercial models answer both ways
+        ("qwen-plus", False),
+        ("qwen3-coder-plus", False),
+        ("", False),
+    ],
+)
+def test_dashscope_streams_only(model, streamed_only):
+    assert PRESETS["dashscope"].streams_only(model) is streamed_only
+    assert PRESETS["dashscope-intl"].streams_only(model) is streamed_only
+    assert PRESETS["openai"].streams_only(model) is False
+
+
+def test_a_misspelt_structured_output_mode_fails_when_the_preset_is_made():
+    with pytest.raises(ValueError, match="structured_output must be one of"):
+        Preset(name="x", base_url="http://127.0.0.1:1/v1", key_env=(), structured_output="json")
 
 
 @pytest.mark.parametrize(

@@ -15,9 +15,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Preset", "PRESETS", "ALIASES", "get_preset"]
+__all__ = ["Preset", "PRESETS", "ALIASES", "get_preset", "STRUCTURED_OUTPUT_MODES"]
 
 ALL_KINDS = frozenset({"chat", "completion", "embedding", "image"})
+# how a preset takes a schema: response_format with a JSON Schema, JSON mode only, or neither
+STRUCTURED_OUTPUT_MODES = ("json_schema", "json_object", "none")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,18 @@ class Preset:
     # model-name prefixes that only answer streamed requests (stream=None turns streaming on)
     stream_only: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # a misspelt mode would silently fall back to json_schema on the wire; fail at import
+        if self.structured_output not in STRUCTURED_OUTPUT_MODES:
+            raise ValueError(f"preset {self.name!r}: structured_output must be one of "
+                             f"{STRUCTURED_OUTPUT_MODES}, not {self.structured_output!r}")
+
+    def streams_only(self, model: str) -> bool:
+        """Whether ``model`` only answers streamed requests (starts with a ``stream_only`` prefix;
+        case and surrounding spaces ignored)."""
+        name = str(model).strip().lower()
+        return any(name.startswith(prefix) for prefix in self.stream_only)
+
     def api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
         """The first non-empty key among ``key_env``, or ``None``."""
         env = os.environ if environ is None else environ
@@ -78,6 +92,12 @@ def _day_windows(max_hours: int) -> tuple[str, ...]:
 # Cloud providers
 # --------------------------------------------------------------------------------------------------
 
+# Structured output: response_format {"type": "json_schema", "json_schema": {..., "strict": true}}
+#   ("Structured Outputs", gpt-4o-mini / gpt-4o-2024-08-06 and later; older models have JSON mode
+#   only). https://platform.openai.com/docs/guides/structured-outputs
+# n: "How many chat completion choices to generate for each input message."
+#   https://platform.openai.com/docs/api-reference/chat/create
+# No chat model is documented as answering only streamed requests.
 _OPENAI = Preset(
     name="openai",
     base_url="https://api.openai.com/v1",
@@ -96,6 +116,9 @@ _OPENAI = Preset(
     default_max_concurrency=64,
     dialect="openai",
     docs="https://platform.openai.com/docs/api-reference/batch/create",
+    structured_output="json_schema",
+    supports_n=True,
+    stream_only=(),
 )
 
 # Alibaba Cloud Model Studio (Bailian), DashScope compatible mode, China (Beijing) region.
@@ -113,6 +136,42 @@ _OPENAI = Preset(
 #   synchronous call queued server-side, default wait 3600 s (60-3600 s configurable).
 #   https://www.alibabacloud.com/help/en/model-studio/openai-compatible-batch-chat
 # Images: Wan / Qwen-Image use DashScope's native async API, not /images/generations -> None.
+# Structured output: JSON Object mode works on "most Qwen models" (non-thinking mode; the messages
+#   must contain the word "JSON"); JSON Schema mode only on some models (qwen3-max, qwen-plus and
+#   qwen-flash 2025-07-28 and later, deepseek-v3.2), and the international page documents JSON
+#   Object only. Thinking-mode models support neither. The preset cannot know the model, so
+#   json_object: the schema goes into the system message and every answer is validated here.
+#   https://help.aliyun.com/zh/model-studio/json-mode ,
+#   https://www.alibabacloud.com/help/en/model-studio/qwen-structured-output
+# n: "取值范围是1-4 ... 当前仅支持 Qwen3（非思考模式）、qwen-plus-character 模型，且在传入 tools 参数时
+#   固定为1" (older revisions: qwen-plus only). Model-dependent, so False: samples=K sends K
+#   requests, which every model answers. https://help.aliyun.com/zh/model-studio/qwen-api-reference
+# Stream-only: "Qwen3 open-source edition, QwQ commercial and open-source editions, QVQ, and
+#   Qwen-Omni support only streaming output" (https://help.aliyun.com/zh/model-studio/stream );
+#   Qwen-Omni "stream参数必须设置为True，否则会报错" (https://help.aliyun.com/zh/model-studio/qwen-omni ).
+#   Open-source Qwen3 answers unstreamed only with enable_thinking=false ("否则会报错", API
+#   reference above), and thinks by default. The prefixes are the documented names; some also
+#   match a non-thinking sibling (qwen3-30b-a3b-instruct-2507), which is harmless: a streamed
+#   request is never refused. Thinking switched on by a request parameter (enable_thinking) is not
+#   a model name and cannot be listed here.
+_DASHSCOPE_STREAM_ONLY = (
+    "qwq-",  # qwq-plus, qwq-32b
+    "qvq-",  # qvq-max, qvq-plus, qvq-72b-preview
+    "qwen-omni",  # qwen-omni-turbo
+    "qwen2.5-omni",
+    "qwen3-omni",  # qwen3-omni-flash
+    "qwen3.5-omni",
+    # Qwen3 open-source
+    "qwen3-235b-a22b",
+    "qwen3-32b",
+    "qwen3-30b-a3b",
+    "qwen3-14b",
+    "qwen3-8b",
+    "qwen3-4b",
+    "qwen3-1.7b",
+    "qwen3-0.6b",
+    "qwen3-next-80b-a3b-thinking",
+)
 _DASHSCOPE = Preset(
     name="dashscope",
     base_url="https://dashscope.aliyuncs.com/compatible-mode/v1",
@@ -129,6 +188,9 @@ _DASHSCOPE = Preset(
     default_max_concurrency=32,
     dialect="dashscope",
     docs="https://help.aliyun.com/zh/model-studio/compatibility-of-openai-with-dashscope",
+    structured_output="json_object",
+    supports_n=False,
+    stream_only=_DASHSCOPE_STREAM_ONLY,
 )
 
 # The international (Singapore) deployment. Keys of one region do not work in the other.
@@ -136,6 +198,9 @@ _DASHSCOPE = Preset(
 # for the Chinese Mainland only; /completions is documented for Beijing only.
 # (Alibaba now also recommends a workspace domain https://{WorkspaceId}.ap-southeast-1.maas.aliyuncs.com;
 # the dashscope-intl domain "remains fully functional".)
+# Structured output, n and stream-only models: as for the Beijing region above (the same API
+# reference; the international structured-output page documents JSON Object mode only).
+#   https://www.alibabacloud.com/help/en/model-studio/json-mode
 _DASHSCOPE_INTL = Preset(
     name="dashscope-intl",
     base_url="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
@@ -152,6 +217,9 @@ _DASHSCOPE_INTL = Preset(
     default_max_concurrency=32,
     dialect="dashscope",
     docs="https://www.alibabacloud.com/help/en/model-studio/compatibility-of-openai-with-dashscope",
+    structured_output="json_object",
+    supports_n=False,
+    stream_only=_DASHSCOPE_STREAM_ONLY,
 )
 
 # Volcengine Ark (Doubao), cn-beijing.
@@ -163,6 +231,14 @@ _DASHSCOPE_INTL = Preset(
 #   https://www.volcengine.com/docs/82379/1449576
 # Images: Seedream via POST .../api/v3/images/generations (OpenAI-shaped request and response).
 # ARK_BASE_URL is a widespread community convention, not a variable named in Ark's docs.
+# Structured output: response_format json_object and json_schema are both "beta阶段" and each
+#   "支持该字段的模型请参见文档": the model table lists some models with JSON Object only, and
+#   doubao-seed-1-6-lite-251015 with neither. json_object is the mode the most models take, so
+#   json_object; the schema goes into the system message and answers are validated here.
+#   https://www.volcengine.com/docs/82379/1568221 , Chat API https://www.volcengine.com/docs/82379/1494384
+# n: not among the Chat API's request fields -> False (samples=K sends K requests).
+# No model is documented as answering only streamed requests (Batch Chat is the reverse: no
+#   streaming at all).
 _ARK = Preset(
     name="ark",
     base_url="https://ark.cn-beijing.volces.com/api/v3",
@@ -177,6 +253,9 @@ _ARK = Preset(
     default_max_concurrency=32,
     dialect="ark",
     docs="https://www.volcengine.com/docs/82379/1299023",
+    structured_output="json_object",
+    supports_n=False,
+    stream_only=(),
 )
 
 # Baidu Qianfan ModelBuilder, v2 OpenAI-compatible API (bearer API key "bce-v3/ALTAK-...").
@@ -191,6 +270,14 @@ _ARK = Preset(
 #   https://cloud.baidu.com/doc/qianfan-api/s/xmk297s1a , https://cloud.baidu.com/doc/qianfan/s/Oml4r78ea
 #   Whole days are listed below; hour counts 1-671 are also documented as accepted.
 # /completions is not documented for v2 -> not in kinds.
+# Structured output: response_format type text | json_object ("可能出现不满足效果情况") | json_schema
+#   ("只有部分模型支持": ERNIE-4.5, DeepSeek-V3 / V3.1 / R1, Qwen3 and other open models); ERNIE X1
+#   Turbo takes no response_format at all. The json_schema field is described only as "JSON Schema
+#   描述", not as OpenAI's {name, schema, strict} wrapper. So json_object, with the schema in the
+#   system message and the answer validated here.
+#   https://cloud.baidu.com/doc/qianfan-docs/s/6m8r1x5hz , https://cloud.baidu.com/doc/qianfan-api/s/3m7of64lb
+# n: not among the v2 chat request fields -> False.
+# No model is documented as answering only streamed requests.
 _QIANFAN = Preset(
     name="qianfan",
     base_url="https://qianfan.baidubce.com/v2",
@@ -208,11 +295,19 @@ _QIANFAN = Preset(
     dialect="qianfan",
     docs="https://cloud.baidu.com/doc/qianfan-api/s/Om9b4yj3w",
     batch_endpoint_prefix="/v2",
+    structured_output="json_object",
+    supports_n=False,
+    stream_only=(),
 )
 
 # DeepSeek. base_url https://api.deepseek.com; "you can also use https://api.deepseek.com/v1 ...
 # the v1 here has no relationship with the model version". Chat only: FIM /completions needs the
 # separate beta base URL https://api.deepseek.com/beta; there are no embeddings, images or batches.
+# Structured output: "JSON Output": response_format {"type": "json_object"} only, the prompt must
+#   contain the word "json"; no json_schema type. https://api-docs.deepseek.com/guides/json_mode
+# n: not a request field of Create Chat Completion -> False.
+#   https://api-docs.deepseek.com/api/create-chat-completion
+# No model is documented as answering only streamed requests.
 _DEEPSEEK = Preset(
     name="deepseek",
     base_url="https://api.deepseek.com/v1",
@@ -222,6 +317,9 @@ _DEEPSEEK = Preset(
     default_max_concurrency=32,
     dialect="deepseek",
     docs="https://api-docs.deepseek.com/",
+    structured_output="json_object",
+    supports_n=False,
+    stream_only=(),
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -232,6 +330,11 @@ _DEEPSEEK = Preset(
 # /v1/embeddings (pooling models). `--api-key` / VLLM_API_KEY makes it require a key.
 # No /files + /batches (vLLM's `run-batch` is an offline CLI). No documented cap on embedding inputs:
 # 256 keeps one request's memory moderate.
+# Structured output: response_format {"type": "json_schema", "json_schema": {"name", "schema"}}
+#   is constrained by the server (xgrammar / guidance backends).
+#   https://docs.vllm.ai/en/latest/features/structured_outputs/
+# n: a supported sampling parameter (the Chat API ignores only parallel_tool_calls and user).
+# A local server answers every model streamed or not.
 _VLLM = Preset(
     name="vllm",
     base_url="http://127.0.0.1:8000/v1",
@@ -242,11 +345,19 @@ _VLLM = Preset(
     default_max_concurrency=32,
     dialect="openai",
     docs="https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html",
+    structured_output="json_schema",
+    supports_n=True,
+    stream_only=(),
 )
 
 # Ollama: OpenAI compatibility at http://localhost:11434/v1 (chat, completions, embeddings, models);
 # "api_key: required but ignored". OLLAMA_HOST holds host:port, not a /v1 URL, so it is not used as a
 # base-URL override. No documented embedding cap (256 is our choice).
+# Structured output: "Structured outputs work through the OpenAI-compatible API via
+#   response_format" (the local server; Ollama's Cloud does not support structured outputs).
+#   https://docs.ollama.com/capabilities/structured-outputs
+# n: listed as not supported for /v1/chat/completions -> False.
+# A local server answers every model streamed or not.
 _OLLAMA = Preset(
     name="ollama",
     base_url="http://127.0.0.1:11434/v1",
@@ -257,12 +368,21 @@ _OLLAMA = Preset(
     default_max_concurrency=4,
     dialect="openai",
     docs="https://docs.ollama.com/api/openai-compatibility",
+    structured_output="json_schema",
+    supports_n=False,
+    stream_only=(),
 )
 
 # llama.cpp `llama-server`: default 127.0.0.1:8080; /v1/chat/completions, /v1/completions,
 # /v1/embeddings (with --embeddings). `--api-key KEY ... (env: LLAMA_API_KEY)`. Embedding requests are
 # bounded by the server's batch size (it answers "too large to process, increase the physical batch
 # size"), so the default here is small and not a documented number.
+# Structured output: "The response_format parameter supports both plain JSON output ... and
+#   schema-constrained JSON" (a grammar built from the schema). The server reads the schema from
+#   OpenAI's nested form response_format.json_schema.schema, which is what we send (the README's
+#   top-level {"type": "json_schema", "schema": ...} example is not read by the parser).
+# n: its request parser refuses anything but 1 ("Only one completion choice is allowed") -> False.
+# A local server answers every model streamed or not.
 _LLAMACPP = Preset(
     name="llamacpp",
     base_url="http://127.0.0.1:8080/v1",
@@ -273,10 +393,15 @@ _LLAMACPP = Preset(
     default_max_concurrency=4,
     dialect="openai",
     docs="https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md",
+    structured_output="json_schema",
+    supports_n=False,
+    stream_only=(),
 )
 
 # batchmagic's own simulator (batchmagic.simulator). The base URL is normally passed explicitly;
 # this one is a placeholder. Speaks the OpenAI dialect and every kind, including /files + /batches.
+# Like OpenAI it answers json_schema requests with JSON valid for the schema and honours n; it
+# has no stream-only model.
 _SIMULATOR = Preset(
     name="simulator",
     base_url="http://127.0.0.1:8000/v1",
@@ -292,6 +417,9 @@ _SIMULATOR = Preset(
     default_max_concurrency=64,
     dialect="openai",
     docs="",
+    structured_output="json_schema",
+    supports_n=True,
+    stream_only=(),
 )
 
 PRESETS: dict[str, Preset] = {
