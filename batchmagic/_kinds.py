@@ -5,7 +5,9 @@ is one item; for embeddings many items are packed into one request (``input: [..
 answer is mapped back by each vector's ``index``, never by position.
 
 ``parse`` raises ``ShapeError`` when a 2xx answer does not have the shape the kind expects; the
-dispatcher turns that into a retryable ``ResponseError``.
+backend turns that into a retryable, possibly billed ``ResponseError``. Tool calls come back with
+their arguments parsed from JSON; arguments that are not JSON are a ``ToolArgumentsError`` (a
+``ShapeError``: the model wrote them, so one more attempt may well fix them).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ KINDS = ("chat", "completion", "embedding", "image")
 
 class ShapeError(Exception):
     """A successful HTTP answer whose JSON is not what the kind expects."""
+
+
+class ToolArgumentsError(ShapeError):
+    """A tool call whose arguments are not JSON."""
 
 
 @dataclass(slots=True)
@@ -120,40 +126,137 @@ def _usage(payload: dict) -> tuple[int | None, int | None]:
     return (inp if isinstance(inp, int) else None, out if isinstance(out, int) else None)
 
 
-def _first_choice(payload: Any) -> dict:
+def share(total: int | None, n: int) -> list[int | None]:
+    """Split a request's token count over the ``n`` answers it holds (exact in sum)."""
+    if total is None:
+        return [None] * n
+    base, extra = divmod(total, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def _choices(payload: Any) -> list[dict]:
+    """The answer's choices, ordered by their ``index`` (position when a server leaves it out)."""
     if not isinstance(payload, dict):
         raise ShapeError(f"expected a JSON object, got {type(payload).__name__}")
     choices = payload.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    if not isinstance(choices, list) or not choices:
         raise ShapeError("the answer has no choices")
-    return choices[0]
+    by_index: dict[int, dict] = {}
+    for pos, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise ShapeError("a choice is not an object")
+        index = choice.get("index", pos)
+        if not isinstance(index, int) or index in by_index:
+            raise ShapeError(f"choice index {index!r} is not a number or is repeated")
+        by_index[index] = choice
+    return [by_index[i] for i in sorted(by_index)]
 
 
-def parse_chat(payload: Any) -> Parsed:
-    choice = _first_choice(payload)
+def _first_choice(payload: Any) -> dict:
+    return _choices(payload)[0]
+
+
+def chat_text(content: Any) -> Any:
+    """A message's text: some servers answer with a list of content parts."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content
+
+
+def _chat_choice(choice: dict) -> Parsed:
+    """One chat choice, without usage (the caller shares it out)."""
     message = choice.get("message")
     if not isinstance(message, dict):
-        raise ShapeError("the first choice has no message")
-    content = message.get("content")
-    if content is None and not message.get("tool_calls") and not message.get("refusal"):
+        raise ShapeError("a choice has no message")
+    tool_calls = parse_tool_calls(message)
+    content = chat_text(message.get("content"))
+    if content is None and not tool_calls and not message.get("refusal"):
         raise ShapeError("the message has no content")
-    if isinstance(content, list):  # some servers answer with content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     if content is None:
         content = message.get("refusal") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
-    inp, out = _usage(payload)
-    return Parsed(content, choice.get("finish_reason"), inp, out,
-                  reasoning=reasoning if isinstance(reasoning, str) else None)
+    return Parsed(content, choice.get("finish_reason"),
+                  reasoning=reasoning if isinstance(reasoning, str) else None,
+                  tool_calls=tool_calls, logprobs=choice.get("logprobs"))
+
+
+def parse_tool_calls(message: dict) -> list[dict] | None:
+    """``[{"id", "name", "arguments"}]`` from a message's ``tool_calls`` (or the older single
+    ``function_call``), arguments parsed from their JSON text; None when it has none."""
+    calls = message.get("tool_calls")
+    if not calls:
+        legacy = message.get("function_call")
+        if not legacy:
+            return None
+        calls = [{"id": None, "function": legacy}]
+    if not isinstance(calls, list):
+        raise ShapeError("tool_calls is not a list")
+    return [_tool_call(call) for call in calls]
+
+
+def _tool_call(call: Any) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        raise ShapeError("a tool call has no function")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise ShapeError("a tool call has no function name")
+    return {"id": call.get("id"), "name": name,
+            "arguments": tool_arguments(name, function.get("arguments"))}
+
+
+def tool_arguments(name: str, raw: Any) -> Any:
+    """A tool call's arguments from their JSON text. Some servers send them already parsed, and
+    a function without parameters may come with no text at all."""
+    if isinstance(raw, (dict, list)):
+        return raw
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    if not isinstance(raw, str):
+        raise ToolArgumentsError(f"the arguments of tool call {name!r} are not JSON text")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ToolArgumentsError(f"the arguments of tool call {name!r} are not valid JSON: "
+                                 f"{raw[:80]!r}") from None
+
+
+def _completion_choice(choice: dict) -> Parsed:
+    text = choice.get("text")
+    if not isinstance(text, str):
+        raise ShapeError("a choice has no text")
+    return Parsed(text, choice.get("finish_reason"), logprobs=choice.get("logprobs"))
+
+
+def parse_choices(payload: Any, kind: str = "chat") -> list[Parsed]:
+    """One ``Parsed`` per choice of a chat (or completion) answer, ordered by ``index``. Usage
+    is the request's: its tokens are shared out over the choices, so the sum is exact."""
+    read = _completion_choice if kind == "completion" else _chat_choice
+    parsed = [read(choice) for choice in _choices(payload)]
+    with_usage(parsed, *_usage(payload))
+    return parsed
+
+
+def with_usage(parsed: list[Parsed], input_tokens: int | None,
+               output_tokens: int | None) -> list[Parsed]:
+    """Share a request's usage over its answers."""
+    n = len(parsed)
+    for p, inp, out in zip(parsed, share(input_tokens, n), share(output_tokens, n)):
+        p.input_tokens, p.output_tokens = inp, out
+    return parsed
+
+
+def parse_chat(payload: Any) -> Parsed:
+    """The first choice of a chat answer, with the whole request's usage."""
+    parsed = _chat_choice(_first_choice(payload))
+    parsed.input_tokens, parsed.output_tokens = _usage(payload)
+    return parsed
 
 
 def parse_completion(payload: Any) -> Parsed:
-    choice = _first_choice(payload)
-    text = choice.get("text")
-    if not isinstance(text, str):
-        raise ShapeError("the first choice has no text")
-    inp, out = _usage(payload)
-    return Parsed(text, choice.get("finish_reason"), inp, out)
+    parsed = _completion_choice(_first_choice(payload))
+    parsed.input_tokens, parsed.output_tokens = _usage(payload)
+    return parsed
 
 
 def _vector(item: dict) -> np.ndarray:

@@ -12,6 +12,13 @@ import pytest
 from conftest import Server, chat_answer, run, user_text
 
 import batchmagic as bm
+from batchmagic._kinds import (
+    ShapeError,
+    ToolArgumentsError,
+    parse_chat,
+    parse_choices,
+    parse_completion,
+)
 
 # -- chat -----------------------------------------------------------------------------------------------
 
@@ -63,13 +70,118 @@ def test_chat_refusal_and_tool_calls_without_content():
     def answer(req, body):
         if user_text(body) == "refuse":
             return httpx.Response(200, json=chat_answer(None, refusal="I can't"))
-        return httpx.Response(200, json=chat_answer(None, tool_calls=[{"id": "1"}],
+        call = {"id": "1", "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+        return httpx.Response(200, json=chat_answer(None, tool_calls=[call],
                                                     finish_reason="tool_calls"))
 
     df = run(["refuse", "tool"], server=Server(answer))
     assert df["output"][0] == "I can't"
     assert df["output"][1] == ""
     assert df["finish_reason"][1] == "tool_calls"
+
+
+# -- tool calls, logprobs, several choices --------------------------------------------------------------
+
+
+def _call(name: str, arguments, call_id: str = "call_1") -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_parse_chat_keeps_tool_calls_with_parsed_arguments():
+    payload = chat_answer(None, finish_reason="tool_calls", tool_calls=[
+        _call("get_weather", '{"city": "Paris", "days": [1, 2]}'),
+        _call("get_time", "", "call_2"),  # a function without parameters
+        _call("lookup", {"q": "already parsed"}, "call_3"),  # some servers send an object
+    ])
+    parsed = parse_chat(payload)
+    assert parsed.output == ""  # the content stays the output: none here
+    assert parsed.finish_reason == "tool_calls"
+    assert parsed.tool_calls == [
+        {"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris", "days": [1, 2]}},
+        {"id": "call_2", "name": "get_time", "arguments": {}},
+        {"id": "call_3", "name": "lookup", "arguments": {"q": "already parsed"}},
+    ]
+
+
+def test_parse_chat_keeps_content_next_to_tool_calls_and_reads_the_older_function_call():
+    both = parse_chat(chat_answer("Let me look.", tool_calls=[_call("f", '{"a": 1}')]))
+    assert both.output == "Let me look."
+    assert both.tool_calls == [{"id": "call_1", "name": "f", "arguments": {"a": 1}}]
+    legacy = parse_chat(chat_answer(None, function_call={"name": "g", "arguments": '{"b": 2}'}))
+    assert legacy.tool_calls == [{"id": None, "name": "g", "arguments": {"b": 2}}]
+    assert parse_chat(chat_answer("plain")).tool_calls is None
+
+
+@pytest.mark.parametrize("tool_calls", [
+    [{"id": "1"}],  # no function
+    [{"id": "1", "function": {"arguments": "{}"}}],  # no name
+    ["not an object"],
+    {"not": "a list"},
+])
+def test_tool_calls_of_the_wrong_shape_are_a_shape_error(tool_calls):
+    with pytest.raises(ShapeError):
+        parse_chat(chat_answer(None, tool_calls=tool_calls))
+
+
+def test_tool_arguments_that_are_not_json_are_a_tool_arguments_error():
+    with pytest.raises(ToolArgumentsError, match="'get_weather'"):
+        parse_chat(chat_answer(None, tool_calls=[_call("get_weather", '{"city": "Par')]))
+
+
+def test_tool_arguments_that_are_not_json_are_retried_once_then_a_response_error():
+    bad = chat_answer(None, finish_reason="tool_calls",
+                      tool_calls=[_call("get_weather", '{"city": "Par')])
+    s = Server(lambda req, body: httpx.Response(
+        200, json=bad if user_text(body) == "bad" else chat_answer("fine")))
+    df = run(["bad", "good"], server=s, retries=3)
+    err = df["error"][0]
+    assert isinstance(err, bm.ResponseError)
+    assert "get_weather" in str(err) and "not valid JSON" in str(err)
+    assert err.possibly_billed  # the model wrote them: paid for, and worth one more try
+    assert err.attempts == 2  # retried once (a possibly billed failure), not `retries` times
+    assert df["output"][1] == "fine" and df["error"][1] is None
+
+
+def test_logprobs_are_kept_as_given():
+    logprobs = {"content": [{"token": "hi", "logprob": -0.01, "bytes": [104, 105],
+                             "top_logprobs": [{"token": "hi", "logprob": -0.01, "bytes": None}]}],
+                "refusal": None}
+    payload = chat_answer("hi")
+    payload["choices"][0]["logprobs"] = logprobs
+    assert parse_chat(payload).logprobs == logprobs
+    assert parse_chat(chat_answer("hi")).logprobs is None
+    completion = {"choices": [{"index": 0, "text": "x", "finish_reason": "stop",
+                               "logprobs": {"tokens": ["x"], "token_logprobs": [-1.0]}}]}
+    assert parse_completion(completion).logprobs == {"tokens": ["x"], "token_logprobs": [-1.0]}
+
+
+def _choices_answer(*contents: str, order=None) -> dict:
+    choices = [{"index": i, "message": {"role": "assistant", "content": c},
+                "finish_reason": "stop"} for i, c in enumerate(contents)]
+    if order:
+        choices = [choices[i] for i in order]
+    return {"choices": choices, "usage": {"prompt_tokens": 10, "completion_tokens": 7}}
+
+
+def test_parse_choices_gives_one_answer_per_choice_in_index_order():
+    parsed = parse_choices(_choices_answer("a", "b", "c", order=[2, 0, 1]))
+    assert [p.output for p in parsed] == ["a", "b", "c"]
+    # usage is the request's: shared out so the sums stay exact
+    assert sum(p.input_tokens for p in parsed) == 10
+    assert sum(p.output_tokens for p in parsed) == 7
+    # parse_chat keeps giving the first choice (by index) with the whole usage
+    first = parse_chat(_choices_answer("a", "b", order=[1, 0]))
+    assert (first.output, first.input_tokens, first.output_tokens) == ("a", 10, 7)
+
+
+def test_parse_choices_reads_completions_and_rejects_repeated_indexes():
+    payload = {"choices": [{"index": 1, "text": "y"}, {"index": 0, "text": "x"}]}
+    assert [p.output for p in parse_choices(payload, "completion")] == ["x", "y"]
+    repeated = _choices_answer("a", "b")
+    repeated["choices"][1]["index"] = 0
+    with pytest.raises(ShapeError, match="repeated"):
+        parse_choices(repeated)
 
 
 # -- completion -----------------------------------------------------------------------------------------

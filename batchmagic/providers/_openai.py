@@ -4,39 +4,60 @@ This is the only place that reads HTTP answers. It never raises for a request pr
 becomes an ``Outcome`` with a category (see ``_backend``) and whether the provider may have billed
 it. A 2xx answer whose body is cut off, not JSON, not UTF-8 or the wrong shape was probably
 processed (and billed), so it is marked ``possibly_billed``; errors the provider reports are not.
+
+Streamed requests (``stream=True``, chat and completion) are assembled from their server-sent
+events into the same answers, plus the time to the first token (``ttft``). The attempt's deadline
+bounds the whole stream, and a shorter idle limit each silence between chunks (a stalled stream
+is a ``DeadlineError``). A stream that ends before ``[DONE]`` is a ``ConnectionLostError``, a chunk
+that is not JSON or has the wrong shape a ``ResponseError`` (both retryable, possibly billed), and
+an error event inside the stream is judged by the provider's dialect like an error answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 
 from .. import _kinds
 from .._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Outcome, Unit
-from .._errors import ResponseError
+from .._errors import ConnectionLostError, ResponseError
 from .._limits import RateInfo, parse_retry_after
 from .._secrets import Secret
 from ._dialects import classify
-from ._wire import WireFailure
+from ._sse import DONE, SSEDecoder, StreamAssembler, StreamError
+from ._wire import MAX_BODY_BYTES, WireFailure, WireResponse, WireStream, is_event_stream
 
 MAX_IMAGE_DOWNLOAD = 50 * 1024 * 1024
+#: the kinds whose answers can be streamed
+STREAMED_KINDS = ("chat", "completion")
+#: the longest silence a stream may keep (or the attempt's timeout, if shorter). Tokens come
+#: tens of milliseconds apart and servers send keep-alives while a long prompt is read: a minute
+#: with no byte at all is a stalled server, and waiting out a 300 s deadline only wastes a slot.
+IDLE_TIMEOUT = 60.0
+_STREAM_OPTIONS = b'{"stream":true,"stream_options":{"include_usage":true}'
 
 
 class OpenAICompatible:
     """A backend for any OpenAI-compatible HTTP endpoint."""
 
     def __init__(self, *, name: str, base_url: str, kind: str, api_key: Secret | None,
-                 dialect: str, wire: Any, timeout: float, headers: dict[str, str] | None = None):
+                 dialect: str, wire: Any, timeout: float, headers: dict[str, str] | None = None,
+                 stream: bool = False, idle_timeout: float | None = None):
         self.name = name
         self.kind = kind
         self.dialect = dialect
         self.wire = wire
         self.timeout = timeout
+        self.stream = stream and kind in STREAMED_KINDS
+        self.idle_timeout = min(timeout, IDLE_TIMEOUT) if idle_timeout is None else idle_timeout
         self.url = base_url.rstrip("/") + _kinds.path_for(kind)
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if headers:
             self._headers.update(headers)
+        if self.stream:
+            self._headers["Accept"] = "text/event-stream"
         if api_key is not None:
             self._headers["Authorization"] = f"Bearer {api_key.reveal()}"
         self._secret = api_key
@@ -46,14 +67,25 @@ class OpenAICompatible:
         return f"<OpenAICompatible {self.name} {self.kind}>"
 
     async def call(self, unit: Unit) -> Outcome:
+        if self.stream:
+            return await self._call_streamed(unit)
         try:
             resp = await self.wire.post(self.url, unit.body, self._headers, self.timeout)
         except WireFailure as f:
-            return Outcome(TRANSIENT, error_type=f.error_type, message=self._clean(f.message),
-                           possibly_billed=f.possibly_billed)
+            return self._wire_failure(f)
+        return await self._answer(resp, unit)
+
+    def _wire_failure(self, f: WireFailure) -> Outcome:
+        return Outcome(TRANSIENT, error_type=f.error_type, message=self._clean(f.message),
+                       possibly_billed=f.possibly_billed)
+
+    async def _answer(self, resp: WireResponse, unit: Unit) -> Outcome:
+        """A whole HTTP answer, classified."""
         headers = resp.headers
         info = RateInfo.from_headers(headers)
         status = resp.status
+        if resp.body is not None and is_event_stream(status, headers):
+            return await self._read_events(resp)  # streamed though not asked to be
         payload: Any = None
         not_json = None
         if resp.body is not None:
@@ -76,12 +108,9 @@ class OpenAICompatible:
             try:
                 results = await self._results(payload, len(unit.items))
             except _kinds.ShapeError as exc:
-                return Outcome(TRANSIENT, error_type=ResponseError, status=status, rate_info=info,
-                               message=f"the answer has the wrong shape: {exc}", possibly_billed=True)
+                return self._bad_answer(_shape_message(exc), status, info)
             except WireFailure as f:
-                return Outcome(TRANSIENT, error_type=ResponseError, status=status, rate_info=info,
-                               message=f"could not download the image: {f.message}",
-                               possibly_billed=True)
+                return self._bad_answer(f"could not download the image: {f.message}", status, info)
             return Outcome(OK, results=results, status=status, rate_info=info)
 
         if 300 <= status < 400:  # applies to every row: never re-send paid requests elsewhere
@@ -94,6 +123,82 @@ class OpenAICompatible:
             found = Classified(TRANSIENT if status >= 500 or status in (408, 409) else ROW, None,
                                f"HTTP {status}")
         return self._error(found, status, headers, info)
+
+    def _bad_answer(self, message: str, status: int, info: Any) -> Outcome:
+        """A 2xx answer we cannot use: retryable, and the provider probably billed it."""
+        return Outcome(TRANSIENT, error_type=ResponseError, status=status, rate_info=info,
+                       message=self._clean(message), possibly_billed=True)
+
+    # -- streamed answers ------------------------------------------------------------------------
+
+    async def _call_streamed(self, unit: Unit) -> Outcome:
+        clock = asyncio.get_running_loop().time
+        sent = clock()
+        try:
+            async with self.wire.stream(self.url, streamed_body(unit.body), self._headers,
+                                        self.timeout, self.idle_timeout) as resp:
+                if not isinstance(resp, WireStream):  # an error, or an answer sent whole
+                    return await self._answer(resp, unit)
+                assembler = StreamAssembler(self.kind, sent=sent, clock=clock,
+                                            max_bytes=MAX_BODY_BYTES)
+                return await self._assemble(resp.status, resp.headers, resp.chunks, assembler)
+        except WireFailure as f:
+            return self._wire_failure(f)
+
+    async def _assemble(self, status: int, headers: Any, chunks: Any,
+                        assembler: StreamAssembler) -> Outcome:
+        """Read the events until ``[DONE]``; the first problem ends the attempt."""
+        info = RateInfo.from_headers(headers)
+        decoder = SSEDecoder(MAX_BODY_BYTES)
+        try:
+            async for chunk in chunks:
+                for event in decoder.feed(chunk):
+                    if event.data == DONE:
+                        return self._assembled(assembler, status, info)
+                    failed = self._event(event, assembler, status, headers, info)
+                    if failed is not None:
+                        return failed
+            if decoder.ends_with_done():
+                return self._assembled(assembler, status, info)
+        except StreamError as exc:
+            return self._bad_answer(str(exc), status, info)
+        except _kinds.ShapeError as exc:
+            return self._bad_answer(_shape_message(exc), status, info)
+        return Outcome(TRANSIENT, error_type=ConnectionLostError, status=status, rate_info=info,
+                       message="the stream ended before it was complete (no [DONE])",
+                       possibly_billed=True)
+
+    @staticmethod
+    def _assembled(assembler: StreamAssembler, status: int, info: Any) -> Outcome:
+        # one answer per item: the first choice (finish() reads every choice of an n > 1 request)
+        return Outcome(OK, results=assembler.finish()[:1], status=status, rate_info=info)
+
+    def _event(self, event: Any, assembler: StreamAssembler, status: int, headers: Any,
+               info: Any) -> Outcome | None:
+        """Add one event's chunk to the answer; an error event ends the attempt."""
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            return self._bad_answer(f"a stream chunk is not JSON: {event.data[:60]!r}", status, info)
+        if event.name == "error" or not (isinstance(chunk, dict) and "choices" in chunk):
+            if event.name == "error" and isinstance(chunk, dict) and "error" not in chunk:
+                chunk = {"error": chunk}
+            found = classify(self.dialect, status, chunk)
+            if found is not None:
+                outcome = self._error(found, status, headers, info)
+                outcome.possibly_billed = assembler.started  # tokens came before the error
+                return outcome
+        assembler.add(chunk)
+        return None
+
+    async def _read_events(self, resp: WireResponse) -> Outcome:
+        """A whole 2xx body that is an event stream (a server that streams unasked)."""
+        assembler = StreamAssembler(self.kind, sent=0.0, clock=lambda: 0.0,
+                                    max_bytes=MAX_BODY_BYTES)
+        outcome = await self._assemble(resp.status, resp.headers, _once(resp.body), assembler)
+        for parsed in outcome.results or ():
+            parsed.ttft = None  # not read as it streamed: no first-token time
+        return outcome
 
     def _redirect_message(self, status: int, location: str | None) -> str:
         where = f" to {self._clean(location)[:200]}" if location else ""
@@ -113,7 +218,7 @@ class OpenAICompatible:
     async def _results(self, payload: Any, n: int) -> list:
         if self.kind == "embedding":
             vectors, prompt_tokens = _kinds.parse_embeddings(payload, n)
-            shares = _share(prompt_tokens, n)
+            shares = _kinds.share(prompt_tokens, n)
             return [_kinds.Parsed(v, None, s, 0) for v, s in zip(vectors, shares)]
         parsed = self._parse(payload)
         if parsed.image_url is not None:
@@ -137,12 +242,28 @@ class OpenAICompatible:
         await self.wire.aclose()
 
 
-def _share(total: int | None, n: int) -> list[int | None]:
-    """Split a packed request's prompt tokens over its items (exact when it divides evenly)."""
-    if total is None:
-        return [None] * n
-    base, extra = divmod(total, n)
-    return [base + (1 if i < extra else 0) for i in range(n)]
+def streamed_body(body: bytes) -> bytes:
+    """The planned body with ``stream`` and ``stream_options.include_usage`` set. The planned
+    bytes are the row key's source and stay as they are: the fields are spliced into a copy, or,
+    when the body already names ``stream`` (or its options), set on a re-encoded copy."""
+    if b'"stream' not in body:
+        return _STREAM_OPTIONS + (b"}" if body == b"{}" else b"," + body[1:])
+    data = orjson.loads(body)
+    options = data.get("stream_options")
+    data["stream"] = True
+    data["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                              "include_usage": True}
+    return orjson.dumps(data)
+
+
+async def _once(body: bytes):
+    yield body
+
+
+def _shape_message(exc: _kinds.ShapeError) -> str:
+    if isinstance(exc, _kinds.ToolArgumentsError):
+        return str(exc)
+    return f"the answer has the wrong shape: {exc}"
 
 
 def _describe_bad_body(body: bytes, exc: Exception) -> str:

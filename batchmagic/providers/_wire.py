@@ -1,11 +1,16 @@
 """The wire: send one HTTP request under a hard deadline and return status, headers and body.
 
-Two implementations meet one small contract (``post``, ``get``, ``aclose``):
+Two implementations meet one small contract (``post``, ``get``, ``stream``, ``aclose``):
 
 * ``AiohttpWire`` (the default): aiohttp's connector does constant work per request, so 200+ requests
   in flight cost little client CPU (see ``benchmarks/http_stack.py``).
 * ``HttpxWire``: the httpx API over any httpx transport (``httpx.MockTransport`` in tests, a custom
   transport, a proxy) or over httpx2, Pydantic's maintained fork with the same API.
+
+``post`` and ``get`` read the whole answer. ``stream`` opens a streamed answer (server-sent events)
+and hands its bytes on as they arrive, under the same hard deadline for the whole attempt and a
+shorter one for each silence between chunks; an error answer, or a server that answers the
+streamed request in one piece, is read whole as ``post`` reads it.
 
 Foreign exceptions are translated here, in one place per library, into ``WireFailure`` with a plain
 message and whether the request may have reached the server (``possibly_billed``). They are never
@@ -17,7 +22,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +44,23 @@ class WireResponse:
     headers: Mapping[str, str]  # case-insensitive
     body: bytes | None  # None when the body could not be read completely
     body_problem: str | None = None
+
+
+@dataclass(slots=True)
+class WireStream:
+    """A 2xx streamed answer being read. Iterating ``chunks`` yields its bytes as they arrive and
+    raises ``WireFailure``: ``lost`` when the connection drops or the body is cut off,
+    ``deadline`` when no byte came for the idle limit."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    chunks: AsyncIterator[bytes]
+
+
+def is_event_stream(status: int, headers: Mapping[str, str]) -> bool:
+    """A 2xx answer sent as server-sent events (anything else is read whole)."""
+    content_type = headers.get("content-type") or ""
+    return 200 <= status < 300 and content_type.lower().startswith("text/event-stream")
 
 
 #: the row error each kind of wire failure becomes
@@ -107,9 +130,27 @@ class _Wire(abc.ABC):
         """Any method (the Batch API clients PUT objects and GET with credentials)."""
         return await self._request(method, url, body, headers, deadline, max_bytes)
 
+    @asynccontextmanager
+    async def stream(self, url: str, body: bytes, headers: Mapping[str, str], deadline: float,
+                     idle: float) -> AsyncIterator[WireResponse | WireStream]:
+        """POST a streamed request. Yields a ``WireStream`` for a 2xx event stream, else the
+        whole answer as a ``WireResponse``. ``deadline`` bounds everything done inside the block
+        (reading and assembling alike); ``idle`` bounds each wait for the next bytes, the wait
+        for the answer's headers included."""
+        try:
+            async with _deadline(deadline):
+                async with self._open_stream(url, body, headers, deadline, idle) as opened:
+                    yield opened
+        except TimeoutError:  # only the whole-attempt deadline gets here: the rest is translated
+            raise WireFailure("deadline", f"no complete answer within {deadline:g} s", True) from None
+
     @abc.abstractmethod
     async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
         """Send one request and read the whole answer under ``deadline`` seconds."""
+
+    @abc.abstractmethod
+    def _open_stream(self, url, body, headers, deadline, idle):
+        """An async context manager: send a streamed request, yield what ``stream`` yields."""
 
 
 class AiohttpWire(_Wire):
@@ -139,60 +180,120 @@ class AiohttpWire(_Wire):
             )
         return self._session
 
-    def _timeout(self, deadline: float):
-        t = self._timeouts.get(deadline)
+    def _timeout(self, deadline: float, idle: float | None = None):
+        t = self._timeouts.get((deadline, idle))
         if t is None:
             import aiohttp
 
-            t = self._timeouts[deadline] = aiohttp.ClientTimeout(
-                total=deadline, connect=min(deadline, self.connect_timeout))
+            if idle is None:  # a whole answer: aiohttp keeps the deadline
+                t = aiohttp.ClientTimeout(total=deadline, connect=min(deadline, self.connect_timeout))
+            else:  # a stream: the caller keeps the deadline, aiohttp times each silence
+                t = aiohttp.ClientTimeout(total=None, connect=min(deadline, self.connect_timeout),
+                                          sock_read=idle)
+            self._timeouts[(deadline, idle)] = t
         return t
 
     async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
-        import aiohttp
-
         session = self._get_session()
-        status = None
-        try:
+        with _aiohttp_failures(deadline):
             async with session.request(method, url, data=body, headers=headers,
                                        timeout=self._timeout(deadline), allow_redirects=False) as resp:
-                status = resp.status
-                length = resp.content_length
-                if length is not None and length > max_bytes:
-                    return WireResponse(status, resp.headers, None,
-                                        f"the answer is {length:,} bytes, over the {max_bytes:,} cap")
-                try:
-                    data = await _read_whole(resp.content, max_bytes)
-                except aiohttp.ClientPayloadError as exc:
-                    return WireResponse(status, resp.headers, None,
-                                        f"the answer body was cut off ({_short(exc)})")
-                if data is None:
-                    return WireResponse(status, resp.headers, None,
-                                        f"the answer is over the {max_bytes:,} byte cap")
-                return WireResponse(status, resp.headers, data)
-        except aiohttp.ConnectionTimeoutError:
-            raise WireFailure("connect", "timed out connecting", False) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise WireFailure("connect", f"could not connect: {_short(exc.os_error)}", False) from None
-        except (asyncio.TimeoutError, TimeoutError):
-            raise WireFailure("deadline", f"no complete answer within {deadline:g} s", True) from None
-        except aiohttp.ServerDisconnectedError:
-            raise WireFailure("lost", "the server closed the connection without answering", True) from None
-        except aiohttp.ClientOSError as exc:
-            raise WireFailure("lost", f"the connection failed: {_short(exc)}", True) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise WireFailure("protocol", f"the answer body was cut off ({_short(exc)})", True) from None
-        except aiohttp.ClientResponseError as exc:
-            raise WireFailure("protocol", f"malformed HTTP answer: {exc.message}", True) from None
-        except aiohttp.InvalidURL:
-            raise WireFailure("connect", "invalid URL", False) from None
-        except aiohttp.ClientError as exc:
-            raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+                return await _aiohttp_whole(resp, max_bytes)
+
+    @asynccontextmanager
+    async def _open_stream(self, url, body, headers, deadline, idle):
+        session = self._get_session()
+        with _aiohttp_failures(deadline, idle):
+            resp = await session.request("POST", url, data=body, headers=headers,
+                                         timeout=self._timeout(deadline, idle),
+                                         allow_redirects=False)
+        async with resp:
+            if not is_event_stream(resp.status, resp.headers):
+                with _aiohttp_failures(deadline, idle):
+                    whole = await _aiohttp_whole(resp, MAX_BODY_BYTES)
+                yield whole
+                return
+            chunks = _aiohttp_chunks(resp.content, idle)
+            try:
+                yield WireStream(resp.status, resp.headers, chunks)
+            finally:
+                await chunks.aclose()
 
     async def aclose(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+async def _aiohttp_whole(resp: Any, max_bytes: int) -> WireResponse:
+    import aiohttp
+
+    status = resp.status
+    length = resp.content_length
+    if length is not None and length > max_bytes:
+        return WireResponse(status, resp.headers, None,
+                            f"the answer is {length:,} bytes, over the {max_bytes:,} cap")
+    try:
+        data = await _read_whole(resp.content, max_bytes)
+    except aiohttp.ClientPayloadError as exc:
+        return WireResponse(status, resp.headers, None, f"the answer body was cut off ({_short(exc)})")
+    if data is None:
+        return WireResponse(status, resp.headers, None, f"the answer is over the {max_bytes:,} byte cap")
+    return WireResponse(status, resp.headers, data)
+
+
+async def _aiohttp_chunks(content: Any, idle: float) -> AsyncIterator[bytes]:
+    """An aiohttp body's bytes as they arrive; a clean end of the body ends the iteration."""
+    import aiohttp
+
+    while True:
+        try:
+            chunk = await content.readany()
+        except aiohttp.ServerTimeoutError:
+            raise WireFailure("deadline", _quiet(idle), True) from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError) as exc:
+            raise WireFailure("lost", f"the stream was cut off ({_short(exc)})", True) from None
+        except aiohttp.ClientError as exc:
+            raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+        if not chunk:  # EOF: aiohttp has checked the framing
+            return
+        yield chunk
+
+
+@contextmanager
+def _aiohttp_failures(deadline: float, idle: float | None = None) -> Iterator[None]:
+    """aiohttp's exceptions, translated (never chained: they can hold the request)."""
+    import aiohttp
+
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError:
+        raise WireFailure("connect", "timed out connecting", False) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise WireFailure("connect", f"could not connect: {_short(exc.os_error)}", False) from None
+    except aiohttp.ServerTimeoutError:  # a read went quiet for the idle limit
+        raise WireFailure("deadline", _quiet(idle), True) from None
+    except (asyncio.TimeoutError, TimeoutError):
+        raise WireFailure("deadline", f"no complete answer within {deadline:g} s", True) from None
+    except aiohttp.ServerDisconnectedError:
+        raise WireFailure("lost", "the server closed the connection without answering", True) from None
+    except aiohttp.ClientOSError as exc:
+        raise WireFailure("lost", f"the connection failed: {_short(exc)}", True) from None
+    except aiohttp.ClientPayloadError as exc:
+        raise WireFailure("protocol", f"the answer body was cut off ({_short(exc)})", True) from None
+    except aiohttp.ClientResponseError as exc:
+        raise WireFailure("protocol", f"malformed HTTP answer: {exc.message}", True) from None
+    except aiohttp.InvalidURL:
+        raise WireFailure("connect", "invalid URL", False) from None
+    except aiohttp.ClientError as exc:
+        raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+
+
+def _quiet(idle: float | None) -> str:
+    if idle is None:
+        return "the server stopped sending"
+    return f"the server sent nothing for {idle:g} s"
 
 
 class HttpxWire(_Wire):
@@ -223,52 +324,111 @@ class HttpxWire(_Wire):
         return self._client
 
     async def _request(self, method, url, body, headers, deadline, max_bytes) -> WireResponse:
-        mod = self.mod
         client = self._get_client()
         try:
             async with _deadline(deadline):
-                request = client.build_request(method, url, content=body, headers=headers)
-                resp = await client.send(request, stream=True)
-                try:
-                    length = resp.headers.get("content-length")
-                    if length and length.isdigit() and int(length) > max_bytes:
-                        return WireResponse(resp.status_code, resp.headers, None,
-                                            f"the answer is {int(length):,} bytes, over the cap")
-                    chunks, size = [], 0
+                with _httpx_failures(self.mod):
+                    request = client.build_request(method, url, content=body, headers=headers)
+                    resp = await client.send(request, stream=True)
                     try:
-                        async for chunk in resp.aiter_bytes():
-                            size += len(chunk)
-                            if size > max_bytes:
-                                return WireResponse(resp.status_code, resp.headers, None,
-                                                    f"the answer is over the {max_bytes:,} byte cap")
-                            chunks.append(chunk)
-                    except (mod.RemoteProtocolError, mod.ReadError) as exc:
-                        return WireResponse(resp.status_code, resp.headers, None,
-                                            f"the answer body was cut off ({_short(exc)})")
-                    return WireResponse(resp.status_code, resp.headers, b"".join(chunks))
-                finally:
-                    await resp.aclose()
+                        return await _httpx_whole(self.mod, resp, max_bytes)
+                    finally:
+                        await resp.aclose()
         except TimeoutError:
             raise WireFailure("deadline", f"no complete answer within {deadline:g} s", True) from None
-        except (mod.ConnectError, mod.ConnectTimeout) as exc:
-            raise WireFailure("connect", f"could not connect: {_short(exc)}", False) from None
-        except mod.PoolTimeout:
-            raise WireFailure("connect", "no free connection in the pool", False) from None
-        except mod.TimeoutException:
-            raise WireFailure("deadline", "timed out waiting for the answer", True) from None
-        except mod.WriteError as exc:
-            raise WireFailure("lost", f"the connection failed while sending: {_short(exc)}", True) from None
-        except (mod.RemoteProtocolError, mod.ReadError) as exc:
-            raise WireFailure("lost", f"the connection dropped: {_short(exc)}", True) from None
-        except mod.UnsupportedProtocol:
-            raise WireFailure("connect", "unsupported URL scheme", False) from None
-        except mod.HTTPError as exc:
-            raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+
+    @asynccontextmanager
+    async def _open_stream(self, url, body, headers, deadline, idle):
+        mod = self.mod
+        client = self._get_client()
+        # httpx's read timeout is per read: exactly the idle limit (the caller keeps the deadline)
+        timeout = mod.Timeout(None, connect=min(deadline, self.connect_timeout), read=idle)
+        with _httpx_failures(mod, idle):
+            request = client.build_request("POST", url, content=body, headers=headers,
+                                           timeout=timeout)
+            resp = await client.send(request, stream=True)
+        try:
+            if not is_event_stream(resp.status_code, resp.headers):
+                with _httpx_failures(mod, idle):
+                    whole = await _httpx_whole(mod, resp, MAX_BODY_BYTES)
+                yield whole
+                return
+            chunks = _httpx_chunks(mod, resp, idle)
+            try:
+                yield WireStream(resp.status_code, resp.headers, chunks)
+            finally:
+                await chunks.aclose()
+        finally:
+            await resp.aclose()
 
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
+
+
+async def _httpx_whole(mod: Any, resp: Any, max_bytes: int) -> WireResponse:
+    length = resp.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        return WireResponse(resp.status_code, resp.headers, None,
+                            f"the answer is {int(length):,} bytes, over the cap")
+    chunks, size = [], 0
+    try:
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                return WireResponse(resp.status_code, resp.headers, None,
+                                    f"the answer is over the {max_bytes:,} byte cap")
+            chunks.append(chunk)
+    except (mod.RemoteProtocolError, mod.ReadError) as exc:
+        return WireResponse(resp.status_code, resp.headers, None,
+                            f"the answer body was cut off ({_short(exc)})")
+    return WireResponse(resp.status_code, resp.headers, b"".join(chunks))
+
+
+async def _httpx_chunks(mod: Any, resp: Any, idle: float) -> AsyncIterator[bytes]:
+    """An httpx body's bytes as they arrive; a clean end of the body ends the iteration."""
+    stream = resp.aiter_bytes()
+    try:
+        while True:
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except mod.ReadTimeout:
+                raise WireFailure("deadline", _quiet(idle), True) from None
+            except (mod.RemoteProtocolError, mod.ReadError) as exc:
+                raise WireFailure("lost", f"the stream was cut off ({_short(exc)})", True) from None
+            except mod.HTTPError as exc:
+                raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+            if chunk:
+                yield chunk
+    finally:
+        await stream.aclose()
+
+
+@contextmanager
+def _httpx_failures(mod: Any, idle: float | None = None) -> Iterator[None]:
+    """httpx's (or httpx2's) exceptions, translated (never chained: they hold the request)."""
+    try:
+        yield
+    except (mod.ConnectError, mod.ConnectTimeout) as exc:
+        raise WireFailure("connect", f"could not connect: {_short(exc)}", False) from None
+    except mod.PoolTimeout:
+        raise WireFailure("connect", "no free connection in the pool", False) from None
+    except mod.ReadTimeout:
+        raise WireFailure("deadline", _quiet(idle) if idle is not None
+                          else "timed out waiting for the answer", True) from None
+    except mod.TimeoutException:
+        raise WireFailure("deadline", "timed out waiting for the answer", True) from None
+    except mod.WriteError as exc:
+        raise WireFailure("lost", f"the connection failed while sending: {_short(exc)}", True) from None
+    except (mod.RemoteProtocolError, mod.ReadError) as exc:
+        raise WireFailure("lost", f"the connection dropped: {_short(exc)}", True) from None
+    except mod.UnsupportedProtocol:
+        raise WireFailure("connect", "unsupported URL scheme", False) from None
+    except mod.HTTPError as exc:
+        raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
 
 
 async def _read_whole(stream: Any, max_bytes: int) -> bytes | None:
