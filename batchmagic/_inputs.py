@@ -549,6 +549,8 @@ def _normalise(inputs: Any) -> _Table:
 
 def _list_shape(rows: list) -> str:
     """The one shape of a list's elements (missing values fit any); an empty list is texts."""
+    if all(type(r) is str for r in rows):  # the usual list, told without a call per row
+        return "texts"
     kinds = {_element_shape(r) for r in rows}
     kinds.discard("missing")
     if "bytes" in kinds:
