@@ -48,6 +48,7 @@ class SSEServer:
 
     def __init__(self) -> None:
         self.bodies: list[dict] = []
+        self.peers: list[Any] = []  # the client's address per request: a reused connection repeats
         self.attempts: dict[str, int] = {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -57,6 +58,7 @@ class SSEServer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        self.peers.append(request.transport.get_extra_info("peername"))
         text = body["messages"][-1]["content"]
         self.attempts[text] = self.attempts.get(text, 0) + 1
         if text == "too long":  # an HTTP error before any stream: handled as a whole answer
@@ -128,6 +130,12 @@ class SSEServer:
             _chunk({"content": "b"}, logprobs={"content": [token("b")], "refusal": None}),
             _chunk({}, finish="stop"), USAGE)
         await self._done(resp)
+
+    async def _done_and_hold(self, request, resp, attempt) -> None:
+        """[DONE], and then the body is never ended."""
+        await self._send(resp, _chunk({"content": "kept"}), _chunk({}, finish="stop"), USAGE)
+        await resp.write(b"data: [DONE]\n\n")
+        await self._release.wait()
 
     async def _cut(self, request, resp, attempt) -> None:
         """Cut midway: no terminating chunk, the connection closed."""
@@ -337,6 +345,29 @@ def test_logprobs_deltas_are_appended(server, wire):
     assert parsed.output == "ab"
     assert [t["token"] for t in parsed.logprobs["content"]] == ["a", "b"]
     assert parsed.logprobs["refusal"] is None
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_the_connection_is_reused_after_a_stream(server, wire):
+    async def main() -> list[str]:
+        backend = _backend(server, wire)
+        try:
+            return [(await backend.call(_unit("think"))).category for _ in range(3)]
+        finally:
+            await backend.aclose()
+
+    server.peers.clear()
+    assert asyncio.run(main()) == [OK] * 3
+    # the body was read to its end after [DONE], so one connection carried all three
+    assert len(set(server.peers)) == 1, server.peers
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_a_body_held_open_after_done_still_gives_the_answer(server, wire):
+    outcome, elapsed = _timed_call(server, wire, "done and hold")
+    assert outcome.category == OK, outcome.message
+    assert outcome.results[0].output == "kept"
+    assert elapsed < 30  # not held to the deadline
 
 
 # -- failures --------------------------------------------------------------------------------------

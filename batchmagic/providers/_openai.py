@@ -27,7 +27,14 @@ from .._limits import RateInfo, parse_retry_after
 from .._secrets import Secret
 from ._dialects import classify
 from ._sse import DONE, SSEDecoder, StreamAssembler, StreamError
-from ._wire import MAX_BODY_BYTES, WireFailure, WireResponse, WireStream, is_event_stream
+from ._wire import (
+    MAX_BODY_BYTES,
+    WireFailure,
+    WireResponse,
+    WireStream,
+    _deadline,
+    is_event_stream,
+)
 
 MAX_IMAGE_DOWNLOAD = 50 * 1024 * 1024
 #: the kinds whose answers can be streamed
@@ -36,6 +43,8 @@ STREAMED_KINDS = ("chat", "completion")
 #: tens of milliseconds apart and servers send keep-alives while a long prompt is read: a minute
 #: with no byte at all is a stalled server, and waiting out a 300 s deadline only wastes a slot.
 IDLE_TIMEOUT = 60.0
+#: how long the end of a body may take to arrive after [DONE] (read so the connection is reused)
+DRAIN_SECONDS = 1.0
 _STREAM_OPTIONS = b'{"stream":true,"stream_options":{"include_usage":true}'
 
 
@@ -154,7 +163,9 @@ class OpenAICompatible:
             async for chunk in chunks:
                 for event in decoder.feed(chunk):
                     if event.data == DONE:
-                        return self._assembled(assembler, status, info)
+                        outcome = self._assembled(assembler, status, info)
+                        await _drain(chunks)
+                        return outcome
                     failed = self._event(event, assembler, status, headers, info)
                     if failed is not None:
                         return failed
@@ -254,6 +265,18 @@ def streamed_body(body: bytes) -> bytes:
     data["stream_options"] = {**(options if isinstance(options, dict) else {}),
                               "include_usage": True}
     return orjson.dumps(data)
+
+
+async def _drain(chunks: Any) -> None:
+    """Read the body to its end after ``[DONE]``, so its connection can carry the next request
+    (a connection left mid-body is closed, and the next request pays for a new one, TLS and all).
+    A server that keeps the body open only costs the connection, never the answer."""
+    try:
+        async with _deadline(DRAIN_SECONDS):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, WireFailure):
+        pass
 
 
 async def _once(body: bytes):
