@@ -178,6 +178,11 @@ class SSEServer:
                                     "type": "requests", "code": "rate_limit_exceeded"}})
         await self._done(resp)
 
+    async def _odd_error_event(self, request, resp, attempt) -> None:
+        await self._send(resp, _chunk({"content": "so far"}))
+        await resp.write(b'event: error\ndata: {"error": {}}\n\n')
+        await self._done(resp)
+
     async def _server_error_event(self, request, resp, attempt) -> None:
         await resp.write(b'event: error\ndata: {"message": "The server had an error", '
                          b'"type": "server_error"}\n\n')
@@ -442,6 +447,10 @@ def test_an_error_event_in_the_stream_is_classified_by_the_dialect(server, wire)
     assert outcome.error_type is bm.ServerError
     assert "server had an error" in outcome.message
     assert not outcome.possibly_billed  # nothing was generated
+    # an error event in words no dialect knows is still an error, never a success
+    outcome = _call(server, wire, "odd error event")
+    assert outcome.category == TRANSIENT and outcome.error_type is bm.ServerError
+    assert "reported an error" in outcome.message and outcome.possibly_billed
 
 
 @pytest.mark.parametrize("wire", WIRES)

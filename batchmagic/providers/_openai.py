@@ -25,7 +25,7 @@ from .._backend import FATAL, OK, RATE_LIMIT, ROW, TRANSIENT, Outcome, Unit
 from .._errors import ConnectionLostError, ResponseError
 from .._limits import RateInfo, parse_retry_after
 from .._secrets import Secret
-from ._dialects import classify
+from ._dialects import Classified, classify
 from ._sse import DONE, SSEDecoder, StreamAssembler, StreamError
 from ._wire import (
     MAX_BODY_BYTES,
@@ -127,8 +127,6 @@ class OpenAICompatible:
                                    status=status, rate_info=info)
         found = classify(self.dialect, status, payload if isinstance(payload, dict) else None)
         if found is None:  # the dialect saw no error in a non-2xx answer: judge by the status
-            from ._dialects import Classified
-
             found = Classified(TRANSIENT if status >= 500 or status in (408, 409) else ROW, None,
                                f"HTTP {status}")
         return self._error(found, status, headers, info)
@@ -195,6 +193,10 @@ class OpenAICompatible:
             if event.name == "error" and isinstance(chunk, dict) and "error" not in chunk:
                 chunk = {"error": chunk}
             found = classify(self.dialect, status, chunk)
+            if found is None and (event.name == "error" or _names_error(chunk)):
+                # an error, in no words the dialect knows
+                found = Classified(TRANSIENT, None,
+                                   f"the stream reported an error: {event.data[:200]}")
             if found is not None:
                 outcome = self._error(found, status, headers, info)
                 outcome.possibly_billed = assembler.started  # tokens came before the error
@@ -265,6 +267,10 @@ def streamed_body(body: bytes) -> bytes:
     data["stream_options"] = {**(options if isinstance(options, dict) else {}),
                               "include_usage": True}
     return orjson.dumps(data)
+
+
+def _names_error(chunk: Any) -> bool:
+    return isinstance(chunk, dict) and chunk.get("error") is not None
 
 
 async def _drain(chunks: Any) -> None:
