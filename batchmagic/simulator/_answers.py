@@ -123,6 +123,42 @@ def reply_text(mode: str, prompt: str) -> str:
     raise ValueError(f"unknown reply mode {mode!r}")
 
 
+def sample_text(mode: str, prompt: str, index: int) -> str:
+    """The answer of choice ``index`` when a request asks for several (``n``).
+
+    Choice 0 is :func:`reply_text`; the others differ from it and from each other:
+    ``"echo <i>: " + prompt``, ``"<text> (<i>)"``, or pseudo-words seeded by the prompt and ``i``.
+    """
+    if index == 0:
+        return reply_text(mode, prompt)
+    if mode == "echo":
+        return f"echo {index}: {prompt}"
+    if mode.startswith("fixed:"):
+        return f"{mode[6:]} ({index})"
+    return _pseudo_words(int(mode[7:]), f"{prompt}\x00{index}")
+
+
+def split_tokens(text: str) -> list[str]:
+    """``text`` cut into the tokens :func:`count_tokens` counts (words in 4-character pieces),
+    each carrying the whitespace before it, so ``"".join(split_tokens(t)) == t``.
+
+    Stream chunks and logprobs are one entry per token. Text with no token at all is one piece.
+    """
+    pieces: list[str] = []
+    pos = 0
+    for m in _TOKEN_RE.finditer(text):
+        start, end = m.span()
+        for cut in range(start, end, 4):
+            pieces.append(text[pos:min(cut + 4, end)])
+            pos = min(cut + 4, end)
+    if pos < len(text):  # trailing whitespace rides on the last token
+        if pieces:
+            pieces[-1] += text[pos:]
+        else:
+            pieces.append(text)
+    return pieces
+
+
 @lru_cache(maxsize=4096)
 def _pseudo_words(n: int, prompt: str) -> str:
     seed = int.from_bytes(hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).digest()[:8], "big")

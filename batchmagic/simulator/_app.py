@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ._config import SimConfig
 from ._endpoints import BUILD, PATHS, PREPARE, call_tag
+from ._extras import JSON_FAULTS, STREAM_FAULTS, applies, spoil
 from ._faults import (
     IMMEDIATE,
     FaultPicker,
@@ -29,6 +30,7 @@ from ._faults import (
     immediate_response,
 )
 from ._http import (
+    JSON_CT,
     ApiError,
     abort_connection,
     error_obj,
@@ -37,8 +39,13 @@ from ._http import (
     send_truncated,
 )
 from ._limits import RateLimiter, retry_after_headers
+from ._sse import SSE_CT, send_stream, stream_bytes, stream_steps
 
 DEFAULT_MODELS = ("sim-chat", "sim-embed", "sim-image")
+#: faults that spoil an answer only when the request asks for JSON, tool calls or a stream
+CONDITIONAL = JSON_FAULTS | STREAM_FAULTS
+#: faults after which the answer is still sent the normal way (spoiled, or late)
+ANSWERED = CONDITIONAL | {"hang"}
 
 
 def draw_latency(cfg: SimConfig, rng: random.Random) -> float:
@@ -187,11 +194,14 @@ class SimState:
 
     def _record(self, now: float, path: str, model: str | None, digest: bytes, tag: str | None,
                 n_inputs: int | None, status: int | None, fault: str | None,
-                prompt_tokens: int | None, attempt: int | None) -> None:
+                prompt_tokens: int | None, attempt: int | None,
+                extras: dict[str, Any] | None = None) -> None:
         """Count and log one request once its outcome is decided (before any latency).
 
         ``status`` is None when no response is sent (resets, hang); ``attempt`` is None while
-        no faults are configured (arrivals are only counted then).
+        no faults are configured (arrivals are only counted then); ``extras`` says what a chat
+        or completion asked beyond one text answer (``n``, ``stream``, ``format``,
+        ``tool_calls`` answered, ``logprobs``), None for a plain request.
         """
         key: Any = status if status is not None else "none"
         self.by_status[key] = self.by_status.get(key, 0) + 1
@@ -204,6 +214,7 @@ class SimState:
             "t": round(now - self.t0, 6), "path": path, "model": model,
             "hash": digest[:8].hex(), "tag": tag, "n_inputs": n_inputs, "status": status,
             "fault": fault, "prompt_tokens": prompt_tokens, "attempt": attempt,
+            "extras": extras,
         }
         if cfg.log_calls:
             self.calls.append(rec)
@@ -249,10 +260,11 @@ class SimState:
         body = await request.read()
         digest = hashlib.sha256(body).digest()
         attempt, fault = self.faults.pick(digest) if self.faults.table else (None, None)
+        extras = None  # set once the request is parsed
 
         def log(model, tag, n_inputs, status, fault, prompt_tokens) -> None:
             self._record(now, path, model, digest, tag, n_inputs, status, fault, prompt_tokens,
-                         attempt)
+                         attempt, extras)
 
         refused, payload = self._refuse_unreadable(request, body, log)
         if refused is not None:
@@ -266,6 +278,10 @@ class SimState:
         except ApiError as e:
             log(model, call_tag(kind, payload), None, e.status, None, None)
             return json_response(e.status, e.body)
+        if job.extra is not None:
+            extras = job.extra.summary()
+        if fault is not None and fault in CONDITIONAL:
+            fault = self._spoil(job, fault)
         headers: dict[str, str] = {}
         if fault is None:
             refused = self._admit(job, now, inflight, headers, log)
@@ -276,7 +292,18 @@ class SimState:
         delay = self._delay(fault, job, inflight)
         if delay > 0:
             await asyncio.sleep(delay)
-        return await self._answer(request, kind, job, fault, headers)
+        return await self._answer(request, kind, job, fault, headers, inflight)
+
+    @staticmethod
+    def _spoil(job: Any, fault: str) -> str | None:
+        """Apply a JSON or stream fault; None when it cannot spoil this request (a plain
+        text answer, a request not streamed): then the request is answered normally."""
+        if not applies(job.extra, fault):
+            return None
+        if fault in JSON_FAULTS:
+            spoil(job.extra, fault)
+            job.ctoks = job.extra.ctoks
+        return fault
 
     def _refuse_unreadable(self, request: web.BaseRequest, body: bytes, log
                            ) -> tuple[web.StreamResponse | None, dict]:
@@ -336,27 +363,50 @@ class SimState:
         if fault == "hang":
             return cfg.hang_seconds
         delay = draw_latency(cfg, self.rng) if cfg.latency or cfg.latency_jitter else 0.0
-        if cfg.per_token_latency:
+        if cfg.per_token_latency and not _streamed(job):  # a stream spaces its tokens itself
             delay += cfg.per_token_latency * job.ctoks
         if cfg.capacity is not None and inflight > cfg.capacity:
             delay *= inflight / cfg.capacity
         return delay
 
+    def _spacing(self, inflight: int) -> float:
+        """Seconds between the tokens of a stream (scaled like the latency past capacity)."""
+        cfg = self.cfg
+        if cfg.capacity is not None and inflight > cfg.capacity:
+            return cfg.per_token_latency * inflight / cfg.capacity
+        return cfg.per_token_latency
+
     async def _answer(self, request: web.BaseRequest, kind: str, job: Any, fault: str | None,
-                      headers: dict[str, str]) -> web.StreamResponse:
+                      headers: dict[str, str], inflight: int) -> web.StreamResponse:
         """The answer, or the delayed fault that spoils it."""
-        if fault is None or fault == "hang":
+        if fault is None or fault in ANSWERED:
+            extra = job.extra
+            if extra is not None and extra.stream:
+                return await send_stream(
+                    request, stream_steps(self, job), self._spacing(inflight), headers,
+                    fault if fault in STREAM_FAULTS else None, self.cfg.hang_seconds)
             return json_response(200, BUILD[kind](self, job, request), headers)
         if fault == "reset_after":
             abort_connection(request)
             return web.Response()
         if fault == "trickle":
-            body_out = orjson.dumps(BUILD[kind](self, job, request))
-            return await send_trickle(request, body_out, self.cfg.trickle_interval)
+            body_out, content_type = self._whole_body(kind, job, request)
+            return await send_trickle(request, body_out, self.cfg.trickle_interval,
+                                      content_type)
         if fault == "truncated":
-            await send_truncated(request, orjson.dumps(BUILD[kind](self, job, request)))
+            await send_truncated(request, *self._whole_body(kind, job, request))
             return web.Response()  # the transport is closing: aiohttp drops this
         return body_fault_response(fault, kind, self.cfg)
+
+    def _whole_body(self, kind: str, job: Any, request: web.BaseRequest) -> tuple[bytes, str]:
+        """The answer as one body and its content type (a stream's events, or the JSON)."""
+        if _streamed(job):
+            return stream_bytes(stream_steps(self, job)), SSE_CT
+        return orjson.dumps(BUILD[kind](self, job, request)), JSON_CT
+
+
+def _streamed(job: Any) -> bool:
+    return job.extra is not None and job.extra.stream
 
 
 def _rate_limit_body(what: str, limiter: RateLimiter, charge: int, wait: float) -> dict:

@@ -19,7 +19,8 @@ ARK_SECRET_KEY_ENV = "BATCHMAGIC_SIM_ARK_SECRET_KEY"
 FAULT_NAMES = (
     "500", "502", "503", "504", "529", "429", "insufficient_quota", "401", "403", "404_model",
     "400_context", "reset_before", "reset_after", "hang", "trickle", "truncated", "non_json",
-    "invalid_utf8", "wrong_shape", "error_200",
+    "invalid_utf8", "wrong_shape", "error_200", "invalid_json", "schema_mismatch", "stream_cut",
+    "stream_eof", "malformed_chunk", "stream_stall",
 )
 LATENCY_DISTS = ("fixed", "uniform", "exponential", "lognormal")
 RETRY_AFTER_FORMATS = ("seconds", "ms", "http-date", "none")
@@ -56,7 +57,7 @@ class SimConfig:
     latency: float = 0.0  #: seconds before each answer (base of the distribution)
     latency_dist: str = "fixed"  #: fixed | uniform | exponential | lognormal
     latency_jitter: float = 0.0  #: spread of the distribution (see _app.draw_latency)
-    per_token_latency: float = 0.0  #: extra seconds per completion token
+    per_token_latency: float = 0.0  #: extra seconds per completion token (a stream's gaps)
 
     # --- capacity (self-hosted server model)
     capacity: int | None = None  #: K: above K in flight, latency *= in_flight / K
@@ -79,7 +80,7 @@ class SimConfig:
     faults: dict[str, float] = field(default_factory=dict)  #: fault name -> probability
     fault_seed: int = 0  #: seeds the per-body fault draws
     fault_attempts: int = 1  #: a body can be faulted only on its first N arrivals
-    hang_seconds: float = 3600.0  #: ``hang`` sleeps this long, then answers normally
+    hang_seconds: float = 3600.0  #: ``hang`` (``stream_stall``) sleeps this long, then answers
     trickle_interval: float = 0.2  #: seconds between bytes of the ``trickle`` fault
     error_200_code: int = 336501  #: 336501 (RPM), 336502 (TPM) or 18 (QPS)
 
@@ -315,7 +316,7 @@ _HELP = {
     "latency": "seconds before each answer",
     "latency_dist": f"one of {', '.join(LATENCY_DISTS)}",
     "latency_jitter": "spread of the latency distribution (seconds, or sigma for lognormal)",
-    "per_token_latency": "extra seconds per completion token",
+    "per_token_latency": "extra seconds per completion token (in a stream: between tokens)",
     "capacity": "requests served at full speed at once (latency scales above)",
     "overload": "in-flight count above which requests get 503 (default 2 x capacity)",
     "rpm": "requests per minute limit",
@@ -326,7 +327,7 @@ _HELP = {
     "ratelimit_headers": "send x-ratelimit-* headers",
     "fault_seed": "seed of the per-body fault draws",
     "fault_attempts": "a body can be faulted only on its first N arrivals",
-    "hang_seconds": "how long the hang fault sleeps",
+    "hang_seconds": "how long the hang fault sleeps (and stream_stall goes quiet)",
     "trickle_interval": "seconds between bytes of the trickle fault",
     "error_200_code": f"one of {', '.join(map(str, ERROR_200_CODES))}",
     "log_calls": "keep an in-memory call log (GET /_sim/calls)",

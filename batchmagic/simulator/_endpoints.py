@@ -24,6 +24,7 @@ from ._answers import (
     truncate_tokens,
 )
 from ._config import SimConfig
+from ._extras import EXTRA_KEYS, Extras, chat_choices, completion_choices, read_extras
 from ._faults import model_not_found
 from ._http import ApiError
 
@@ -47,7 +48,7 @@ class Job:
     """A parsed, validated request, ready to be answered."""
 
     __slots__ = ("kind", "model", "tag", "n_inputs", "prompt_tokens", "charge", "ctoks",
-                 "text", "finish", "inputs", "dim", "b64", "prompt", "n", "size", "url")
+                 "text", "finish", "inputs", "dim", "b64", "prompt", "n", "size", "url", "extra")
 
     def __init__(self, kind: str, model: str, tag: str, prompt_tokens: int, charge: int) -> None:
         self.kind = kind
@@ -57,6 +58,7 @@ class Job:
         self.charge = charge
         self.n_inputs: int | None = None
         self.ctoks = 0
+        self.extra: Extras | None = None  # n, response_format, tools, logprobs, stream
 
 
 # ---------------------------------------------------------------------- parsing
@@ -76,9 +78,6 @@ def _model(st: SimState, payload: dict[str, Any], default: str | None = None) ->
 
 def prep_chat(st: SimState, p: dict[str, Any], cfg: SimConfig) -> Job:
     model = _model(st, p)
-    if p.get("stream"):
-        raise ApiError(400, "stream=true is not supported by the batchmagic simulator",
-                       param="stream")
     messages = p.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty array", param="messages")
@@ -91,21 +90,30 @@ def prep_chat(st: SimState, p: dict[str, Any], cfg: SimConfig) -> Job:
         ptoks += MESSAGE_OVERHEAD_TOKENS + count_tokens(text) + IMAGE_PART_TOKENS * images
         if m.get("role") == "user":
             user = text
-    return _text_job("chat", model, p, cfg, user, ptoks)
+    job = _text_job("chat", model, p, cfg, user, ptoks)
+    if not EXTRA_KEYS.isdisjoint(p):
+        texts = [content_text(m.get("content"))[0] for m in messages]
+        _add_extras(job, p, cfg, user, texts, messages)
+    return job
 
 
 def prep_completion(st: SimState, p: dict[str, Any], cfg: SimConfig) -> Job:
     model = _model(st, p)
-    if p.get("stream"):
-        raise ApiError(400, "stream=true is not supported by the batchmagic simulator",
-                       param="stream")
     prompt = p.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string or a list of one string",
                        param="prompt")
-    return _text_job("completion", model, p, cfg, prompt, count_tokens(prompt))
+    job = _text_job("completion", model, p, cfg, prompt, count_tokens(prompt))
+    if not EXTRA_KEYS.isdisjoint(p):
+        _add_extras(job, p, cfg, prompt, [prompt], None)
+    return job
+
+
+def _max_tokens(p: dict[str, Any]) -> Any:
+    mt = p.get("max_completion_tokens")
+    return p.get("max_tokens") if mt is None else mt
 
 
 def _text_job(kind: str, model: str, p: dict[str, Any], cfg: SimConfig, prompt: str,
@@ -132,6 +140,17 @@ def _text_job(kind: str, model: str, p: dict[str, Any], cfg: SimConfig, prompt: 
     job.text = answer
     job.finish = "length" if cut else "stop"
     return job
+
+
+def _add_extras(job: Job, p: dict[str, Any], cfg: SimConfig, prompt: str, texts: list[str],
+                messages: list | None) -> None:
+    """The slow path: n choices, response_format, tools, logprobs, stream (see _extras)."""
+    ex = read_extras(job.kind, p, cfg.reply, prompt, texts, messages, _max_tokens(p))
+    job.extra = ex
+    job.ctoks = ex.ctoks
+    job.text, job.finish = ex.choices[0].text, ex.choices[0].finish
+    per_choice = job.charge - job.prompt_tokens
+    job.charge = job.prompt_tokens + per_choice * len(ex.choices)  # TPM counts every choice
 
 
 def prep_embedding(st: SimState, p: dict[str, Any], cfg: SimConfig) -> Job:
@@ -218,7 +237,9 @@ def prep_image(st: SimState, p: dict[str, Any], cfg: SimConfig) -> Job:
 
 
 # ---------------------------------------------------------------------- answers
-def build_chat(st: SimState, job: Job, request: web.BaseRequest) -> dict[str, Any]:
+def build_chat(st: SimState, job: Job, request: web.BaseRequest | None) -> dict[str, Any]:
+    if job.extra is not None:
+        return _chat_body(st, job, chat_choices(job.extra))
     return {
         "id": f"chatcmpl-sim{next(st.ids)}",
         "object": "chat.completion",
@@ -236,7 +257,31 @@ def build_chat(st: SimState, job: Job, request: web.BaseRequest) -> dict[str, An
     }
 
 
-def build_completion(st: SimState, job: Job, request: web.BaseRequest) -> dict[str, Any]:
+def _chat_body(st: SimState, job: Job, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-sim{next(st.ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": job.model,
+        "choices": choices,
+        "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.ctoks,
+                  "total_tokens": job.prompt_tokens + job.ctoks},
+        "system_fingerprint": "fp_batchmagic_sim",
+    }
+
+
+def build_completion(st: SimState, job: Job, request: web.BaseRequest | None
+                     ) -> dict[str, Any]:
+    if job.extra is not None:
+        return {
+            "id": f"cmpl-sim{next(st.ids)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": job.model,
+            "choices": completion_choices(job.extra),
+            "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.ctoks,
+                      "total_tokens": job.prompt_tokens + job.ctoks},
+        }
     return {
         "id": f"cmpl-sim{next(st.ids)}",
         "object": "text_completion",

@@ -7,6 +7,12 @@ gets a fresh, independent draw, and a test sees the same faults whatever the arr
 Precedence: a wrong API key (401) and an unparsable JSON body (400) come first; IMMEDIATE faults
 are answered at once (no latency, no validation, no rate limit); DELAYED faults need a valid
 request (a real 400/404 wins), skip rate limits and capacity, and act after the latency.
+
+Some DELAYED faults only spoil requests that can show them, and are dropped (answered and logged
+as no fault) on others: ``invalid_json`` and ``schema_mismatch`` a 200 whose JSON content
+(``response_format``) or tool-call arguments do not parse / do not fit the schema (see
+_extras.spoil); ``stream_cut``, ``stream_eof``, ``malformed_chunk`` and ``stream_stall`` a
+streamed answer (see _sse).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ IMMEDIATE = frozenset({
 #: faults that need the normal answer (or its latency) first
 DELAYED = frozenset({
     "reset_after", "hang", "trickle", "truncated", "non_json", "invalid_utf8", "wrong_shape",
-    "error_200",
+    "error_200", "invalid_json", "schema_mismatch", "stream_cut", "stream_eof",
+    "malformed_chunk", "stream_stall",
 })
 
 _ERROR_200_MESSAGES = {

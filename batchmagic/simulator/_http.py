@@ -58,12 +58,13 @@ def raw_head(status: int, reason: str, content_type: str, length: int) -> bytes:
     ).encode("ascii")
 
 
-async def send_truncated(request: web.BaseRequest, body: bytes) -> None:
+async def send_truncated(request: web.BaseRequest, body: bytes,
+                         content_type: str = JSON_CT) -> None:
     """Headers announcing the full Content-Length, half the body, then a clean close (FIN)."""
     transport = request.transport
     if transport is None or transport.is_closing():
         return
-    transport.write(raw_head(200, "OK", JSON_CT, len(body)) + body[: len(body) // 2])
+    transport.write(raw_head(200, "OK", content_type, len(body)) + body[: len(body) // 2])
     await asyncio.sleep(0)  # let the bytes leave before the FIN
     transport.close()
 
