@@ -181,7 +181,11 @@ def build_frame(plan, results, *, costs: list | None = None, attrs: dict | None 
     ``schema`` the run's ``_schema.Schema``, if any."""
     index = plan.index
     values = _with_schema(_result_values(plan, results, costs=costs, cached=cached), schema)
-    result = {name: _typed(name, values[name], index) for name in RESULT_COLUMNS}
+    result = {}
+    if plan.samples > 1:  # which answer of its input row each output row is
+        result["sample"] = pd.Series(np.tile(np.arange(plan.samples, dtype=np.int64),
+                                             plan.n_rows // plan.samples), index=index)
+    result.update({name: _typed(name, values[name], index) for name in RESULT_COLUMNS})
     for name in _optional(values, schema):
         result[name] = _typed(name, values[name], index)
     out = pd.concat([plan.frame, pd.DataFrame(result, index=index)], axis=1) if len(plan.frame.columns) \

@@ -13,7 +13,10 @@ that row's ``InputError``; a problem with the call as a whole raises ``ConfigErr
 
 The row key is a hash of everything that shapes the request (endpoint, kind, the body with model
 and parameters) and nothing else: it is the de-duplication key, the cache/resume key and the
-source of Batch API ``custom_id``s. Identical requests are planned once and fanned out.
+source of Batch API ``custom_id``s. Identical requests are planned once and fanned out when
+their answer is deterministic (temperature 0, embeddings) or ``dedupe=True``; otherwise each row
+is its own draw, and ``samples=K`` asks K draws per row: a later draw's key is derived from the
+request's (``draw_key``), so re-runs and resumes find the same answers.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class Item:
     prompt_tokens: int  # estimated
     max_output: int  # worst case, for pacing and budgets
     rows: list[int] = field(default_factory=list)  # positions of the input rows it answers
+    # an answer drawn again for the same request (samples, or rows that are not de-duplicated):
+    # the key of the request itself, and which draw of it this is (0 for the first)
+    base: str | None = None
+    draw: int = 0
 
 
 @dataclass
@@ -57,10 +64,11 @@ class Plan:
     index: pd.Index
     frame: pd.DataFrame  # the input columns the result frame starts with
     items: list[Item]
-    row_item: list[int]  # per input position: index into items, or -1
+    row_item: list[int]  # per output row: index into items, or -1
     row_errors: dict[int, InputError]
     skipped: set[int]
     template: str | None = None
+    samples: int = 1  # output rows per input row (each its own answer)
 
     @property
     def n_rows(self) -> int:
@@ -70,6 +78,21 @@ class Plan:
 def row_key(endpoint: str, kind: str, body: dict) -> str:
     raw = orjson.dumps(body, option=_DUMP_OPTS)
     return hashlib.sha256(b"%s\0%s\0%s" % (endpoint.encode(), kind.encode(), raw)).hexdigest()[:32]
+
+
+def draw_key(base: str, draw: int) -> str:
+    """The key of another answer to the same request: the first draw keeps the request's own
+    key (so a plain run and a first sample share their cache), later draws a key of their own,
+    the same on every run (so a re-run finds the same K answers, and a resumed run asks only
+    for the missing ones)."""
+    if draw == 0:
+        return base
+    return hashlib.sha256(b"%s\0draw\0%d" % (base.encode(), draw)).hexdigest()[:32]
+
+
+def deterministic(kind: str, body: dict) -> bool:
+    """Whether identical requests get identical answers: embeddings, or temperature 0."""
+    return kind == "embedding" or body.get("temperature") == 0
 
 
 def is_missing(value: Any) -> bool:
@@ -90,16 +113,25 @@ def make_plan(
     on_missing: str = "error",
     images: str | None = None,
     allow_private_urls: bool = False,
+    samples: int = 1,
+    dedupe: bool | None = None,
 ) -> Plan:
-    """Check the call, read the rows by their shape, then run the shared steps over each row."""
+    """Check the call, read the rows by their shape, then run the shared steps over each row.
+    ``samples`` answers per row become as many output rows; identical requests are sent once
+    when ``dedupe`` says so (None: when the answer is deterministic)."""
     call = _Call(kind, model, _checked_params(kind, on_missing, params, system), system)
     table = _normalise(inputs)
     tmpl, drafts = _SHAPE_STEPS[table.shape](table, template, images, call)
-    planner = _Planner(call, endpoint, on_missing, allow_private_urls, table.index)
+    index, frame = table.index, table.frame
+    if samples > 1:  # each input row K times, in order, with its own label
+        index = index.repeat(samples)
+        frame = frame.iloc[[pos for pos in range(len(frame)) for _ in range(samples)]]
+    planner = _Planner(call, endpoint, on_missing, allow_private_urls, index, samples, dedupe)
     for pos, request, image_refs, missing in drafts:
         planner.take(pos, request, image_refs, missing)
-    return Plan(kind, endpoint, table.index, table.frame, planner.items, planner.row_item,
-                planner.row_errors, planner.skipped, tmpl.source if tmpl is not None else None)
+    return Plan(kind, endpoint, index, frame, planner.items, planner.row_item,
+                planner.row_errors, planner.skipped, tmpl.source if tmpl is not None else None,
+                samples)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,8 +445,11 @@ class _Planner:
 
     def __init__(self, call: _Call, endpoint: str, on_missing: str, allow_private_urls: bool,
                  index: pd.Index):
-        self.call, self.endpoint, self.on_missing = call, endpoint, on_missing
-        self.allow_private_urls, self.index = allow_private_urls, index
+        # the call's fields as plain attributes: they are read for every row
+        self.kind, self.model, self.params, self.system = (call.kind, call.model, call.params,
+                                                           call.system)
+        self.endpoint, self.on_missing, self.index = endpoint, on_missing, index
+        self.allow_private_urls = allow_private_urls
         self.items: list[Item] = []
         self.by_key: dict[str, int] = {}
         self.row_item = [-1] * len(index)
@@ -424,11 +459,20 @@ class _Planner:
 
     def take(self, pos: int, request: Any, image_refs: Any,
              missing: tuple[str, ...] | None) -> None:
+        """One row's draft through the shared steps; a refusal at any step is its InputError."""
         if missing is not None and self.on_missing != "empty":
             self._apply_missing_rule(pos, missing)
             return
         try:
-            self._add(pos, *self._body(request, image_refs))
+            if isinstance(request, _Refused):  # its shape step refused it
+                raise request
+            whole = isinstance(request, dict)  # prompts are text or message lists, never dicts
+            body = request if whole else _kinds.build_body(
+                self.kind, request, self.model, self.params, self.system,
+                None if image_refs is None else _image_urls(image_refs, self.allow_private_urls))
+            if self.kind == "embedding" and _nothing_to_embed(body.get("input")):
+                raise _Refused(NOTHING_TO_EMBED)
+            self._add(pos, body, whole)
         except _Refused as why:
             self.row_errors[pos] = InputError(str(why), row=self.index[pos])
 
@@ -443,40 +487,38 @@ class _Planner:
             f"missing value{where}; pass on_missing='skip' or 'empty' to change this",
             row=self.index[pos])
 
-    def _body(self, request: Any, image_refs: Any) -> tuple[dict, bool]:
-        """The request body, and whether it came whole from the inputs."""
-        if isinstance(request, _Refused):
-            raise request
-        call = self.call
-        whole = isinstance(request, dict)  # prompts are text or message lists, never dicts
-        if whole:
-            body = request
-        else:
-            urls = None if image_refs is None else _image_urls(image_refs, self.allow_private_urls)
-            body = _kinds.build_body(call.kind, request, call.model, call.params, call.system, urls)
-        if call.kind == "embedding" and _nothing_to_embed(body.get("input")):
-            raise _Refused(NOTHING_TO_EMBED)
-        return body, whole
-
     def _add(self, pos: int, body: dict, whole: bool) -> None:
-        """The row joins the item with its key, or starts one (JSON must carry the body)."""
+        """The row's output rows join the items of their draws, or start them (JSON must carry
+        the body). De-duplicated rows share draws ``0..K-1``; a row that is not gets draws of
+        its own after those of the identical rows before it."""
         try:
-            key = row_key(self.endpoint, self.call.kind, body)
+            base = row_key(self.endpoint, self.kind, body)
         except (orjson.JSONEncodeError, TypeError) as exc:
             raise _Refused(_unencodable_message(exc)) from None
+        shared = self.dedupe if self.dedupe is not None else deterministic(self.kind, body)
+        first = 0
+        if not shared:
+            first = self.seen.get(base, 0) * self.samples
+            self.seen[base] = self.seen.get(base, 0) + 1
+        for s, out in enumerate(self._outputs(pos)):
+            at = self._item(base, first + s, body, whole)
+            self.items[at].rows.append(out)
+            self.row_item[out] = at
+
+    def _item(self, base: str, draw: int, body: dict, whole: bool) -> int:
+        key = draw_key(base, draw)
         at = self.by_key.get(key)
         if at is None:
             at = self.by_key[key] = len(self.items)
             max_output = self._own_max_output(body) if whole else self.max_output
-            tokens = _tokens.estimate_prompt_tokens(self.call.kind, body)
-            self.items.append(Item(key, body, tokens, max_output))
-        self.items[at].rows.append(pos)
-        self.row_item[pos] = at
+            tokens = _tokens.estimate_prompt_tokens(self.kind, body)
+            self.items.append(Item(key, body, tokens, max_output, base=base, draw=draw))
+        return at
 
     def _own_max_output(self, body: dict) -> int:
         """A whole body may set its own output limit; built bodies carry the call's."""
         if "max_tokens" in body or "max_completion_tokens" in body:
-            return _tokens.max_output_tokens(self.call.kind, body)
+            return _tokens.max_output_tokens(self.kind, body)
         return self.max_output
 
 

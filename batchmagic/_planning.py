@@ -49,13 +49,15 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     target, engine, send_url = _where(o, need_key)
     key_note = describe_key(o.api_key, target) if engine is None else "none needed (engine)"
     o.api_key = None  # the Secret in the target is the only copy kept
+    _check_stream(o, engine)
     params, system = o.params, o.system
     if o.schema is not None:
         params, system = _structured(o, target, engine)
     plan = make_plan(
         inputs, prompt, kind=o.kind, endpoint=target.base_url + _kinds.path_for(o.kind),
         model=o.model, params=params, system=system, on_missing=o.on_missing,
-        images=o.images, allow_private_urls=o.allow_private_urls,
+        images=o.images, allow_private_urls=o.allow_private_urls, samples=_samples(o),
+        dedupe=o.dedupe,
     )
     check_clash(plan.frame, o.schema.fields if o.schema is not None else ())
     if o.schema is not None and _structured_mode(target, engine) == "json_schema":
@@ -78,6 +80,25 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     return RunPlan(o, target, engine, send_url, plan, price,
                    breaker_for(o.breaker) if engine is None else None,
                    _executor_name(o, engine), _max_window(o, target, engine), key_note)
+
+
+def _samples(o: Any) -> int:
+    if o.samples is None:
+        return 1
+    if o.kind == "embedding":
+        raise ConfigError("samples= asks several answers per row; an embedding has one",
+                          option="samples")
+    return o.samples
+
+
+def _check_stream(o: Any, engine: Any) -> None:
+    if not o.stream:
+        return
+    if o.kind not in ("chat", "completion"):
+        raise ConfigError(f"stream= applies to chat and completion, not {o.kind}", option="stream")
+    if engine is not None or o.mode == "batch-api":
+        where = "an engine on this machine" if engine is not None else "a Batch API job"
+        raise ConfigError(f"stream=True: {where} answers whole; drop stream=", option="stream")
 
 
 def _structured_mode(target: Target, engine: Any) -> str:
@@ -159,6 +180,8 @@ def build_units(rp: RunPlan, todo: list[int]) -> list[Unit]:
         units = engine_units(plan.items, todo)
     elif plan.kind == "embedding":
         units = _embedding_units(rp, todo)
+    elif plan.samples > 1 and _takes_n(rp):
+        units = _draw_units(plan, todo)
     else:
         units = item_units(plan.items, todo, _kinds.encode_body)
     if rp.price is not None:
@@ -166,6 +189,29 @@ def build_units(rp: RunPlan, todo: list[int]) -> list[Unit]:
             items = [plan.items[i] for i in u.items]
             u.worst_cost = rp.price.cost(sum(i.prompt_tokens for i in items),
                                          sum(i.max_output for i in items))
+    return units
+
+
+def _takes_n(rp: RunPlan) -> bool:
+    """Whether K draws of one request can be one request with ``n=K``."""
+    preset = rp.target.preset
+    return rp.engine is None and preset is not None and preset.supports_n \
+        and rp.plan.kind in ("chat", "completion") and rp.options.mode != "batch-api"
+
+
+def _draw_units(plan: Any, todo: list[int]) -> list[Unit]:
+    """One request with ``n`` for the draws of one row still to answer (a resumed run asks
+    only for the missing ones)."""
+    groups: dict[tuple, list[int]] = {}
+    for i in todo:
+        item = plan.items[i]
+        groups.setdefault((item.base, item.draw // plan.samples), []).append(i)
+    units = []
+    for group in groups.values():
+        first = plan.items[group[0]]
+        body = dict(first.body, n=len(group)) if len(group) > 1 else first.body
+        tokens = first.prompt_tokens + sum(plan.items[i].max_output for i in group)
+        units.append(Unit(group, _kinds.encode_body(body), tokens))
     return units
 
 

@@ -50,7 +50,7 @@ def test_estimate_is_within_25_percent_of_real_usage(sim):
 
 def test_estimate_reports_plan_cost_and_cache(sim):
     est = bm.estimate(["a", "b", "a"], model="gpt-4o-mini", provider="openai", base_url=sim.base_url,
-                      api_key="k", params={"max_tokens": 100}, rpm=60)
+                      api_key="k", params={"max_tokens": 100}, rpm=60, dedupe=True)
     assert (est.rows, est.requests, est.to_send, est.cached_rows) == (3, 2, 2, 0)
     assert est.max_output_tokens == 200
     low, high = est.cost_online
@@ -58,9 +58,10 @@ def test_estimate_reports_plan_cost_and_cache(sim):
     assert est.cost_batch_api == pytest.approx((low / 2, high / 2))
     assert est.eta_s == pytest.approx(2.0)
     assert "genai-prices" in str(est) and "Batch API" in str(est)
-    openai_sim(sim, ["a", "b"], params={"max_tokens": 100})
+    openai_sim(sim, ["a", "b"], params={"max_tokens": 100}, dedupe=True)
     again = bm.estimate(["a", "b", "a"], model="gpt-4o-mini", provider="openai",
-                        base_url=sim.base_url, api_key="k", params={"max_tokens": 100})
+                        base_url=sim.base_url, api_key="k", params={"max_tokens": 100},
+                        dedupe=True)
     assert (again.cached_rows, again.to_send) == (3, 0)
     assert len(sim.calls()) >= 2  # estimate itself sends nothing: only the batch above did
 
@@ -151,14 +152,14 @@ def test_counts_are_rows_not_requests(sim):
     """10,000 identical rows share one request: they are 10,000 ok rows, not 1; a re-run
     answered by the journal reports them ok as well, and as cached."""
     rows = ["the same prompt"] * 10_000 + ["another"]
-    first = openai_sim(sim, rows)
+    first = openai_sim(sim, rows, params={"temperature": 0})
     facts = first.attrs["batchmagic"]
     assert (facts["ok"], facts["failed"], facts["cached"], facts["requests"]) == (10_001, 0, 0, 2)
-    again = openai_sim(sim, rows)
+    again = openai_sim(sim, rows, params={"temperature": 0})
     facts = again.attrs["batchmagic"]
     assert (facts["ok"], facts["failed"], facts["cached"]) == (10_001, 0, 10_001)
     task = bm.submit(rows, model="gpt-4o-mini", provider="openai", base_url=sim.base_url,
-                     api_key="k", progress=False)
+                     api_key="k", progress=False, params={"temperature": 0})
     task.wait(60)
     assert task.total_count() == task.task_count() == task.finished_count() == 10_001
     assert task.progress.ok == 10_001

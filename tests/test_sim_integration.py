@@ -52,9 +52,22 @@ def test_chat_rows_land_on_their_rows(fresh):
 
 
 def test_identical_requests_sent_once(fresh):
-    df = run(fresh, ["same"] * 50 + ["other"])
+    """Deterministic answers (temperature 0) are asked once and fanned out."""
+    df = run(fresh, ["same"] * 50 + ["other"], params={"temperature": 0})
     assert df["output"].tolist() == ["echo: same"] * 50 + ["echo: other"]
     assert len(fresh.calls()) == 2
+
+
+def test_identical_rows_at_a_temperature_are_each_their_own_answer(fresh):
+    """Five identical rows at temperature 1 used to send one request and copy its answer to
+    all five: sampling was silently impossible."""
+    df = run(fresh, ["same"] * 5, params={"temperature": 1.0})
+    assert len(fresh.calls()) == 5 and df["error"].isna().all()
+    assert df.attrs["batchmagic"]["requests"] == 5
+    again = run(fresh, ["same"] * 5, params={"temperature": 1.0})  # the same 5 from the journal
+    assert len(fresh.calls()) == 5 and again.attrs["batchmagic"]["cached"] == 5
+    more = run(fresh, ["same"] * 7, params={"temperature": 1.0})  # two more rows: two more asks
+    assert len(fresh.calls()) == 7 and more.attrs["batchmagic"]["cached"] == 5
 
 
 TRANSIENT = ["500", "502", "503", "504", "529", "429", "reset_before", "reset_after", "truncated",

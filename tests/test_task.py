@@ -307,7 +307,7 @@ def test_sync_batch_from_another_thread():
 def test_estimate_sends_nothing():
     s = Server(lambda req, body: pytest.fail("estimate must not send"))
     est = bm.estimate(["a", "b", "a", None], "Q: {}", base_url=BASE_URL, model="m",
-                      transport=s.transport, rpm=60)
+                      transport=s.transport, rpm=60, dedupe=True)
     assert est.rows == 4 and est.requests == 2 and est.http_requests == 2
     assert est.input_errors == 1
     assert est.first_request["messages"][0]["content"] == "Q: a"

@@ -26,6 +26,7 @@ class OnlineExecutor(DispatchExecutor):
             api_key=target.api_key, dialect=target.dialect,
             wire=make_wire(o.http, run.max_window, o.transport),
             timeout=o.timeout or DEFAULT_TIMEOUT[o.kind], headers=o.headers,
+            stream=_streams(o, target),
         )
         window = Window(o.concurrency or INITIAL_WINDOW, run.max_window, adaptive=True)
         if o.concurrency:
@@ -35,3 +36,14 @@ class OnlineExecutor(DispatchExecutor):
             breaker = CircuitBreaker(run.breaker, provider=target.name, url=backend.url,
                                      deadline=backend.timeout)
         return backend, window, RateGate(o.rpm, o.tpm), breaker
+
+
+def _streams(o: Any, target: Any) -> bool:
+    """stream= as given; unset, on for the models a preset says only answer streamed requests
+    (and only for the kinds that stream)."""
+    if o.kind not in ("chat", "completion"):
+        return False
+    if o.stream is not None:
+        return o.stream
+    preset = target.preset
+    return bool(preset is not None and o.model and preset.streams_only(o.model))

@@ -233,6 +233,11 @@ class OpenAICompatible:
             vectors, prompt_tokens = _kinds.parse_embeddings(payload, n)
             shares = _kinds.share(prompt_tokens, n)
             return [_kinds.Parsed(v, None, s, 0) for v, s in zip(vectors, shares)]
+        if n > 1 and self.kind in ("chat", "completion"):  # n=K draws in one request
+            choices = _kinds.parse_choices(payload, self.kind)
+            if len(choices) != n:
+                raise _kinds.ShapeError(f"asked for {n} choices, got {len(choices)}")
+            return choices
         parsed = self._parse(payload)
         if parsed.image_url is not None:
             parsed.output = await self._download(parsed.image_url)
