@@ -19,7 +19,7 @@ PEERS = ["openai", "openai-aiohttp", "qianfan", "litellm", "curator", "langchain
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(900)  # a guard against a hang only: a loaded machine takes minutes
 def test_quick_benchmark_run_writes_its_report(tmp_path):
     out = tmp_path / "results"
     env = dict(os.environ, BENCH_PEERS_DIR=str(tmp_path / "no-peers"))
@@ -27,7 +27,7 @@ def test_quick_benchmark_run_writes_its_report(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "run", "--quick",
          "--contenders", "batchmagic,aiohttp", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=110)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=880)
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (out / "compare-quick.md").read_text()
