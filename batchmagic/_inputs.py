@@ -444,7 +444,9 @@ class _Planner:
     key (JSON must carry the body), then one ``Item`` per unique key."""
 
     def __init__(self, call: _Call, endpoint: str, on_missing: str, allow_private_urls: bool,
-                 index: pd.Index):
+                 index: pd.Index, samples: int = 1, dedupe: bool | None = None):
+        self.samples, self.dedupe = samples, dedupe
+        self.seen: dict[str, int] = {}  # requests not de-duplicated: rows that made each so far
         # the call's fields as plain attributes: they are read for every row
         self.kind, self.model, self.params, self.system = (call.kind, call.model, call.params,
                                                            call.system)
@@ -459,7 +461,8 @@ class _Planner:
 
     def take(self, pos: int, request: Any, image_refs: Any,
              missing: tuple[str, ...] | None) -> None:
-        """One row's draft through the shared steps; a refusal at any step is its InputError."""
+        """One row's draft through the shared steps; a refusal at any step is its InputError.
+        Input row ``pos`` has the output rows ``pos * samples + s``."""
         if missing is not None and self.on_missing != "empty":
             self._apply_missing_rule(pos, missing)
             return
@@ -474,18 +477,23 @@ class _Planner:
                 raise _Refused(NOTHING_TO_EMBED)
             self._add(pos, body, whole)
         except _Refused as why:
-            self.row_errors[pos] = InputError(str(why), row=self.index[pos])
+            for out in self._outputs(pos):
+                self.row_errors[out] = InputError(str(why), row=self.index[out])
+
+    def _outputs(self, pos: int) -> range:
+        return range(pos * self.samples, (pos + 1) * self.samples)
 
     def _apply_missing_rule(self, pos: int, missing: tuple[str, ...]) -> None:
         """The one place ``on_missing`` is read ('empty' sends the row as its step rendered it)."""
         if self.on_missing == "skip":
-            self.skipped.add(pos)
+            self.skipped.update(self._outputs(pos))
             return
         where = (f" in column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
                  if missing else "")
-        self.row_errors[pos] = InputError(
-            f"missing value{where}; pass on_missing='skip' or 'empty' to change this",
-            row=self.index[pos])
+        for out in self._outputs(pos):
+            self.row_errors[out] = InputError(
+                f"missing value{where}; pass on_missing='skip' or 'empty' to change this",
+                row=self.index[out])
 
     def _add(self, pos: int, body: dict, whole: bool) -> None:
         """The row's output rows join the items of their draws, or start them (JSON must carry

@@ -110,7 +110,7 @@ def target_for(o: Any, *, need_key: bool = True) -> tuple[Target, str | None]:
     if o.kind not in BATCH_KINDS:
         raise ConfigError(f"mode='batch-api' takes kind chat, completion or embedding, not "
                           f"{o.kind!r}")
-    if o.cache is False:
+    if o.cache is False or o.cache is None:
         raise ConfigError("mode='batch-api' records its jobs in the journal (so a crash or a "
                           "restart cannot lose a paid batch); drop cache=False, or pass "
                           "cache='some/folder'")
