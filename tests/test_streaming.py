@@ -121,6 +121,16 @@ class SSEServer:
             _chunk({}, finish="tool_calls"), USAGE)
         await self._done(resp)
 
+    async def _choices(self, request, resp, attempt) -> None:
+        """As many choices as the body's n asks for, their pieces interleaved."""
+        n = self.bodies[-1].get("n", 1)
+        for word in ("draw", " number"):
+            await self._send(resp, *(_chunk({"content": word}, index=i) for i in reversed(range(n))))
+        await self._send(resp, *(_chunk({"content": f" {i}"}, index=i, finish="stop")
+                                 for i in range(n)),
+                         {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}})
+        await self._done(resp)
+
     async def _logprobs(self, request, resp, attempt) -> None:
         def token(t: str) -> dict:
             return {"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []}
@@ -375,6 +385,33 @@ def test_a_body_held_open_after_done_still_gives_the_answer(server, wire):
     assert elapsed < 30  # not held to the deadline
 
 
+def _draws(server: SSEServer, wire: str, asked: int, items: int) -> Outcome:
+    """A unit of ``items`` draws sent as one request for n=``asked`` choices."""
+    body = encode_body(build_body("chat", "choices", "m", {"n": asked}, None))
+
+    async def main() -> Outcome:
+        backend = _backend(server, wire)
+        try:
+            return await backend.call(Unit(list(range(items)), body, tokens=10))
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_an_n_request_streams_one_answer_per_draw(server, wire):
+    outcome = _draws(server, wire, 3, 3)
+    assert outcome.category == OK, outcome.message
+    assert [p.output for p in outcome.results] == ["draw number 0", "draw number 1",
+                                                   "draw number 2"]
+    assert sum(p.input_tokens for p in outcome.results) == 9  # the request's usage, shared
+    assert sum(p.output_tokens for p in outcome.results) == 7
+    # fewer choices than draws asked for: the answer is unusable, never a row without its draw
+    short = _draws(server, wire, 2, 3)
+    assert short.error_type is bm.ResponseError and "asked for 3 choices, got 2" in short.message
+
+
 # -- failures --------------------------------------------------------------------------------------
 
 
@@ -574,3 +611,31 @@ def test_an_answer_streamed_though_not_asked_to_be_is_still_read():
     assert df["error"][0] is None, df["error"][0]
     assert df["output"][0] == "Hi!"
     assert (df["input_tokens"][0], df["output_tokens"][0]) == (7, 3)
+
+
+# -- whole runs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wire", WIRES)
+def test_a_streamed_run_gives_every_row_its_answer_or_its_own_error(server, wire):
+    server.attempts.clear()
+    texts = ["hello", "tool", "cut once", "malformed", "think"]
+    df = bm.batch(texts, base_url=server.root + "/v1", model="m", api_key=KEY, stream=True,
+                  http=wire, progress=False)
+    assert list(df["output"]) == ["Hello world", "", "whole", None, "4"]
+    assert [type(e).__name__ if e is not None else None for e in df["error"]] == [
+        None, None, None, "ResponseError", None]
+    assert list(df["attempts"]) == [1, 1, 2, 2, 1]
+    assert df["ttft"][0] >= FIRST_TOKEN_DELAY
+    assert df["tool_calls"][1][0] == {"id": "call_a", "name": "get_weather",
+                                      "arguments": {"city": "Paris"}}
+    assert df["reasoning"][4] == "two and two"
+    assert KEY not in repr(df) and KEY not in str(df["error"][3])
+    # streaming does not change what a row is: the same rows asked again unstreamed are
+    # answered from the journal, and nothing is sent
+    sent = len(server.bodies)
+    again = bm.batch(texts, base_url=server.root + "/v1", model="m", api_key=KEY,
+                     stream=False, http=wire, progress=False)
+    asked = {body["messages"][-1]["content"] for body in server.bodies[sent:]}
+    assert asked == {"malformed"}  # only the failed row is asked again
+    assert list(again["output"])[:3] == ["Hello world", "", "whole"]

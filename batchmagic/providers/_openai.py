@@ -94,7 +94,7 @@ class OpenAICompatible:
         info = RateInfo.from_headers(headers)
         status = resp.status
         if resp.body is not None and is_event_stream(status, headers):
-            return await self._read_events(resp)  # streamed though not asked to be
+            return await self._read_events(resp, unit)  # streamed though not asked to be
         payload: Any = None
         not_json = None
         if resp.body is not None:
@@ -148,27 +148,30 @@ class OpenAICompatible:
                     return await self._answer(resp, unit)
                 assembler = StreamAssembler(self.kind, sent=sent, clock=clock,
                                             max_bytes=MAX_BODY_BYTES)
-                return await self._assemble(resp.status, resp.headers, resp.chunks, assembler)
+                return await self._assemble(resp.status, resp.headers, resp.chunks, assembler,
+                                            len(unit.items))
         except WireFailure as f:
             return self._wire_failure(f)
 
     async def _assemble(self, status: int, headers: Any, chunks: Any,
-                        assembler: StreamAssembler) -> Outcome:
-        """Read the events until ``[DONE]``; the first problem ends the attempt."""
+                        assembler: StreamAssembler, n: int) -> Outcome:
+        """Read the events until ``[DONE]``; the first problem ends the attempt. ``n`` is the
+        number of items the unit holds (the choices of an ``n=K`` request)."""
         info = RateInfo.from_headers(headers)
         decoder = SSEDecoder(MAX_BODY_BYTES)
         try:
             async for chunk in chunks:
                 for event in decoder.feed(chunk):
                     if event.data == DONE:
-                        outcome = self._assembled(assembler, status, info)
+                        results = _per_item(assembler.finish(), n)
                         await _drain(chunks)
-                        return outcome
+                        return Outcome(OK, results=results, status=status, rate_info=info)
                     failed = self._event(event, assembler, status, headers, info)
                     if failed is not None:
                         return failed
             if decoder.ends_with_done():
-                return self._assembled(assembler, status, info)
+                return Outcome(OK, results=_per_item(assembler.finish(), n), status=status,
+                               rate_info=info)
         except StreamError as exc:
             return self._bad_answer(str(exc), status, info)
         except _kinds.ShapeError as exc:
@@ -176,11 +179,6 @@ class OpenAICompatible:
         return Outcome(TRANSIENT, error_type=ConnectionLostError, status=status, rate_info=info,
                        message="the stream ended before it was complete (no [DONE])",
                        possibly_billed=True)
-
-    @staticmethod
-    def _assembled(assembler: StreamAssembler, status: int, info: Any) -> Outcome:
-        # one answer per item: the first choice (finish() reads every choice of an n > 1 request)
-        return Outcome(OK, results=assembler.finish()[:1], status=status, rate_info=info)
 
     def _event(self, event: Any, assembler: StreamAssembler, status: int, headers: Any,
                info: Any) -> Outcome | None:
@@ -204,11 +202,12 @@ class OpenAICompatible:
         assembler.add(chunk)
         return None
 
-    async def _read_events(self, resp: WireResponse) -> Outcome:
+    async def _read_events(self, resp: WireResponse, unit: Unit) -> Outcome:
         """A whole 2xx body that is an event stream (a server that streams unasked)."""
         assembler = StreamAssembler(self.kind, sent=0.0, clock=lambda: 0.0,
                                     max_bytes=MAX_BODY_BYTES)
-        outcome = await self._assemble(resp.status, resp.headers, _once(resp.body), assembler)
+        outcome = await self._assemble(resp.status, resp.headers, _once(resp.body), assembler,
+                                       len(unit.items))
         for parsed in outcome.results or ():
             parsed.ttft = None  # not read as it streamed: no first-token time
         return outcome
@@ -234,10 +233,7 @@ class OpenAICompatible:
             shares = _kinds.share(prompt_tokens, n)
             return [_kinds.Parsed(v, None, s, 0) for v, s in zip(vectors, shares)]
         if n > 1 and self.kind in ("chat", "completion"):  # n=K draws in one request
-            choices = _kinds.parse_choices(payload, self.kind)
-            if len(choices) != n:
-                raise _kinds.ShapeError(f"asked for {n} choices, got {len(choices)}")
-            return choices
+            return _per_item(_kinds.parse_choices(payload, self.kind), n)
         parsed = self._parse(payload)
         if parsed.image_url is not None:
             parsed.output = await self._download(parsed.image_url)
@@ -272,6 +268,15 @@ def streamed_body(body: bytes) -> bytes:
     data["stream_options"] = {**(options if isinstance(options, dict) else {}),
                               "include_usage": True}
     return orjson.dumps(data)
+
+
+def _per_item(choices: list, n: int) -> list:
+    """One answer per item: the first choice, or each of the ``n`` an ``n=K`` request asked for."""
+    if n == 1:
+        return choices[:1]
+    if len(choices) != n:
+        raise _kinds.ShapeError(f"asked for {n} choices, got {len(choices)}")
+    return choices
 
 
 def _names_error(chunk: Any) -> bool:
