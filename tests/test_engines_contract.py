@@ -38,12 +38,13 @@ class ScriptedEngine(_base.Engine):
             raise ValueError("bad bytes")
         return len(text.split())
 
-    async def generate(self, body: dict) -> Parsed:
+    async def generate(self, body: dict) -> list[Parsed]:
         text = body["messages"][-1]["content"]
         action = self.script.get(text)
         if isinstance(action, BaseException):
             raise action
-        return Parsed("ok:" + text, "stop", self.count_tokens(body), 1)
+        return [Parsed(f"ok:{text}#{i}", "stop", self.count_tokens(body), 1)
+                for i in range(body.get("n", 1))]
 
 
 def chat(text: str, **params) -> dict:

@@ -147,8 +147,10 @@ def test_parameters_are_checked_before_anything_loads():
     bm.unload()
     with pytest.raises(bm.ConfigError, match="does not take 'logprobs'"):
         run([QUESTION], params={"logprobs": 2})
-    with pytest.raises(bm.ConfigError, match="n must be 1"):
-        run([QUESTION], params={"n": 2})
+    with pytest.raises(bm.ConfigError, match="'n'.* positive integer"):
+        run([QUESTION], params={"n": 0})
+    with pytest.raises(bm.ConfigError, match="response_format"):
+        run([QUESTION], params={"response_format": {"type": "xml"}})
     with pytest.raises(bm.ConfigError, match="temperature"):
         run([QUESTION], params={"temperature": "hot"})
     with pytest.raises(bm.ConfigError, match="engine_options"):

@@ -78,8 +78,9 @@ def resolve(engine: str, model: str | None, kind: str, options: dict | None = No
 
 
 def check_bodies(spec: EngineSpec, items: list) -> None:
-    """Every row's generation parameters must be ones the engine takes: a ConfigError (before
-    anything runs) names the first that is not."""
+    """Every row's generation parameters must be ones the engine takes, and its
+    ``response_format`` one the engine can hold its answers to: a ConfigError (before anything
+    runs) names the first that is not."""
     from . import _params
 
     seen: set[tuple] = set()
@@ -89,7 +90,9 @@ def check_bodies(spec: EngineSpec, items: list) -> None:
         if key in seen:
             continue
         seen.add(key)
-        _params.check(spec.engine, spec.kind, params)
+        constraint = _params.structured(_params.check(spec.engine, spec.kind, params))
+        if constraint is not None:
+            spec.info.engine_class().check_structured(constraint, spec.options)
 
 
 def engine_units(items: list, todo: list[int]) -> list:

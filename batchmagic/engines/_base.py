@@ -13,7 +13,8 @@ An *engine* is a model loaded on this machine. It is loaded once (lazily, cached
         def count_tokens(self, body: dict) -> int          # the model's own tokenizer (and chat
                                                            # template, for chat bodies)
         def count_tokens_many(self, bodies) -> list[int]   # the same for many bodies at once
-        async def generate(self, body: dict) -> Parsed     # one chat or completion row
+        async def generate(self, body: dict) -> list[Parsed]  # one chat or completion request:
+                                                           # one Parsed per choice (its ``n``)
         async def embed(self, bodies: list[dict]) -> list[Parsed]  # many embedding rows
         def unload(self) -> None                           # free memory (GPU memory included)
         def describe(self) -> dict                         # what ``engines.loaded()`` lists
@@ -22,10 +23,18 @@ An *engine* is a model loaded on this machine. It is loaded once (lazily, cached
 
         locate_model(model: str | None) -> str             # the model that would be loaded
         concurrency_for(options: dict) -> int              # default_concurrency for these options
+        check_structured(constraint, options) -> None      # ConfigError: it cannot hold its
+                                                           # answers to this response_format
 
 ``generate`` and ``embed`` never block the event loop: blocking work runs in a thread (llama.cpp,
 transformers) or in a subprocess batchmagic owns (vLLM, FastDeploy). They report usage (prompt
-and completion tokens) in each ``Parsed`` so the progress display shows tokens/s. They raise:
+and completion tokens) in each ``Parsed`` so the progress display shows tokens/s.
+
+A request's ``response_format`` constrains decoding (``_params.structured``: a JSON Schema, or
+any JSON object): llama.cpp samples under a grammar built from the schema, transformers under
+xgrammar's token masks, vLLM and FastDeploy under their own structured-output parameters. Its
+``n`` asks for that many choices, each its own ``Parsed``; a unit whose items are the samples
+of one row gets one per item, and the prompt is counted once, on the first. They raise:
 
     RowFailure        this row cannot be answered (a bad parameter, an engine error on this request)
     ContextOverflow   this row does not fit the context window
@@ -90,13 +99,18 @@ class Engine:
     def concurrency_for(options: dict) -> int:
         return 1
 
+    @staticmethod
+    def check_structured(constraint: dict, options: dict) -> None:
+        """A ConfigError, before anything runs, when this engine cannot hold answers to
+        ``constraint`` (``_params.structured``) with these load options."""
+
     def count_tokens(self, body: dict) -> int:
         raise NotImplementedError
 
     def count_tokens_many(self, bodies: list[dict]) -> list[int]:
         return [self.count_tokens(b) for b in bodies]
 
-    async def generate(self, body: dict) -> Parsed:
+    async def generate(self, body: dict) -> list[Parsed]:
         raise NotImplementedError
 
     async def embed(self, bodies: list[dict]) -> list[Parsed]:
@@ -157,7 +171,11 @@ class EngineBackend:
                 bodies = unit.body if isinstance(unit.body, list) else [unit.body]
                 results = await engine.embed(bodies)
             else:
-                results = [await engine.generate(unit.body)]
+                results = _one_prompt(await engine.generate(unit.body))
+                if len(results) != len(unit.items):
+                    return Outcome.failure(ROW, (
+                        f"{engine.name} gave {len(results)} answers for a request of "
+                        f"{len(unit.items)} (its n must match the samples it stands for)"))
         except ContextOverflow as exc:
             return Outcome.failure(CONTEXT, str(exc))
         except RowFailure as exc:
@@ -195,6 +213,20 @@ class EngineBackend:
 
 
 # -- helpers the engines share ---------------------------------------------------------------
+
+
+def _one_prompt(results: list[Parsed]) -> list[Parsed]:
+    """The choices of one request read one prompt: its tokens count once, on the first (as a
+    provider bills ``n``), so totals and tokens/s are not inflated by the samples."""
+    for extra in results[1:]:
+        extra.input_tokens = 0
+    return results
+
+
+def sample_seeds(seed: int | None, n: int) -> list[int | None]:
+    """The seed of each of ``n`` samples: seed + i for a seeded row (reproducible, and its
+    samples differ), None for each otherwise."""
+    return [None] * n if seed is None else [seed + i for i in range(n)]
 
 
 def split_body(body: dict) -> tuple[Any, dict]:

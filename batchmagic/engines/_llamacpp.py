@@ -15,12 +15,18 @@ llama-cpp-python's ``Jinja2ChatFormatter``, exactly as its chat handler does) an
 ``create_completion``, which takes a stopping criterion: a cancelled run stops its rows within one
 token. ``count_tokens`` uses the same template and tokenizer, so the pre-flight context check is
 exact.
+
+``response_format`` is a grammar (llama.cpp's GBNF, from the JSON Schema; its JSON grammar for
+``json_object``) that sampling cannot leave, on chat and completion rows alike: each answer is
+JSON of the schema unless ``max_tokens`` cuts it short. ``n`` samples the prompt n times on one
+context, which evaluates the prompt once (the later samples reuse its cached prefix).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -39,6 +45,7 @@ from ._base import (
     RowFailure,
     StopFlag,
     max_new_tokens,
+    sample_seeds,
     split_body,
     split_reasoning,
     text_messages,
@@ -127,6 +134,10 @@ class LlamaCppEngine(Engine):
     name = "llama.cpp"
     locate_model = staticmethod(_models.gguf_path)
     concurrency_for = staticmethod(default_concurrency)
+
+    @staticmethod
+    def check_structured(constraint: dict, options: dict) -> None:
+        grammar_for(constraint)  # built (and cached) now: a schema it cannot express fails here
 
     def __init__(self, spec) -> None:
         self.spec = spec
@@ -224,7 +235,7 @@ class LlamaCppEngine(Engine):
 
     # -- generation -----------------------------------------------------------------------------
 
-    async def generate(self, body: dict) -> Parsed:
+    async def generate(self, body: dict) -> list[Parsed]:
         if self._closed:
             raise RowFailure("the llama.cpp engine was unloaded")
         flag = StopFlag()
@@ -236,40 +247,25 @@ class LlamaCppEngine(Engine):
             flag.set()  # the context stops at its next token and goes back to the pool
             raise
 
-    def _generate_blocking(self, body: dict, flag: StopFlag) -> Parsed:
+    def _generate_blocking(self, body: dict, flag: StopFlag) -> list[Parsed]:
         if flag:
             raise RowFailure("cancelled before it started")
-        from llama_cpp import LlamaGrammar, StoppingCriteriaList
-
         content, params = split_body(body)
         params = _params.normalise(params)
+        grammar = grammar_for(_params.structured(params))
         llm = self._contexts.get()
         self._flags.add(flag)
         try:
             if "messages" in body:
                 messages = text_messages(content, self.name)
                 if self._formatter is None:
-                    return self._chat_fallback(llm, messages, params)
+                    return self._chat_fallback(llm, messages, params, grammar)
                 tokens, stops = self._chat_prompt(llm, messages)
             else:
                 tokens, stops = self._completion_tokens(llm, content), []
-            if not tokens:  # llama.cpp asserts on an empty sequence (pre-flight refuses it first)
-                raise RowFailure(EMPTY_ROW)
-            n_ctx = self.context_window
-            if len(tokens) >= n_ctx:
-                raise ContextOverflow(f"the prompt is {len(tokens):,} tokens; the context window "
-                                      f"is {n_ctx:,}")
-            budget = max_new_tokens(params, len(tokens), n_ctx)
-            if len(tokens) + budget > n_ctx:
-                raise ContextOverflow(f"the prompt is {len(tokens):,} tokens + max_tokens "
-                                      f"{budget:,}, more than the context window of {n_ctx:,}")
-            args = _params.llama_cpp_args(params, budget)
-            fmt = args.pop("response_format", None)
-            if fmt:
-                args["grammar"] = _grammar(LlamaGrammar, fmt)
+            args = _params.llama_cpp_args(params, self._budget(tokens, params))
             args["stop"] = stops + list(args.get("stop") or [])
-            out = llm.create_completion(tokens, stopping_criteria=StoppingCriteriaList(
-                [lambda ids, logits: bool(flag)]), **args)
+            outs = self._sample(llm, tokens, args, grammar, _params.choices(params), flag)
         except ValueError as exc:
             if "context window" in str(exc) or "exceed" in str(exc):
                 raise ContextOverflow(str(exc)) from None
@@ -277,28 +273,54 @@ class LlamaCppEngine(Engine):
         finally:
             self._flags.discard(flag)
             self._contexts.put(llm)
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
-        text = choice.get("text") or ""
-        if "messages" in body:
-            text, reasoning = split_reasoning(text)
-        else:
-            reasoning = None
-        return Parsed(text, choice.get("finish_reason"), usage.get("prompt_tokens"),
-                      usage.get("completion_tokens"), reasoning=reasoning)
+        return [_parsed(out["choices"][0], out.get("usage"), "messages" in body) for out in outs]
 
-    def _chat_fallback(self, llm, messages: list[dict], params: dict) -> Parsed:
+    def _budget(self, tokens: list[int], params: dict) -> int:
+        """The row's output budget, once its prompt is known to fit with it."""
+        if not tokens:  # llama.cpp asserts on an empty sequence (pre-flight refuses it first)
+            raise RowFailure(EMPTY_ROW)
+        n_ctx = self.context_window
+        if len(tokens) >= n_ctx:
+            raise ContextOverflow(f"the prompt is {len(tokens):,} tokens; the context window "
+                                  f"is {n_ctx:,}")
+        budget = max_new_tokens(params, len(tokens), n_ctx)
+        if len(tokens) + budget > n_ctx:
+            raise ContextOverflow(f"the prompt is {len(tokens):,} tokens + max_tokens "
+                                  f"{budget:,}, more than the context window of {n_ctx:,}")
+        return budget
+
+    @staticmethod
+    def _sample(llm, tokens: list[int], args: dict, grammar: Any, n: int, flag: StopFlag
+                ) -> list[dict]:
+        """``n`` completions of one prompt on one context. The prompt is evaluated once: each
+        later sample reuses its cached prefix. A seeded row gives sample i the seed + i, so
+        its samples differ and the row stays reproducible."""
+        from llama_cpp import StoppingCriteriaList
+
+        stopping = StoppingCriteriaList([lambda ids, logits: bool(flag)])
+        outs = []
+        for seed in sample_seeds(args.pop("seed", None), n):
+            if flag:
+                raise RowFailure("cancelled")
+            outs.append(llm.create_completion(tokens, stopping_criteria=stopping, grammar=grammar,
+                                              seed=seed, **args))
+        return outs
+
+    def _chat_fallback(self, llm, messages: list[dict], params: dict, grammar: Any
+                       ) -> list[Parsed]:
         """A model without a chat template, given a named ``chat_format``: llama-cpp-python's own
         chat handler for that format (cancellation then waits for the row to finish)."""
         n_ctx = self.context_window
         budget = max_new_tokens(params, self.count_tokens({"messages": messages}), n_ctx)
         args = _params.llama_cpp_args(params, budget)
-        out = llm.create_chat_completion(messages=messages, **args)
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
-        text, reasoning = split_reasoning(choice["message"].get("content") or "")
-        return Parsed(text, choice.get("finish_reason"), usage.get("prompt_tokens"),
-                      usage.get("completion_tokens"), reasoning=reasoning)
+        results = []
+        for seed in sample_seeds(args.pop("seed", None), _params.choices(params)):
+            out = llm.create_chat_completion(messages=messages, grammar=grammar, seed=seed,
+                                             **args)
+            choice = out["choices"][0]
+            results.append(_parsed({**choice, "text": choice["message"].get("content")},
+                                   out.get("usage"), True))
+        return results
 
     async def embed(self, bodies: list[dict]) -> list[Parsed]:
         if self._closed:
@@ -376,15 +398,39 @@ def _token_text(llm, token: int) -> str:
     return llm.detokenize([token], special=True).decode("utf-8", "replace")
 
 
-def _grammar(LlamaGrammar, fmt: Any):
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("json_object", "json_schema", "text"):
-        raise RowFailure("response_format must be {'type': 'json_object'} or a json_schema")
-    if fmt["type"] == "text":
-        return None
-    from llama_cpp import llama_grammar
+def _parsed(choice: dict, usage: dict | None, chat: bool) -> Parsed:
+    usage = usage or {}
+    text = choice.get("text") or ""
+    reasoning = None
+    if chat:
+        text, reasoning = split_reasoning(text)
+    return Parsed(text, choice.get("finish_reason"), usage.get("prompt_tokens"),
+                  usage.get("completion_tokens"), reasoning=reasoning)
 
-    schema = fmt.get("json_schema", {}).get("schema") if fmt["type"] == "json_schema" else \
-        fmt.get("schema")
-    if schema:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    return LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+
+def grammar_for(constraint: dict | None):
+    """The grammar that holds sampling to ``constraint`` (``_params.structured``): one built
+    from the JSON Schema, or llama.cpp's JSON grammar for ``json_object``; None for no
+    constraint. Built once per schema: the rows of a run share one schema, and turning a schema
+    into a grammar is Python work worth doing once. A schema llama.cpp cannot express is a
+    ConfigError."""
+    if constraint is None:
+        return None
+    # not sorted: a schema's property order is the order the answer writes them in
+    return _grammar(json.dumps(constraint, ensure_ascii=False))
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(constraint_json: str):
+    # a LlamaGrammar only holds the grammar's text (each completion builds its own sampler from
+    # it), so one object serves every context and thread
+    from llama_cpp import LlamaGrammar, llama_grammar
+
+    constraint = json.loads(constraint_json)
+    if "json" not in constraint:
+        return LlamaGrammar.from_string(llama_grammar.JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(constraint["json"]), verbose=False)
+    except Exception as exc:  # the converter raises plain errors for what it does not support
+        raise ConfigError(f"llama.cpp cannot turn this JSON Schema into a grammar: "
+                          f"{type(exc).__name__}: {exc}"[:400]) from None

@@ -8,6 +8,11 @@ the parameters the engine does take. ``max_completion_tokens`` / ``max_new_token
 The mappings are plain functions from a params dict to keyword arguments, so tests can check
 them against small recording stand-ins for classes that cannot be installed here (vLLM's and
 FastDeploy's ``SamplingParams``).
+
+``response_format`` (OpenAI's shape: ``{"type": "json_schema", "json_schema": {"schema": ...}}``
+or ``{"type": "json_object"}``) becomes ``structured(params)``: ``{"json": schema}`` or
+``{"json_object": True}``, the form every engine's constrained decoding starts from. ``n`` (several
+choices of one prompt) is ``choices(params)``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ _ALIASES = {"max_completion_tokens": "max_tokens", "max_new_tokens": "max_tokens
 
 #: embeddings take no generation parameters
 EMBEDDING_OK = frozenset({"encoding_format", "dimensions", "user"})
-_CHAT_ONLY = frozenset({"response_format", "chat_template_kwargs"})
+_CHAT_ONLY = frozenset({"chat_template_kwargs"})
+_FORMAT_TYPES = ("json_schema", "json_object", "text")
 
 
 def normalise(params: dict) -> dict:
@@ -55,16 +61,45 @@ def check(engine: str, kind: str, params: dict) -> dict:
     if unknown:
         raise ConfigError(
             f"the {engine} engine does not take {', '.join(map(repr, unknown))}; it takes "
-            f"{', '.join(sorted(allowed - {'n'}))}"
+            f"{', '.join(sorted(allowed))}"
         )
     if kind != "chat":
         bad = sorted(set(params) & _CHAT_ONLY)
         if bad:
             raise ConfigError(f"{', '.join(map(repr, bad))} applies to chat only, not {kind}")
-    if params.get("n", 1) != 1:
-        raise ConfigError("n must be 1: each row gets one output (repeat a row to sample it again)")
     _check_values(params)
+    structured(params)
     return params
+
+
+def structured(params: dict) -> dict | None:
+    """The constraint ``response_format`` asks for: ``{"json": schema}``, ``{"json_object":
+    True}``, or None (no constraint: none given, or ``{"type": "text"}``). A ConfigError says
+    what is wrong with one that is neither."""
+    fmt = params.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in _FORMAT_TYPES:
+        raise ConfigError("response_format must be {'type': 'json_schema', 'json_schema': "
+                          "{'name': ..., 'schema': {...}}}, {'type': 'json_object'} or "
+                          f"{{'type': 'text'}}; got {fmt!r}"[:300])
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"json_object": True}
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise ConfigError("response_format of type json_schema needs json_schema={'name': ..., "
+                          "'schema': {...}} with the JSON Schema as a dict")
+    return {"json": schema}
+
+
+def choices(params: dict) -> int:
+    """How many answers the request asks for (``n``, default 1)."""
+    n = params.get("n")
+    return 1 if n is None else n
 
 
 def _check_values(p: dict) -> None:
@@ -90,6 +125,7 @@ def _check_values(p: dict) -> None:
     number("frequency_penalty", -2, 2)
     number("repetition_penalty", 0)
     number("typical_p", 0, 1)
+    number("n", 1, integer=True)
     stop = p.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
@@ -113,11 +149,12 @@ def _stops(stop: Any) -> list[str] | None:
 
 def llama_cpp_args(params: dict, max_tokens: int) -> dict:
     """Keyword arguments for ``Llama.create_chat_completion`` / ``create_completion``. Parameters
-    the row does not set keep llama-cpp-python's defaults."""
+    the row does not set keep llama-cpp-python's defaults. (``response_format`` becomes a
+    grammar and ``n`` a number of calls: the engine does both.)"""
     p = normalise(params)
     args: dict[str, Any] = {"max_tokens": max_tokens}
     for name in ("temperature", "top_p", "top_k", "min_p", "typical_p", "seed",
-                 "presence_penalty", "frequency_penalty", "response_format"):
+                 "presence_penalty", "frequency_penalty"):
         if p.get(name) is not None:
             args[name] = p[name]
     if p.get("repetition_penalty") is not None:
@@ -169,10 +206,12 @@ _VLLM_DIRECT = ("temperature", "top_p", "top_k", "min_p", "seed", "min_tokens", 
 
 
 def vllm_sampling_kwargs(params: dict) -> dict:
-    """Keyword arguments for ``vllm.SamplingParams`` (``n`` is always 1). Without a max_tokens the
-    worker sets one once it knows the prompt's length (batchmagic's default, capped to fit)."""
+    """Keyword arguments for ``vllm.SamplingParams``: ``n`` choices in one request, as vLLM does
+    it. Without a max_tokens the worker sets one once it knows the prompt's length (batchmagic's
+    default, capped to fit). ``response_format`` is not among them: the worker builds vLLM's
+    structured-output object from ``structured(params)``."""
     p = normalise(params)
-    kw: dict[str, Any] = {"n": 1}
+    kw: dict[str, Any] = {"n": choices(p)}
     if p.get("max_tokens") is not None:
         kw["max_tokens"] = p["max_tokens"]
     for name in _VLLM_DIRECT:
@@ -193,8 +232,9 @@ _FD_DIRECT = ("temperature", "top_p", "top_k", "min_p", "seed", "min_tokens", "p
 
 
 def fastdeploy_sampling_kwargs(params: dict) -> dict:
-    """Keyword arguments for ``fastdeploy.SamplingParams`` (``n`` is always 1; max_tokens as for
-    vLLM)."""
+    """Keyword arguments for ``fastdeploy.SamplingParams`` (max_tokens and response_format as for
+    vLLM). ``n`` is 1 here: the worker sends ``n`` copies of the prompt, FastDeploy's offline
+    ``LLM`` answering one output per prompt."""
     p = normalise(params)
     kw: dict[str, Any] = {"n": 1}
     if p.get("max_tokens") is not None:

@@ -221,14 +221,18 @@ class SubprocessEngine(Engine):
                 raise RowFailure(c.get("error", "could not count tokens"))
         return counts
 
-    async def generate(self, body: dict) -> Parsed:
+    async def generate(self, body: dict) -> list[Parsed]:
         item = self._item(body)
         _, params = split_body(body)
         params = _params.normalise(params)
         params.pop("chat_template_kwargs", None)
-        sampling = self.sampling_kwargs(params)
-        rid, fut = self._request({"op": "generate", **item, "sampling": sampling,
-                                  "default_max_tokens": _tokens.DEFAULT_MAX_OUTPUT})
+        request = {"op": "generate", **item, "sampling": self.sampling_kwargs(params),
+                   "choices": _params.choices(params),
+                   "default_max_tokens": _tokens.DEFAULT_MAX_OUTPUT}
+        constraint = _params.structured(params)
+        if constraint is not None:
+            request["structured"] = constraint
+        rid, fut = self._request(request)
         try:
             answer = await asyncio.wrap_future(fut)
         except asyncio.CancelledError:
@@ -246,13 +250,11 @@ class SubprocessEngine(Engine):
                 raise ContextOverflow(err.get("message", "the row does not fit the context"))
             raise RowFailure(f"{self.name}: {err.get('message', 'failed')}")
         ok = answer["ok"]
-        text, reasoning = ok.get("text") or "", ok.get("reasoning")
-        if reasoning is None:
-            text, reasoning = split_reasoning(text)
-        parsed = Parsed(text, ok.get("finish_reason"), ok.get("prompt_tokens"),
-                        ok.get("completion_tokens"), reasoning=reasoning)
-        self._note(ok.get("metrics"), parsed)
-        return parsed
+        results = [_choice(c, ok.get("prompt_tokens")) for c in ok.get("choices") or ()]
+        if not results:
+            raise RowFailure(f"{self.name} returned no answer for this row")
+        self._note(ok.get("metrics"), results[0])
+        return results
 
     def _note(self, metrics: dict | None, parsed: Parsed) -> None:
         m = self.metrics
@@ -325,6 +327,25 @@ class FastDeployEngine(SubprocessEngine):
     @staticmethod
     def concurrency_for(options: dict) -> int:
         return int(options.get("workers") or 64)
+
+    @staticmethod
+    def check_structured(constraint: dict, options: dict) -> None:
+        # FastDeploy constrains decoding only when its LLM is loaded with a guided-decoding
+        # backend (its documented offline example passes guided_decoding_backend="auto")
+        backend = options.get("guided_decoding_backend")
+        if backend in (None, "", "off"):
+            raise ConfigError(
+                "FastDeploy holds answers to a schema only when loaded with a guided-decoding "
+                "backend: pass engine_options={'guided_decoding_backend': 'auto'} (or "
+                "'xgrammar')")
+
+
+def _choice(choice: dict, prompt_tokens: int | None) -> Parsed:
+    text, reasoning = choice.get("text") or "", choice.get("reasoning")
+    if reasoning is None:
+        text, reasoning = split_reasoning(text)
+    return Parsed(text, choice.get("finish_reason"), prompt_tokens,
+                  choice.get("completion_tokens"), reasoning=reasoning)
 
 
 def _tail(path: str, lines: int = 3) -> str:

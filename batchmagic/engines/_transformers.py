@@ -7,13 +7,25 @@ in the local Hugging Face cache), and a GGUF file brings its own tokenizer and c
 Rows are batched as they arrive: one thread owns the model; it takes every waiting row that
 shares the oldest row's generation settings (up to ``max_batch``), pads them on the left and runs
 one ``generate``. A finished batch frees the thread for the next one at once, so the model stays
-busy while the dispatcher's window keeps the queue filled.
+busy while the dispatcher's window keeps the queue filled. A request for ``n`` choices is ``n``
+rows of its batch.
+
+``response_format`` constrains decoding with xgrammar: each row's grammar (compiled once per
+schema for this tokenizer) masks the tokens it cannot take next, so every answer is JSON of the
+schema unless ``max_tokens`` cuts it short. Chosen over lm-format-enforcer (its transformers
+integration imports modules transformers 5 removed) and outlines (the same masks at about three
+times the cost per step here, and a first use that builds its vocabulary index for tens of
+seconds); xgrammar is also what vLLM and FastDeploy constrain with, so a schema means the same
+thing on every engine. The JSON is compact (no free whitespace): a small model otherwise spends
+its budget on newlines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import json
 import os
 import queue
 import threading
@@ -98,12 +110,31 @@ class _Request:
     stop: StopFlag = field(default_factory=StopFlag)
     stops: list[str] | None = None
     explicit_max: bool = True
+    constraint: str | None = None  # _params.structured as JSON text (the grammar cache's key)
+    n: int = 1  # choices: rows of the batch this request takes
+
+    @property
+    def rows(self) -> int:
+        return self.n if self.op == "generate" else 1
 
 
 class TransformersEngine(Engine):
     name = "transformers"
     locate_model = staticmethod(model_location)
     concurrency_for = staticmethod(default_concurrency)
+
+    @staticmethod
+    def check_structured(constraint: dict, options: dict) -> None:
+        _models.require("xgrammar", "transformers", 'pip install "batchmagic[transformers]"')
+        import xgrammar as xgr
+
+        if "json" not in constraint:
+            return
+        try:
+            xgr.Grammar.from_json_schema(json.dumps(constraint["json"]), any_whitespace=False)
+        except Exception as exc:  # xgrammar says which part of the schema it cannot express
+            raise ConfigError(f"xgrammar cannot constrain answers to this JSON Schema: "
+                              f"{type(exc).__name__}: {exc}"[:400]) from None
 
     def __init__(self, spec) -> None:
         import torch
@@ -160,6 +191,7 @@ class TransformersEngine(Engine):
             GPU_MAX_BATCH if self.device != "cpu" else CPU_MAX_BATCH))
         self.default_concurrency = spec.default_concurrency
         self._tok_lock = threading.Lock()
+        self._grammars: Any = None  # compiles a constraint for this tokenizer; made on first use
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._closing = False
         self._thread = threading.Thread(target=self._serve, name="batchmagic-transformers",
@@ -203,7 +235,7 @@ class TransformersEngine(Engine):
 
     # -- requests (event loop side) ----------------------------------------------------------
 
-    async def generate(self, body: dict) -> Parsed:
+    async def generate(self, body: dict) -> list[Parsed]:
         ids = self._prompt_ids(body)
         if not ids:  # an all-padding row: nothing to attend to
             raise RowFailure(EMPTY_ROW)
@@ -220,10 +252,16 @@ class TransformersEngine(Engine):
         args = _params.transformers_args(params, budget if explicit else 0)
         stops = args.pop("stop_strings", None)
         seed = params.get("seed")
-        signature = (tuple(sorted((k, repr(v)) for k, v in args.items())), repr(stops), seed)
-        return await self._submit(_Request("generate", ids, args, signature, asyncio.get_running_loop(),
-                                           asyncio.get_running_loop().create_future(),
-                                           stops=stops, explicit_max=explicit))
+        constraint = _params.structured(params)
+        # not sorted: a schema's property order is the order the answer writes them in
+        constraint_key = json.dumps(constraint) if constraint else None
+        signature = (tuple(sorted((k, repr(v)) for k, v in args.items())), repr(stops), seed,
+                     constraint_key)
+        loop = asyncio.get_running_loop()
+        return await self._submit(_Request("generate", ids, args, signature, loop,
+                                           loop.create_future(), stops=stops,
+                                           explicit_max=explicit, constraint=constraint_key,
+                                           n=_params.choices(params)))
 
     async def embed(self, bodies: list[dict]) -> list[Parsed]:
         ids = [self._embed_ids(b) for b in bodies]
@@ -263,7 +301,7 @@ class TransformersEngine(Engine):
             while True:  # take everything that is waiting
                 try:
                     wait = linger - time.monotonic()
-                    if wait > 0 and len(pending) < self.max_batch:
+                    if wait > 0 and sum(r.rows for r in pending) < self.max_batch:
                         req = self._queue.get(timeout=wait)
                     else:
                         req = self._queue.get_nowait()
@@ -275,12 +313,15 @@ class TransformersEngine(Engine):
                 pending.append(req)
             signature = pending[0].signature
             batch: list[_Request] = []
+            rows = 0
             rest: collections.deque[_Request] = collections.deque()
             for req in pending:
                 if req.stop:
                     continue  # cancelled while waiting
-                if req.signature == signature and len(batch) < self.max_batch:
+                # a request wider than max_batch still runs: alone
+                if req.signature == signature and (not batch or rows + req.rows <= self.max_batch):
                     batch.append(req)
+                    rows += req.rows
                 else:
                     rest.append(req)
             pending = rest
@@ -317,14 +358,17 @@ class TransformersEngine(Engine):
             self._deliver(req, RowFailure(message))
 
     def _run_generate(self, batch: list[_Request]) -> list[Any]:
+        """One ``generate`` over the batch's rows (a request of ``n`` choices is ``n`` rows);
+        each request's answer is its list of ``Parsed``."""
         torch = self._torch
-        longest = max(len(r.ids) for r in batch)
+        rows = [req for req in batch for _ in range(req.n)]
+        longest = max(len(r.ids) for r in rows)
         args = dict(batch[0].args)
         if not batch[0].explicit_max:  # no max_tokens given: the default, capped to what fits
             args["max_new_tokens"] = max(1, min(512, self.context_window - longest))
-        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, req in enumerate(batch):
+        input_ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for row, req in enumerate(rows):
             n = len(req.ids)
             input_ids[row, longest - n:] = torch.tensor(req.ids, dtype=torch.long)
             mask[row, longest - n:] = 1
@@ -335,33 +379,51 @@ class TransformersEngine(Engine):
         extra: dict[str, Any] = {}
         if stops:
             extra = {"stop_strings": stops, "tokenizer": self.tokenizer}
-        flags = [r.stop for r in batch]
-        extra["stopping_criteria"] = _cancel_criteria(flags)
+        extra["stopping_criteria"] = _cancel_criteria([r.stop for r in rows])
+        if batch[0].constraint is not None:
+            extra["logits_processor"] = [_schema_mask(self._grammar(batch[0].constraint),
+                                                      len(rows))]
         with torch.inference_mode():
             out = self.net.generate(input_ids=input_ids.to(self.device),
                                     attention_mask=mask.to(self.device), pad_token_id=self.pad_id,
                                     **args, **extra)
-        new = out[:, longest:].tolist()
+        answers = [self._answer(req, tokens, args["max_new_tokens"], stops)
+                   for req, tokens in zip(rows, out[:, longest:].tolist())]
         results: list[Any] = []
-        budget = args["max_new_tokens"]
-        for req, tokens in zip(batch, new):
-            ended = False
-            kept: list[int] = []
-            for t in tokens:
-                if t in self.eos_ids:
-                    ended = True
-                    break
-                kept.append(t)
-            with self._tok_lock:
-                text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            finish = "stop" if ended else ("length" if len(kept) >= budget else "stop")
-            if stops:
-                cut = min((text.find(s) for s in stops if s in text), default=-1)
-                if cut >= 0:
-                    text, finish = text[:cut], "stop"
-            answer, reasoning = split_reasoning(text)
-            results.append(Parsed(answer, finish, len(req.ids), len(kept), reasoning=reasoning))
+        for req in batch:
+            results.append(answers[:req.n])
+            answers = answers[req.n:]
         return results
+
+    def _answer(self, req: _Request, tokens: list[int], budget: int, stops: list[str] | None
+                ) -> Parsed:
+        ended = False
+        kept: list[int] = []
+        for t in tokens:
+            if t in self.eos_ids:
+                ended = True
+                break
+            kept.append(t)
+        with self._tok_lock:
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        finish = "stop" if ended else ("length" if len(kept) >= budget else "stop")
+        if stops:
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        answer, reasoning = split_reasoning(text)
+        return Parsed(answer, finish, len(req.ids), len(kept), reasoning=reasoning)
+
+    def _grammar(self, constraint_key: str) -> Any:
+        """The constraint compiled for this model's tokenizer (cached per schema)."""
+        if self._grammars is None:
+            self._grammars = _grammar_compiler(self.tokenizer, self.eos_ids,
+                                               getattr(self.net.config, "vocab_size", None))
+        try:
+            return self._grammars(constraint_key)
+        except Exception as exc:
+            raise RowFailure(f"xgrammar could not compile this row's schema: "
+                             f"{type(exc).__name__}: {exc}"[:400]) from None
 
     def _run_embed(self, ids: list[list[int]]) -> list[Parsed]:
         import numpy as np
@@ -416,3 +478,61 @@ def _cancel_criteria(flags: list[StopFlag]):
             return torch.tensor([bool(f) for f in flags], dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_Cancelled()])
+
+
+def _grammar_compiler(tokenizer: Any, eos_ids: set[int], vocab_size: int | None) -> Any:
+    """constraint JSON -> xgrammar CompiledGrammar for this tokenizer, cached per constraint.
+    The JSON is compact (``any_whitespace=False``); ``json_object`` is any object."""
+    import xgrammar as xgr
+
+    size = vocab_size or len(tokenizer)
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=size,
+                                              stop_token_ids=sorted(eos_ids) or None)
+    compiler = xgr.GrammarCompiler(info, max_threads=1)
+
+    @functools.lru_cache(maxsize=64)
+    def compiled(constraint_key: str) -> Any:
+        constraint = json.loads(constraint_key)
+        if "json" in constraint:
+            return compiler.compile_json_schema(json.dumps(constraint["json"]),
+                                                any_whitespace=False)
+        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False,
+                                            strict_mode=False)
+
+    return compiled
+
+
+def _schema_mask(compiled: Any, rows: int) -> Any:
+    """A logits processor that holds each row to ``compiled`` (one xgrammar matcher per row and
+    a shared token bitmask). A row that ends for another reason (a stop string, a cancel) is
+    fed padding next, which its grammar refuses: that row is let go, not failed."""
+    import xgrammar as xgr
+    from transformers import LogitsProcessor
+
+    class _SchemaMask(LogitsProcessor):
+        def __init__(self) -> None:
+            self.matchers = [xgr.GrammarMatcher(compiled) for _ in range(rows)]
+            self.bitmask = xgr.allocate_token_bitmask(rows, compiled.tokenizer_info.vocab_size)
+            self.held = [True] * rows
+            self.started = False
+
+        def __call__(self, input_ids, scores):
+            if self.started:  # each row's last token: the one sampled under its mask
+                for i, token in enumerate(input_ids[:, -1].tolist()):
+                    matcher = self.matchers[i]
+                    if self.held[i] and not matcher.is_terminated():
+                        self.held[i] = matcher.accept_token(token)
+            self.started = True
+            for i, matcher in enumerate(self.matchers):
+                if self.held[i] and not matcher.is_terminated():
+                    matcher.fill_next_token_bitmask(self.bitmask, i)
+                else:
+                    self.bitmask[i] = -1  # every bit set: the row is over, nothing to hold
+            if scores.device.type in ("cpu", "cuda"):
+                xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
+                return scores
+            on_cpu = scores.cpu()  # xgrammar masks on the CPU or CUDA only (e.g. not MPS)
+            xgr.apply_token_bitmask_inplace(on_cpu, self.bitmask)
+            return on_cpu.to(scores.device)
+
+    return _SchemaMask()

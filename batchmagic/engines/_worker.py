@@ -10,9 +10,10 @@ goes to stderr (which batchmagic writes to a log file). The first request loads 
     -> {"op": "load", "engine": "vllm", "model": "...", "kind": "chat", "options": {...}}
     <- {"op": "ready", "context_window": 32768, "version": "..."}   or {"op": "error", "message"}
     -> {"id": 7, "op": "generate", "kind": "chat", "messages": [...], "sampling": {...},
+        "choices": 1, "structured": {"json": {...}} | {"json_object": true} (optional),
         "chat_template_kwargs": {...}, "default_max_tokens": 512}
-    <- {"id": 7, "ok": {"text", "reasoning", "finish_reason", "prompt_tokens",
-                         "completion_tokens", "metrics": {"queue_s", "ttft_s"}}}
+    <- {"id": 7, "ok": {"prompt_tokens", "metrics": {"queue_s", "ttft_s"},
+                         "choices": [{"text", "reasoning", "finish_reason", "completion_tokens"}]}}
        {"id": 7, "error": {"category": "row" | "context", "message": "..."}}
     -> {"id": 8, "op": "count", "items": [{"kind": "chat", "messages": [...]}, ...]}
     <- {"id": 8, "ok": {"counts": [12, 40, {"error": "..."}]}}
@@ -21,6 +22,13 @@ goes to stderr (which batchmagic writes to a log file). The first request loads 
 
 Requests are served concurrently: vLLM gets one ``generate`` per row on its async engine (it
 batches continuously); FastDeploy's synchronous ``LLM`` is fed one row per worker thread.
+
+``structured`` constrains decoding: vLLM gets ``SamplingParams(structured_outputs=
+StructuredOutputsParams(**structured))`` (older vLLM: ``guided_decoding=
+GuidedDecodingParams(...)``), FastDeploy ``guided_decoding=GuidedDecodingParams(**structured)``.
+``choices`` answers: vLLM's ``n`` in one request; FastDeploy gets that many copies of the row,
+each with its own seed (its offline ``LLM`` clones one ``SamplingParams``, seed included, for
+each of ``n``, which would make the samples equal).
 """
 
 from __future__ import annotations
@@ -76,6 +84,50 @@ async def _maybe_await(value):
     return await value if inspect.isawaitable(value) else value
 
 
+def _constrained(kw: dict, msg: dict, factory) -> dict:
+    """``kw`` plus the engine's structured-output argument for the row's ``structured``.
+    ``factory`` is (keyword, class) for this engine version, or None where it has none."""
+    spec = msg.get("structured")
+    if not spec:
+        return kw
+    if factory is None:
+        raise RowError("this engine version has no structured output (guided decoding); "
+                       "upgrade it to constrain answers to a schema")
+    name, cls = factory
+    try:
+        return {**kw, name: cls(**spec)}
+    except (TypeError, ValueError) as exc:
+        raise RowError(f"the engine refused the structured-output parameters: {exc}") from None
+
+
+def _vllm_structured():
+    """(SamplingParams keyword, class) of this vLLM's structured outputs, or None."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams
+    except ImportError:
+        try:  # older vLLM (its structured outputs were "guided decoding")
+            from vllm.sampling_params import GuidedDecodingParams
+        except ImportError:
+            return None
+        return "guided_decoding", GuidedDecodingParams
+    return "structured_outputs", StructuredOutputsParams
+
+
+def _fastdeploy_structured():
+    try:
+        from fastdeploy.engine.sampling_params import GuidedDecodingParams
+    except ImportError:
+        return None
+    return "guided_decoding", GuidedDecodingParams
+
+
+def _seeded_copies(kw: dict, n: int) -> list[dict]:
+    """``n`` sets of sampling arguments for ``n`` copies of a row: a seeded row's copy i gets
+    the seed + i (reproducible, and the samples differ)."""
+    seed = kw.get("seed")
+    return [dict(kw) if seed is None else {**kw, "seed": seed + i} for i in range(n)]
+
+
 def _metrics(out) -> dict | None:
     """Queue time and time to first token from a RequestOutput, across engine versions."""
     m = getattr(out, "metrics", None)
@@ -114,6 +166,7 @@ class VllmRunner:
         args = AsyncEngineArgs(model=model, **opts)
         self.engine = EngineClass.from_engine_args(args)
         self.SamplingParams = SamplingParams
+        self.structured = _vllm_structured()
         try:
             from vllm.sampling_params import RequestOutputKind
 
@@ -137,6 +190,8 @@ class VllmRunner:
                      msg.get("default_max_tokens", 512))
         if self.final_only is not None:
             kw["output_kind"] = self.final_only
+        kw["n"] = msg.get("choices", 1)
+        kw = _constrained(kw, msg, self.structured)
         try:
             params = self.SamplingParams(**kw)
         except (TypeError, ValueError) as exc:
@@ -147,15 +202,14 @@ class VllmRunner:
             final = out
         if final is None or not final.outputs:
             raise RowError("vLLM returned no output for this row")
-        choice = final.outputs[0]
-        return {
+        choices = [{
             "text": choice.text,
             "reasoning": getattr(choice, "reasoning_content", None),
             "finish_reason": choice.finish_reason,
-            "prompt_tokens": len(final.prompt_token_ids or ids),
             "completion_tokens": len(choice.token_ids),
-            "metrics": _metrics(final),
-        }
+        } for choice in final.outputs]
+        return {"prompt_tokens": len(final.prompt_token_ids or ids), "metrics": _metrics(final),
+                "choices": choices}
 
     def shutdown(self) -> None:
         stop = getattr(self.engine, "shutdown", None)
@@ -174,6 +228,7 @@ class FastDeployRunner:
         workers = int(options.pop("workers", 64))
         self.llm = await asyncio.to_thread(LLM, model=model, **options)
         self.SamplingParams = SamplingParams
+        self.structured = _fastdeploy_structured()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bm-fastdeploy")
         engine = getattr(self.llm, "llm_engine", None)
         cfg = getattr(engine, "cfg", None)
@@ -197,34 +252,47 @@ class FastDeployRunner:
         n_prompt = self.count(msg)
         kw = _budget(msg.get("sampling") or {}, n_prompt, self.window,
                      msg.get("default_max_tokens", 512))
+        kw = _constrained(kw, msg, self.structured)
+        loop = asyncio.get_running_loop()
+        outs = await asyncio.gather(*(
+            loop.run_in_executor(self.pool, self._run_one, msg, self._params(copy))
+            for copy in _seeded_copies(kw, msg.get("choices", 1))))
+        first = outs[0]
+        return {"prompt_tokens": len(first.prompt_token_ids or []) or n_prompt,
+                "metrics": _metrics(first),
+                "choices": [self._choice(out, kw["max_tokens"]) for out in outs]}
+
+    def _params(self, kw: dict):
         try:
-            params = self.SamplingParams(**kw)
+            return self.SamplingParams(**kw)
         except (TypeError, ValueError) as exc:
             raise RowError(f"FastDeploy refused the sampling parameters: {exc}") from None
+
+    def _run_one(self, msg: dict, params):
+        """One copy of the row through FastDeploy's synchronous ``LLM`` (on a pool thread)."""
         if msg.get("kind") == "chat":
-            def run():
-                return self.llm.chat([list(msg["messages"])], params, use_tqdm=False,
-                                     chat_template_kwargs=msg.get("chat_template_kwargs"))
+            outs = self.llm.chat([list(msg["messages"])], params, use_tqdm=False,
+                                 chat_template_kwargs=msg.get("chat_template_kwargs"))
         else:
-            def run():
-                return self.llm.generate([msg["prompt"]], params, use_tqdm=False)
-        outs = await asyncio.get_running_loop().run_in_executor(self.pool, run)
+            outs = self.llm.generate([msg["prompt"]], params, use_tqdm=False)
         if not outs or outs[0] is None:
             raise RowError("FastDeploy returned no output for this row")
         out = outs[0]
         code = getattr(out, "error_code", 200)
         if code not in (None, 200):
             raise RowError(f"FastDeploy error {code}: {getattr(out, 'error_msg', '')}")
+        return out
+
+    @staticmethod
+    def _choice(out, max_tokens: int) -> dict:
         comp = out.outputs
         n_out = len(comp.token_ids or [])
         return {
             "text": comp.text or "",
             "reasoning": getattr(comp, "reasoning_content", None),
             # FastDeploy reports no finish reason: a row that used its whole budget was cut off
-            "finish_reason": "length" if n_out >= kw["max_tokens"] else "stop",
-            "prompt_tokens": len(out.prompt_token_ids or []) or n_prompt,
+            "finish_reason": "length" if n_out >= max_tokens else "stop",
             "completion_tokens": n_out,
-            "metrics": _metrics(out),
         }
 
     def shutdown(self) -> None:

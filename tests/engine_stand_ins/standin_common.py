@@ -12,13 +12,30 @@ def record(kind: str, kwargs: dict) -> None:
     path = os.environ.get("BM_STANDIN_RECORD")
     if path:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"class": kind, "kwargs": kwargs}, default=str) + "\n")
+            fh.write(json.dumps({"class": kind, "kwargs": kwargs}, default=_shown) + "\n")
 
 
-class RecordingSamplingParams:
-    """Records its keyword arguments; holds them as attributes like the real class."""
+def _shown(value):
+    """A recorded argument that is itself a recording object: its class and arguments."""
+    if isinstance(value, RecordingParams):
+        return {"class": type(value).__name__, **value.kwargs}
+    return str(value)
+
+
+class RecordingParams:
+    """Records its keyword arguments; holds them as attributes like the real classes."""
 
     engine = "stand-in"
+
+    def __init__(self, **kwargs):
+        record(f"{self.engine}.{type(self).__name__}", kwargs)
+        self.kwargs = kwargs
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+
+
+class RecordingSamplingParams(RecordingParams):
+    """Recorded as ``<engine>.SamplingParams``."""
 
     def __init__(self, **kwargs):
         record(f"{self.engine}.SamplingParams", kwargs)
@@ -55,14 +72,17 @@ def behave(prompt: str) -> None:
         time.sleep(2.0)
 
 
-def answer(prompt: str, max_tokens: int) -> tuple[str, list[int]]:
-    """The echoed answer: the user's last words, or a reasoning trace when thinking is on."""
+def answer(prompt: str, max_tokens: int, sample: int = 0) -> tuple[str, list[int]]:
+    """The echoed answer: the user's last words, or a reasoning trace when thinking is on;
+    choice ``sample`` of several ends in ``#sample``."""
     if prompt.endswith("<think>"):
         text = "weighing it up</think>echo"
     elif "<user>" in prompt:
         text = "echo:" + prompt.split("<user>")[-1].split("<assistant>")[0]
     else:
         text = "echo:" + prompt
+    if sample:
+        text += f"#{sample}"
     text = text[:max_tokens]
     return text, [ord(c) for c in text]
 

@@ -41,11 +41,13 @@ class AsyncLLMEngine:
         text_in = "".join(map(chr, ids))
         await asyncio.to_thread(behave, text_in)
         await asyncio.sleep(0.01)
-        text, token_ids = answer(text_in, sampling_params.max_tokens)
-        choice = SimpleNamespace(text=text, token_ids=token_ids,
-                                 finish_reason="length" if len(token_ids) >= sampling_params.max_tokens
-                                 else "stop")
-        yield SimpleNamespace(outputs=[choice], prompt_token_ids=ids, metrics=metrics(),
+        choices = []
+        for sample in range(getattr(sampling_params, "n", 1)):
+            text, token_ids = answer(text_in, sampling_params.max_tokens, sample)
+            choices.append(SimpleNamespace(
+                text=text, token_ids=token_ids,
+                finish_reason="length" if len(token_ids) >= sampling_params.max_tokens else "stop"))
+        yield SimpleNamespace(outputs=choices, prompt_token_ids=ids, metrics=metrics(),
                               finished=True)
 
     def shutdown(self) -> None:
