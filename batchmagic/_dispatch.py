@@ -346,7 +346,9 @@ class Dispatcher:
             try:
                 checks.append((self.check(parsed.output), None))
             except InvalidAnswer as exc:
-                checks.append((None, str(exc)))
+                cut = "it was cut off at max_tokens (finish_reason 'length'): " \
+                    if parsed.finish_reason == "length" else ""
+                checks.append((None, f"{cut}{exc}"))
         return checks
 
     def _reask(self, unit: Unit, outcome: Outcome, checks: list) -> bool:

@@ -159,11 +159,13 @@ def _with_schema(values: dict[str, np.ndarray], schema: Any) -> dict[str, np.nda
     for j, (t, err) in enumerate(zip(text, errors)):
         raw[j] = err.raw if isinstance(err, SchemaError) else t
     values = dict(values, output=values["value"], raw=raw)
-    for field in schema.fields:
-        col = np.empty(len(raw), dtype=object)
+    if schema.fields:  # one pass over the answers for every field column
+        cols = {field: np.empty(len(raw), dtype=object) for field in schema.fields}
         for j, v in enumerate(values["value"]):
-            col[j] = schema.columns(v).get(field) if v is not None else None
-        values[field] = col
+            row = schema.columns(v) if v is not None else {}
+            for field, col in cols.items():
+                col[j] = row.get(field)
+        values.update(cols)
     return values
 
 

@@ -150,13 +150,20 @@ def _schema(name: str, schema: dict, validate: Any, source: Any) -> Schema:
 def _json_in(text: str) -> Any:
     """The JSON value in an answer: the whole text, else inside a code fence, else the span
     from the first bracket to its last partner."""
-    candidates = [text.strip()]
+    try:  # the usual answer: JSON and nothing else
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    candidates = []
     fence = _FENCE.search(text)
     if fence:
         candidates.append(fence.group(1).strip())
-    for open_, close in ("{}", "[]"):
-        start, end = text.find(open_), text.rfind(close)
-        if 0 <= start < end:
+    starts = [(text.find(open_), open_, close) for open_, close in ("{}", "[]")]
+    starts = [s for s in starts if s[0] >= 0]
+    if starts:  # the value that begins first: never a fragment from inside a broken one
+        start, _, close = min(starts)
+        end = text.rfind(close)
+        if start < end:
             candidates.append(text[start:end + 1])
     for candidate in candidates:
         try:
