@@ -5,7 +5,8 @@ fixed set of columns. Run-level facts go to ``df.attrs["batchmagic"]``.
 column              meaning
 ==================  ===========================================================================
 ``output``          the answer: text (chat, completion), a float32 numpy vector (embedding),
-                    a ``GeneratedImage`` (image); ``None`` where the row failed or was skipped
+                    a ``GeneratedImage`` (image), the validated value with ``schema=``; ``None``
+                    where the row failed or was skipped
 ``error``           the row's exception (a ``bm.RowError``), ``None`` on success
 ``finish_reason``   ``stop``, ``length``, ... as the provider said; ``skipped`` for skipped rows
 ``input_tokens``    prompt tokens the provider counted (nullable integer)
@@ -14,6 +15,13 @@ column              meaning
 ``latency``         seconds from sending the successful attempt to its answer
 ``attempts``        how many times the request was sent (0 for cached and pre-flight rows)
 ``reasoning``       only when the model returned reasoning text separately
+``sample``          with ``samples=K``: which of the input row's K answers the row is (0..K-1),
+                    just after the input columns
+``raw``             with ``schema=``: the answer's text (``output`` is then the validated value;
+                    an object schema's top-level fields are columns of their own)
+``tool_calls``      when a model called tools: ``[{"id", "name", "arguments"}]``, arguments parsed
+``logprobs``        when asked for (``params={"logprobs": True}``): the provider's logprobs
+``ttft``            with ``stream=True``: seconds from sending to the first token
 ==================  ===========================================================================
 """
 
