@@ -203,6 +203,8 @@ def _parse_params(text: str | None) -> dict:
 
 DEMO_PROMPT = ("Classify the sentiment of this review as positive, negative or mixed. "
                "Answer with one word.\n\nReview: {text}")
+#: the demo's answers are one of these words: schema= makes every row a valid label
+DEMO_LABELS = ("positive", "negative", "mixed")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -241,14 +243,17 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"batchmagic demo: {len(reviews)} reviews -> {model} on this machine "
               f"(engine={engine}; no API key, no network)", file=sys.stderr)
         where = dict(model=args.model, engine=engine)
+    from typing import Literal
+
     try:
-        out = bm.batch(reviews, DEMO_PROMPT, params={"max_tokens": 8, "temperature": 0},
+        out = bm.batch(reviews, DEMO_PROMPT, schema=Literal[DEMO_LABELS],
+                       params={"max_tokens": 16, "temperature": 0},
                        progress=not args.quiet, cache=not args.no_cache, **where)
     finally:
         if sim is not None:
             sim.stop()
-    with pd.option_context("display.max_colwidth", 60, "display.width", 160):
-        print(out[["id", "text", "output", "finish_reason", "input_tokens", "output_tokens",
+    with pd.option_context("display.max_colwidth", 56, "display.width", 160):
+        print(out[["id", "text", "label", "output", "input_tokens", "output_tokens",
                    "latency"]].to_string(index=False))
     facts = out.attrs["batchmagic"]
     rate = ""
@@ -256,6 +261,10 @@ def _demo(args: argparse.Namespace) -> int:
         rate = f", {facts['output_tokens'] / facts['wall_s']:.0f} output tokens/s"
     print(f"\n{_row_counts(out)}; {facts['requests']} requests in {facts['wall_s']:.2f} s{rate} "
           f"(run {facts['run_id']})")
+    valid = out["output"].isin(DEMO_LABELS)
+    print(f"labels: {int(valid.sum())} of {len(out)} rows are one of {', '.join(DEMO_LABELS)}; "
+          f"{int((out['output'] == out['label']).sum())} match the gold label "
+          f"({(out['output'] == out['label']).mean():.0%})")
     if not args.simulator and args.model is None:
         print("SmolLM2-135M is a tiny model: this shows the machinery (order, usage, errors, "
               "resume), not a good classifier. Pass --model path/to/model.gguf for a bigger one.",
