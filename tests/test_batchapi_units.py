@@ -22,9 +22,14 @@ from batchmagic.batchapi import _ark, _files, _results, _sign, _store
 
 def test_custom_id_is_safe_and_short():
     plan = make_plan(["a", "b", "a"], None, kind="chat", endpoint="http://x/v1/chat/completions",
-                     model="m", params=None, system=None)
+                     model="m", params=None, system=None, dedupe=True)
     ids = [_files.custom_id_for(item.key) for item in plan.items]
     assert len(ids) == 2 == len(set(ids))  # identical requests share one line
+    apart = make_plan(["a", "b", "a"], None, kind="chat",
+                      endpoint="http://x/v1/chat/completions", model="m", params=None,
+                      system=None)  # not deterministic: each row its own draw, its own line
+    ids = [_files.custom_id_for(item.key) for item in apart.items]
+    assert len(ids) == 3 == len(set(ids))
     assert all(_files.CUSTOM_ID_RE.match(cid) and len(cid) <= 64 for cid in ids)
 
 
