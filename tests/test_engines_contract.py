@@ -72,6 +72,17 @@ def test_outcomes_map_engine_failures_to_the_dispatchers_categories():
     assert out.category == TRANSIENT and out.error_type is bm.ServerError
 
 
+def test_a_unit_of_samples_gets_one_answer_per_item_and_its_prompt_counts_once():
+    backend = _base.EngineBackend(ScriptedEngine(), "chat")
+    out = asyncio.run(backend.call(Unit([4, 5, 6], chat("a b", n=3), 0)))
+    assert out.category == OK
+    assert [p.output for p in out.results] == ["ok:a b#0", "ok:a b#1", "ok:a b#2"]
+    assert [p.input_tokens for p in out.results] == [2, 0, 0]
+    # answers that cannot be matched to the unit's items are that unit's error, never a guess
+    out = asyncio.run(backend.call(Unit([4], chat("a b", n=2), 0)))
+    assert out.category == ROW and "2 answers for a request of 1" in out.message
+
+
 def test_a_dead_engine_is_restarted_once_for_all_waiting_calls_then_the_run_stops():
     dead = ScriptedEngine()
     dead.alive = False

@@ -6,12 +6,14 @@ worker process and protocol against *recording stand-ins* for the few names it u
 the prompt). What they prove: the mapping from OpenAI-style params to each engine's
 ``SamplingParams``, chat templates with ``chat_template_kwargs``, reasoning in its own column,
 per-request metrics, the context pre-flight with the worker's tokenizer, crash handling (rows in
-flight retried after a restart, the run stopped if the engine keeps dying) and that unloading
-ends the process. A real model on a real GPU is ``benchmarks/gpu_smoke.py``.
+flight retried after a restart, the run stopped if the engine keeps dying), that unloading
+ends the process, and that ``response_format`` and ``n`` become each engine's structured-output
+parameters and choices. A real model on a real GPU is ``benchmarks/gpu_smoke.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -22,6 +24,7 @@ import pytest
 
 import batchmagic as bm
 from batchmagic import engines
+from batchmagic._backend import OK, Unit
 from batchmagic.engines import _params, _worker
 
 STAND_INS = Path(__file__).parent / "engine_stand_ins"
@@ -240,3 +243,99 @@ def test_worker_metrics_across_engine_versions():
     v1 = NS(queued_ts=10.0, scheduled_ts=10.5, first_token_latency=0.75)
     assert _worker._metrics(NS(metrics=v1)) == {"queue_s": 0.5, "ttft_s": 0.75}
     assert _worker._metrics(NS(metrics=None)) is None
+
+
+# -- structured output and n choices ----------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA,
+                                                      "strict": True}}
+GUIDED = {**ENGINE_OPTIONS, "guided_decoding_backend": "auto"}
+
+
+def chat_body(text: str, **params) -> dict:
+    return {"messages": [{"role": "user", "content": text}], **params}
+
+
+def call(engine: str, body: dict, items: int = 1, options: dict = ENGINE_OPTIONS):
+    """One unit of ``items`` items straight to the engine's backend (as the dispatcher sends a
+    row's samples: one request whose n is the number of items)."""
+    backend = engines.get_backend(engine, "stand-in-model", "chat", options)
+    return asyncio.run(backend.call(Unit(list(range(items)), body, 0)))
+
+
+def test_response_format_becomes_each_engines_structured_output_parameters():
+    assert _params.structured({"response_format": JSON_SCHEMA}) == {"json": SCHEMA}
+    assert _params.structured({"response_format": {"type": "json_object"}}) == {"json_object": True}
+    assert _params.structured({"response_format": {"type": "text"}}) is None
+    assert _params.structured({}) is None
+    for engine in ("vllm", "fastdeploy", "transformers", "llama.cpp"):
+        for kind in ("chat", "completion"):  # a completion can be held to a schema as well
+            assert _params.check(engine, kind, {"response_format": JSON_SCHEMA, "n": 3})
+    with pytest.raises(bm.ConfigError, match="response_format must be"):
+        _params.check("vllm", "chat", {"response_format": {"type": "yaml"}})
+    with pytest.raises(bm.ConfigError, match="JSON Schema as a dict"):
+        _params.check("vllm", "chat", {"response_format": {"type": "json_schema"}})
+    remote = {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+        "type": "object", "properties": {"x": {"$ref": "https://example.com/x.json"}}}}}
+    with pytest.raises(bm.ConfigError, match="references inside the schema"):
+        _params.check("vllm", "chat", {"response_format": remote})
+    with pytest.raises(bm.ConfigError, match="n must be an integer"):
+        _params.check("vllm", "chat", {"n": 1.5})
+    # vLLM answers n choices in one request; FastDeploy's worker sends n seeded copies instead
+    assert _params.vllm_sampling_kwargs({"n": 3, "response_format": JSON_SCHEMA}) == {"n": 3}
+    assert _params.fastdeploy_sampling_kwargs({"n": 3, "response_format": JSON_SCHEMA}) == {"n": 1}
+
+
+def test_vllm_gets_structured_outputs_and_n_and_answers_one_parsed_per_choice(stand_in):
+    out = call("vllm", chat_body("hi", n=3, seed=4, max_tokens=20, response_format=JSON_SCHEMA),
+               items=3)
+    assert out.category == OK, out.message
+    assert [p.output for p in out.results] == ["echo:hi", "echo:hi#1", "echo:hi#2"]
+    prompt = len("<user>hi<assistant>")
+    assert [p.input_tokens for p in out.results] == [prompt, 0, 0]  # one prompt, counted once
+    assert [p.output_tokens for p in out.results] == [7, 9, 9]
+    sent = stand_in.calls("vllm.SamplingParams")
+    assert len(sent) == 1 and sent[0]["n"] == 3 and sent[0]["seed"] == 4
+    assert sent[0]["structured_outputs"] == {"class": "StructuredOutputsParams", "json": SCHEMA}
+    assert "response_format" not in sent[0]
+
+    call("vllm", {"prompt": "The sky is", "response_format": {"type": "json_object"}})
+    assert stand_in.calls("vllm.StructuredOutputsParams")[-1] == {"json_object": True}
+    plain = call("vllm", chat_body("hi"))
+    assert "structured_outputs" not in stand_in.calls("vllm.SamplingParams")[-1]
+    assert [p.output for p in plain.results] == ["echo:hi"]
+
+
+def test_a_schema_reaches_vllm_from_a_run(stand_in):
+    out = run(["hi", "there"], params={"response_format": JSON_SCHEMA, "max_tokens": 30})
+    assert out["error"].isna().all() and list(out["output"]) == ["echo:hi", "echo:there"]
+    sent = stand_in.calls("vllm.SamplingParams")
+    assert [s["structured_outputs"]["json"] for s in sent] == [SCHEMA, SCHEMA]
+
+
+def test_fastdeploy_gets_guided_decoding_and_n_seeded_copies(stand_in):
+    out = call("fastdeploy", chat_body("hi", n=3, seed=5, max_tokens=20,
+                                       response_format=JSON_SCHEMA), items=3, options=GUIDED)
+    assert out.category == OK, out.message
+    assert [p.output for p in out.results] == ["echo:hi"] * 3
+    assert [p.input_tokens for p in out.results] == [len("<user>hi<assistant>"), 0, 0]
+    sent = stand_in.calls("fastdeploy.SamplingParams")
+    # FastDeploy's LLM would clone one SamplingParams, seed and all, per choice: equal samples
+    assert sorted(s["seed"] for s in sent) == [5, 6, 7] and {s["n"] for s in sent} == {1}
+    assert all(s["guided_decoding"] == {"class": "GuidedDecodingParams", "json": SCHEMA}
+               for s in sent)
+    assert stand_in.calls("fastdeploy.LLM")[0]["guided_decoding_backend"] == "auto"
+
+    unseeded = call("fastdeploy", {"prompt": "x", "n": 2, "response_format": {"type": "json_object"}},
+                    items=2, options=GUIDED)
+    assert unseeded.category == OK and len(unseeded.results) == 2
+    assert all("seed" not in s for s in stand_in.calls("fastdeploy.SamplingParams")[3:])
+    assert stand_in.calls("fastdeploy.GuidedDecodingParams")[-1] == {"json_object": True}
+
+
+def test_fastdeploy_without_a_guided_decoding_backend_is_told_before_it_loads(stand_in):
+    with pytest.raises(bm.ConfigError, match="guided_decoding_backend"):
+        run(["hi"], engine="fastdeploy", params={"response_format": JSON_SCHEMA})
+    assert stand_in.calls("fastdeploy.LLM") == [] and engines.loaded() == []

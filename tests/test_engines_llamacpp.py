@@ -15,7 +15,9 @@ import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
+import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +25,7 @@ import pytest
 import batchmagic as bm
 from batchmagic import engines
 from batchmagic._backend import ROW, Unit
+from batchmagic.cli import DEMO_PROMPT
 from batchmagic.engines import _llamacpp, _params
 
 pytest.importorskip("llama_cpp")
@@ -221,6 +224,8 @@ def test_the_cli_demo_runs_on_the_local_engine(capsys):
     captured = capsys.readouterr()
     assert "SmolLM2-135M" in captured.err and "engine=llama.cpp" in captured.err
     assert "20 ok, 0 failed" in captured.out
+    # schema= with a grammar: every answer is one of the three labels, whatever the tiny model
+    assert "labels: 20 of 20 rows are one of positive, negative, mixed" in captured.out
 
 
 def test_a_file_that_is_not_a_model_is_a_config_error(tmp_path):
@@ -315,3 +320,95 @@ def test_a_zero_token_row_never_reaches_the_engine():
     assert list(failures) == [0] and isinstance(failures[0], bm.InputError)
     outcome = asyncio.run(backend.call(Unit([0], {"prompt": "", "max_tokens": 4}, 0)))
     assert outcome.category == ROW and "0 tokens" in outcome.message
+
+
+# -- structured output: a grammar from the JSON Schema; n choices -------------------------------
+
+SENTIMENT = {"type": "object", "properties": {"value": {"enum": ["positive", "negative", "mixed"]}},
+             "required": ["value"], "additionalProperties": False}
+# bounded, so every answer fits its max_tokens and must be complete JSON
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 24},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 130}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def json_schema(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema,
+                                                   "strict": True}}
+
+
+def test_a_literal_schema_gives_one_of_its_options_on_every_review():
+    reviews = pd.read_csv(ROOT / "batchmagic" / "data" / "reviews.csv")
+    out = run(reviews, DEMO_PROMPT, params={"response_format": json_schema(SENTIMENT),
+                                            "max_tokens": 24, "temperature": 0})
+    assert len(out) == len(reviews) == 20 and out["error"].isna().all()
+    for text in out["output"]:
+        jsonschema.validate(json.loads(text), SENTIMENT)  # exactly one of the three, every row
+    assert (out["finish_reason"] == "stop").all()
+
+
+def test_schema_literal_through_batch_gives_the_value():
+    reviews = pd.read_csv(ROOT / "batchmagic" / "data" / "reviews.csv").head(5)
+    out = run(reviews, DEMO_PROMPT, schema=Literal["positive", "negative", "mixed"],
+              params={"max_tokens": 24, "temperature": 0})
+    assert out["error"].isna().all(), list(out["error"])
+    assert set(out["output"]) <= {"positive", "negative", "mixed"}
+
+
+def test_an_object_schema_holds_chat_and_completion_rows():
+    params = {"response_format": json_schema(PERSON), "max_tokens": 96, "temperature": 0.8,
+              "seed": 1}
+    chat = run(["Invent a person.", "Describe a pirate captain."], params=params)
+    completion = run(["A person's record:", "The painter's name and age:"], kind="completion",
+                     params=params)
+    for out in (chat, completion):
+        assert out["error"].isna().all(), list(out["error"])
+        for text in out["output"]:
+            answer = json.loads(text)
+            jsonschema.validate(answer, PERSON)
+            assert isinstance(answer["name"], str) and isinstance(answer["age"], int)
+
+
+def test_json_object_holds_a_completion_to_an_object():
+    out = run(["Here is a cat, as JSON:"], kind="completion",
+              params={"response_format": {"type": "json_object"}, "max_tokens": 48,
+                      "temperature": 0})
+    text = out["output"][0]
+    assert out["error"][0] is None and text.lstrip().startswith("{")
+    if out["finish_reason"][0] == "stop":  # cut short by max_tokens, it is an object's start
+        assert isinstance(json.loads(text), dict)
+
+
+def test_n_samples_one_prompt_under_the_grammar_seeded_and_counted_once():
+    backend = engines.get_backend("llama.cpp", None, "chat")
+    body = {"messages": [{"role": "user", "content": "Invent a person."}], "n": 3, "seed": 7,
+            "temperature": 1.0, "max_tokens": 96, "response_format": json_schema(PERSON)}
+    first = asyncio.run(backend.call(Unit([0, 1, 2], body, 0)))
+    again = asyncio.run(backend.call(Unit([0, 1, 2], body, 0)))
+    assert first.category == "ok", first.message
+    texts = [p.output for p in first.results]
+    for text in texts:
+        jsonschema.validate(json.loads(text), PERSON)
+    assert texts == [p.output for p in again.results]  # seed + i per sample: reproducible
+    assert len(set(texts)) > 1  # and the samples are not one answer three times
+    tokens = [p.input_tokens for p in first.results]
+    assert tokens[0] > 10 and tokens[1:] == [0, 0]
+
+
+def test_a_grammar_is_built_once_per_schema():
+    constraint = _params.structured({"response_format": json_schema(PERSON)})
+    grammar = _llamacpp.grammar_for(constraint)
+    assert _llamacpp.grammar_for(json.loads(json.dumps(constraint))) is grammar
+    assert _llamacpp.grammar_for({"json_object": True}) is not grammar
+    assert _llamacpp.grammar_for(None) is None
+
+
+def test_a_schema_llama_cpp_cannot_express_is_a_config_error_before_loading():
+    bm.unload()
+    lookbehind = {"type": "object", "properties": {"code": {"type": "string",
+                                                            "pattern": "(?<=a)b"}},
+                  "required": ["code"]}
+    with pytest.raises(bm.ConfigError, match="cannot turn this JSON Schema into a grammar"):
+        run([QUESTION], params={"response_format": json_schema(lookbehind)})
+    assert engines.loaded() == []

@@ -2,21 +2,32 @@
 through transformers (dequantized by the gguf package), tokenizer and chat template from the file.
 
 Kept small: one load for the module (about 20-30 s here), a few rows, few tokens. CI installs
-torch (CPU build), transformers and gguf (.ci/run) and checks they import first.
+torch (CPU build), transformers and gguf (.ci/run) and checks they import first; it installs
+xgrammar with them, and the schema tests below fail (not skip) without it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
+import jsonschema
 import numpy as np
+import pandas as pd
 import pytest
 
 import batchmagic as bm
 from batchmagic import engines
+from batchmagic._backend import Unit
+from batchmagic.cli import DEMO_PROMPT
 from batchmagic.engines import _params
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 OPTIONS = {"max_batch": 4}
 
@@ -109,3 +120,75 @@ def test_parameter_mapping():
         "min_p": 0.05, "min_new_tokens": 2, "repetition_penalty": 1.1, "stop_strings": ["x"]}
     greedy = _params.transformers_args({"temperature": 0, "top_p": 0.5}, 4)
     assert greedy == {"max_new_tokens": 4, "do_sample": False}
+
+
+# -- structured output (xgrammar's token masks) and n choices -----------------------------------
+
+SENTIMENT = {"type": "object", "properties": {"value": {"enum": ["positive", "negative", "mixed"]}},
+             "required": ["value"], "additionalProperties": False}
+# bounded, so every answer fits its max_tokens and must be complete JSON
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 24},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 130}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def json_schema(schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema,
+                                                   "strict": True}}
+
+
+def test_a_literal_schema_gives_one_of_its_options_on_every_review():
+    reviews = pd.read_csv(ROOT / "batchmagic" / "data" / "reviews.csv").head(8)
+    out = run(reviews, DEMO_PROMPT, params={"response_format": json_schema(SENTIMENT),
+                                            "max_tokens": 16, "temperature": 0})
+    assert out["error"].isna().all(), list(out["error"])
+    for text in out["output"]:
+        jsonschema.validate(json.loads(text), SENTIMENT)
+    assert (out["finish_reason"] == "stop").all()
+
+
+def test_an_object_schema_holds_chat_and_completion_rows():
+    params = {"response_format": json_schema(PERSON), "max_tokens": 64, "temperature": 0.8,
+              "seed": 1}
+    chat = run(["Invent a person.", "Describe a pirate captain."], params=params)
+    completion = run(["A person's record:"], kind="completion", params=params)
+    for out in (chat, completion):
+        assert out["error"].isna().all(), list(out["error"])
+        for text in out["output"]:
+            answer = json.loads(text)
+            jsonschema.validate(answer, PERSON)
+            assert isinstance(answer["name"], str) and isinstance(answer["age"], int)
+    assert ", " in chat["output"][0] and "\n" not in chat["output"][0]  # compact JSON
+
+
+def test_n_choices_are_rows_of_one_batch_each_held_to_the_schema():
+    backend = engines.get_backend("transformers", None, "chat", OPTIONS)
+    body = {"messages": [{"role": "user", "content": "Invent a person."}], "n": 3, "seed": 2,
+            "temperature": 1.0, "max_tokens": 64, "response_format": json_schema(PERSON)}
+    out = asyncio.run(backend.call(Unit([0, 1, 2], body, 0)))
+    assert out.category == "ok", out.message
+    for parsed in out.results:
+        jsonschema.validate(json.loads(parsed.output), PERSON)
+    assert len({p.output for p in out.results}) > 1  # sampled rows, not one answer copied
+    tokens = [p.input_tokens for p in out.results]
+    assert tokens[0] > 5 and tokens[1:] == [0, 0]
+
+
+def test_a_row_that_stops_for_another_reason_is_let_go_not_failed():
+    """A stop string ends a row mid-JSON; generation then feeds it padding, which its grammar
+    refuses: that row is released from the mask, and neither it nor its batch fails."""
+    out = run(["Invent a person.", "Describe a pirate captain."],
+              params={"response_format": json_schema(PERSON), "max_tokens": 64,
+                      "temperature": 0, "stop": [","]})
+    assert out["error"].isna().all(), list(out["error"])
+    assert all(text.startswith('{"name": "') and "," not in text for text in out["output"])
+    assert (out["finish_reason"] == "stop").all()
+
+
+def test_a_schema_xgrammar_cannot_express_is_a_config_error():
+    lookbehind = {"type": "object", "properties": {"code": {"type": "string",
+                                                            "pattern": "(?<=a)b"}},
+                  "required": ["code"]}
+    with pytest.raises(bm.ConfigError, match="xgrammar cannot .*Lookbehind"):
+        run(["x"], params={"response_format": json_schema(lookbehind)})

@@ -93,7 +93,25 @@ def structured(params: dict) -> dict | None:
     if not isinstance(schema, dict):
         raise ConfigError("response_format of type json_schema needs json_schema={'name': ..., "
                           "'schema': {...}} with the JSON Schema as a dict")
+    remote = _remote_ref(schema)
+    if remote is not None:  # a grammar builder would try to download it
+        raise ConfigError(f"the JSON Schema refers to {remote!r}: an offline engine takes only "
+                          "references inside the schema ('#/$defs/...')")
     return {"json": schema}
+
+
+def _remote_ref(schema: Any) -> str | None:
+    """The first ``$ref`` that points outside the schema, or None."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return ref
+        values = schema.values()
+    elif isinstance(schema, list):
+        values = schema
+    else:
+        return None
+    return next((r for r in map(_remote_ref, values) if r is not None), None)
 
 
 def choices(params: dict) -> int:

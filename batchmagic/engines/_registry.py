@@ -18,8 +18,10 @@ from . import _models
 
 __all__ = ["ENGINES", "EngineInfo", "REGISTRY", "find"]
 
-#: the generation parameters every engine takes (OpenAI names, after ``_params``'s aliases)
-COMMON_PARAMS = frozenset({"temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed"})
+#: the generation parameters every engine takes (OpenAI names, after ``_params``'s aliases):
+#: ``response_format`` constrains decoding and ``n`` asks for several choices on every engine
+COMMON_PARAMS = frozenset({"temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed",
+                           "response_format", "n"})
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ _LLAMA_CPP = EngineInfo(
                             "n_ubatch", "n_gpu_layers", "flash_attn", "pooling", "chat_format",
                             "use_mmap", "use_mlock"}),
     params=COMMON_PARAMS | {"repetition_penalty", "presence_penalty", "frequency_penalty",
-                            "typical_p", "response_format", "n"},
+                            "typical_p"},
     implementation="_llamacpp:LlamaCppEngine",
     has_default_model=True,
     embeds_apart=True,
@@ -119,7 +121,7 @@ _TRANSFORMERS = EngineInfo(
     in_process=True,
     load_options=frozenset({"device", "dtype", "max_batch", "max_model_len", "torch_threads",
                             "attn_implementation", "trust_remote_code"}),
-    params=COMMON_PARAMS | {"min_tokens", "repetition_penalty", "chat_template_kwargs", "n"},
+    params=COMMON_PARAMS | {"min_tokens", "repetition_penalty", "chat_template_kwargs"},
     implementation="_transformers:TransformersEngine",
     has_default_model=True,
 )
@@ -136,7 +138,7 @@ _VLLM = EngineInfo(
     params=COMMON_PARAMS | {"min_tokens", "presence_penalty", "frequency_penalty",
                             "repetition_penalty", "stop_token_ids", "bad_words", "ignore_eos",
                             "skip_special_tokens", "include_stop_str_in_output",
-                            "chat_template_kwargs", "n"},
+                            "chat_template_kwargs"},
     implementation="_subprocess:VllmEngine",
 )
 
@@ -151,7 +153,7 @@ _FASTDEPLOY = EngineInfo(
     load_options=None,
     params=COMMON_PARAMS | {"min_tokens", "presence_penalty", "frequency_penalty",
                             "repetition_penalty", "stop_token_ids", "bad_words",
-                            "reasoning_max_tokens", "chat_template_kwargs", "n"},
+                            "reasoning_max_tokens", "chat_template_kwargs"},
     implementation="_subprocess:FastDeployEngine",
 )
 

@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ class TransformersEngine(Engine):
             xgr.Grammar.from_json_schema(json.dumps(constraint["json"]), any_whitespace=False)
         except Exception as exc:  # xgrammar says which part of the schema it cannot express
             raise ConfigError(f"xgrammar cannot constrain answers to this JSON Schema: "
-                              f"{type(exc).__name__}: {exc}"[:400]) from None
+                              f"{_native_message(exc)}") from None
 
     def __init__(self, spec) -> None:
         import torch
@@ -423,7 +424,7 @@ class TransformersEngine(Engine):
             return self._grammars(constraint_key)
         except Exception as exc:
             raise RowFailure(f"xgrammar could not compile this row's schema: "
-                             f"{type(exc).__name__}: {exc}"[:400]) from None
+                             f"{_native_message(exc)}") from None
 
     def _run_embed(self, ids: list[list[int]]) -> list[Parsed]:
         import numpy as np
@@ -478,6 +479,12 @@ def _cancel_criteria(flags: list[StopFlag]):
             return torch.tensor([bool(f) for f in flags], dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([_Cancelled()])
+
+
+def _native_message(exc: Exception) -> str:
+    """xgrammar's error without the C++ source location it starts with."""
+    text = re.sub(r"^\[[^\]]*\]\s*\S+:\d+:\s*", "", str(exc).strip())
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _grammar_compiler(tokenizer: Any, eos_ids: set[int], vocab_size: int | None) -> Any:
