@@ -89,7 +89,7 @@ def test_rows_come_back_on_their_rows_in_the_online_shape(fresh):
 
 
 def test_identical_requests_are_one_line(fresh):
-    out = run(fresh, pd.DataFrame({"text": ["same"] * 5 + ["other"]}))
+    out = run(fresh, pd.DataFrame({"text": ["same"] * 5 + ["other"]}), dedupe=True)
     assert out["output"].tolist() == ["echo: Say: same"] * 5 + ["echo: Say: other"]
     assert batches(fresh)["batches"][-1]["requests"] == 2
 

@@ -65,11 +65,11 @@ def reviews(tmp_path) -> Path:
 
 def test_counts_rows_not_requests_and_shows_rows_from_the_journal(fresh, reviews, tmp_path):
     out = tmp_path / "out.csv"
-    first = cli(fresh, str(reviews), "-p", "Say {text}", "-o", str(out))
+    first = cli(fresh, str(reviews), "-p", "Say {text}", "-o", str(out), "--temperature", "0")
     assert first.returncode == 0, first.stderr
-    assert len(fresh.calls()) == 2  # "good" twice is one request
+    assert len(fresh.calls()) == 2  # "good" twice is one request at temperature 0
     assert first.stderr.strip().endswith("3 rows: 3 ok, 0 failed")
-    again = cli(fresh, str(reviews), "-p", "Say {text}", "-o", str(out))
+    again = cli(fresh, str(reviews), "-p", "Say {text}", "-o", str(out), "--temperature", "0")
     assert again.returncode == 0, again.stderr
     assert len(fresh.calls()) == 2  # nothing sent again
     assert again.stderr.strip().endswith("3 rows: 3 ok (3 from the journal), 0 failed")
@@ -80,7 +80,8 @@ def test_counts_rows_not_requests_and_shows_rows_from_the_journal(fresh, reviews
 def test_no_cache_sends_every_row_again(fresh, reviews, tmp_path):
     out = tmp_path / "out.jsonl"
     for _ in range(2):
-        done = cli(fresh, str(reviews), "-p", "Say {text}", "-o", str(out), "--no-cache")
+        done = cli(fresh, str(reviews), "-p", "Say {text}", "-o", str(out), "--no-cache",
+                   "--temperature", "0")
         assert done.returncode == 0, done.stderr
         assert "from the journal" not in done.stderr
     assert len(fresh.calls()) == 4

@@ -153,7 +153,7 @@ def test_dry_run_sends_nothing(ip, sim, capsys):
     point_at(ip, sim)
     sim.reset()
     ip.user_ns["reviews"] = pd.DataFrame({"text": ["good", "good", "bad"]})
-    ret = cell(ip, "--on reviews -m m --dry-run -o out", "Label: {text}")
+    ret = cell(ip, "--on reviews -m m --dry-run -o out --temperature 0", "Label: {text}")
     assert ret is None and "out" not in ip.user_ns
     text = capsys.readouterr().out
     assert "nothing was sent" in text

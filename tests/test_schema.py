@@ -197,9 +197,9 @@ def test_the_estimate_counts_the_schema():
 
 def test_the_magic_takes_a_schema_by_name():
     from IPython.core.error import UsageError
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing.globalipapp import get_ipython, start_ipython
 
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # None when the test shell is already running
     ip.run_line_magic("load_ext", "batchmagic")
     model = Model(review_of)
     ip.user_ns.update(Review=Review, texts=["good one"])
