@@ -11,6 +11,8 @@
 
 Every fact about an engine (its names, kinds, options, parameters, library, the class that runs
 it) is in its record in ``_registry``; this module resolves, loads and caches engines by it.
+Every engine constrains its decoding to a request's ``response_format`` (``schema=``) and answers
+``n`` choices of one prompt (``samples=``); ``_base`` says how.
 
 An engine is loaded on first use and cached, keyed by (engine, model, load options); a run's
 ``aclose()`` leaves it loaded for the next run, ``unload()`` frees it (killing the subprocess of

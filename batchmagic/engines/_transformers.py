@@ -13,11 +13,12 @@ rows of its batch.
 ``response_format`` constrains decoding with xgrammar: each row's grammar (compiled once per
 schema for this tokenizer) masks the tokens it cannot take next, so every answer is JSON of the
 schema unless ``max_tokens`` cuts it short. Chosen over lm-format-enforcer (its transformers
-integration imports modules transformers 5 removed) and outlines (the same masks at about three
-times the cost per step here, and a first use that builds its vocabulary index for tens of
-seconds); xgrammar is also what vLLM and FastDeploy constrain with, so a schema means the same
-thing on every engine. The JSON is compact (no free whitespace): a small model otherwise spends
-its budget on newlines.
+integration imports modules transformers 5 removed) and outlines (measured here on SmolLM2,
+8 rows: 8 ms of masking per step against xgrammar's 2 ms, a step itself taking 250 ms or more
+on 2 busy cores, and a first use that builds its vocabulary index for tens of seconds).
+xgrammar is also what vLLM and FastDeploy constrain with, so a schema means the same thing on
+every engine. The JSON is compact (no free whitespace): a small model otherwise spends its
+budget on newlines.
 """
 
 from __future__ import annotations
