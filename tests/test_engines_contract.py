@@ -181,6 +181,27 @@ def test_subprocess_worker_refuses_a_zero_token_prompt():
     assert _worker._budget({}, 3, 100, 16)["max_tokens"] == 16
 
 
+def test_engine_units_ask_n_for_the_draws_of_a_row_and_move_a_seed_on_by_the_draw():
+    def draw(row: int, d: int, **params):
+        return SimpleNamespace(key=f"k{row}-{d}", base=f"k{row}", draw=d, prompt_tokens=3,
+                               max_output=5, body=chat(f"row {row}", **params))
+
+    items = [draw(0, d, seed=10) for d in range(3)] + [draw(1, d) for d in range(3)]
+    units = engine_units(items, list(range(6)), samples=3)
+    assert [u.items for u in units] == [[0, 1, 2], [3, 4, 5]]
+    assert units[0].body == chat("row 0", seed=10, n=3) and units[0].tokens == 3 + 15
+    assert units[1].body == chat("row 1", n=3)
+    # a resumed run asks only for the missing draws: draw d keeps the seed + d it had
+    resumed = engine_units(items, [0, 2, 3, 4], samples=3)
+    assert [u.items for u in resumed] == [[0], [2], [3, 4]]
+    assert [u.body.get("seed") for u in resumed] == [10, 12, None]
+    assert "n" not in resumed[0].body and resumed[2].body["n"] == 2
+    # draws sent one by one (samples=1) still get a seed each, never one answer K times
+    single = engine_units(items, [0, 1, 2])
+    assert [u.body["seed"] for u in single] == [10, 11, 12]
+    assert single[0].body is items[0].body
+
+
 def test_engine_units_carry_body_dicts_and_pack_embeddings():
     items = [SimpleNamespace(body=chat(str(i)), prompt_tokens=3, max_output=5) for i in range(3)]
     units = engine_units(items, [0, 2])

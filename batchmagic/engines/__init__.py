@@ -30,7 +30,8 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from .._units import embedding_units, item_units
+from .._backend import Unit
+from .._units import embedding_units
 from ._base import Engine, EngineBackend, preflight, split_body
 from ._registry import ENGINES, EngineInfo, find
 
@@ -97,15 +98,56 @@ def check_bodies(spec: EngineSpec, items: list) -> None:
             spec.info.engine_class().check_structured(constraint, spec.options)
 
 
-def engine_units(items: list, todo: list[int]) -> list:
+def engine_units(items: list, todo: list[int], samples: int = 1) -> list:
     """Units for an engine: the item's body dict (not bytes); embeddings that share parameters
-    packed by ``EMBEDDING_PACK`` into one unit whose body is the list of their bodies."""
+    packed by ``EMBEDDING_PACK`` into one unit whose body is the list of their bodies. With
+    ``samples`` > 1 the draws of one row still to answer, consecutive ones together, are one
+    unit whose body asks ``n`` of them (every engine answers n choices of one prompt)."""
     if not todo:
         return []
     first = items[todo[0]].body
-    if "input" not in first or "messages" in first or "prompt" in first:
-        return item_units(items, todo, body_of=lambda body: body)
-    return embedding_units(items, todo, max_items=EMBEDDING_PACK, max_tokens=None, body_of=list)
+    if "input" in first and "messages" not in first and "prompt" not in first:
+        return embedding_units(items, todo, max_items=EMBEDDING_PACK, max_tokens=None,
+                               body_of=list)
+    groups = _draw_groups(items, todo, samples) if samples > 1 else [[i] for i in todo]
+    return [Unit(group, _drawn_body(items[group[0]], len(group)),
+                 items[group[0]].prompt_tokens + sum(items[i].max_output for i in group))
+            for group in groups]
+
+
+def _draw_groups(items: list, todo: list[int], samples: int) -> list[list[int]]:
+    """``todo`` grouped by row (the request's key and which K draws it holds), each group cut
+    where its draws stop being consecutive (so draw d always gets the seed + d)."""
+    rows: dict[tuple, list[int]] = {}
+    for i in todo:
+        item = items[i]
+        draw = getattr(item, "draw", 0)
+        rows.setdefault((getattr(item, "base", None) or item.key, draw // samples), []).append(i)
+    groups: list[list[int]] = []
+    for members in rows.values():
+        members.sort(key=lambda i: getattr(items[i], "draw", 0))
+        run = [members[0]]
+        for i in members[1:]:
+            if getattr(items[i], "draw", 0) == getattr(items[run[-1]], "draw", 0) + 1:
+                run.append(i)
+            else:
+                groups.append(run)
+                run = [i]
+        groups.append(run)
+    return groups
+
+
+def _drawn_body(item, n: int) -> dict:
+    """The body for ``n`` draws starting at ``item``'s: ``n`` when more than one, and a seeded
+    request's seed moved on by the draw, so the K answers of a seeded row differ and a re-run
+    (or a resumed one, asking only for some draws) gets the same answer for each draw."""
+    body = item.body
+    if n > 1:
+        body = {**body, "n": n}
+    seed, draw = body.get("seed"), getattr(item, "draw", 0)
+    if draw and isinstance(seed, int) and not isinstance(seed, bool):
+        body = {**body, "seed": seed + draw}
+    return body
 
 
 # -- the cache of loaded engines ------------------------------------------------------------
