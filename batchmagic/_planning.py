@@ -177,7 +177,7 @@ def build_units(rp: RunPlan, todo: list[int]) -> list[Unit]:
     if rp.engine is not None:  # engines take the body dicts themselves
         from .engines import engine_units
 
-        units = engine_units(plan.items, todo)
+        units = engine_units(plan.items, todo, samples=plan.samples)
     elif plan.kind == "embedding":
         units = _embedding_units(rp, todo)
     elif plan.samples > 1 and _takes_n(rp):
