@@ -156,3 +156,22 @@ def test_requests_never_sent_are_not_counted_as_done():
     unsent = sum(isinstance(e, bm.NotSentError) for e in df["error"])
     assert unsent > 0
     assert task.progress.requests_done == 60 - unsent
+
+
+def test_streaming_is_on_by_default_only_for_models_that_only_answer_streamed():
+    from types import SimpleNamespace
+
+    from batchmagic.executors.online import _streams
+    from batchmagic.providers._presets import get_preset
+
+    dashscope = SimpleNamespace(preset=get_preset("dashscope"))
+    openai = SimpleNamespace(preset=get_preset("openai"))
+
+    def o(model, stream=None, kind="chat"):
+        return SimpleNamespace(model=model, stream=stream, kind=kind)
+
+    assert _streams(o("qwq-plus"), dashscope)  # "QwQ ... support only streaming output"
+    assert not _streams(o("qwen-plus"), dashscope)
+    assert not _streams(o("qwq-plus", stream=False), dashscope)  # said: kept
+    assert _streams(o("gpt-4o-mini", stream=True), openai)
+    assert not _streams(o("qwq-plus", kind="embedding"), dashscope)
