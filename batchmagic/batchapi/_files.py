@@ -50,21 +50,11 @@ def shard_lines(sizes: list[int], max_requests: int, max_bytes: int) -> Sharding
     """Split lines (by their byte sizes) into files of at most ``max_requests`` lines and
     ``max_bytes`` bytes, keeping their order. A line that alone exceeds ``max_bytes`` cannot be
     sent at all."""
-    shards: list[list[int]] = []
-    too_large: list[int] = []
-    current: list[int] = []
-    used = 0
-    for pos, size in enumerate(sizes):
-        if size > max_bytes:
-            too_large.append(pos)
-            continue
-        if current and (len(current) >= max_requests or used + size > max_bytes):
-            shards.append(current)
-            current, used = [], 0
-        current.append(pos)
-        used += size
-    if current:
-        shards.append(current)
+    from .._units import pack_indexes
+
+    too_large = [pos for pos, size in enumerate(sizes) if size > max_bytes]
+    fits = [pos for pos, size in enumerate(sizes) if size <= max_bytes]
+    shards = pack_indexes(fits, lambda pos: 0, lambda pos: sizes[pos], max_requests, max_bytes)
     return Sharding(shards, too_large)
 
 
