@@ -208,6 +208,8 @@ DEMO_LABELS = ("positive", "negative", "mixed")
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from typing import Literal
+
     import pandas as pd
 
     import batchmagic as bm
@@ -216,9 +218,28 @@ def _demo(args: argparse.Namespace) -> int:
         _check_output(args.output)
     with resources.files("batchmagic").joinpath("data/reviews.csv").open("r", encoding="utf-8") as fh:
         reviews = pd.read_csv(fh)
-    sim = None
+    where, sim = _demo_where(args, len(reviews))
+    try:
+        out = bm.batch(reviews, DEMO_PROMPT, schema=Literal[DEMO_LABELS],
+                       params={"max_tokens": 16, "temperature": 0},
+                       progress=not args.quiet, cache=not args.no_cache, **where)
+    finally:
+        if sim is not None:
+            sim.stop()
+    _demo_report(out, args)
+    if args.output:
+        _save(out, args.output, journal=not args.no_cache)
+        print(f"wrote {args.output}")
+    return 0 if out["error"].isna().all() else 1
+
+
+def _demo_where(args: argparse.Namespace, n: int) -> tuple[dict, object]:
+    """Where the demo's rows go: the local model when it is installed, else the simulator
+    (started here; the caller stops it)."""
+    import batchmagic as bm
+
     engine = args.engine
-    if not args.simulator and engine is None:  # the local model when it is installed
+    if not args.simulator and engine is None:
         from batchmagic import engines
 
         try:
@@ -231,27 +252,22 @@ def _demo(args: argparse.Namespace) -> int:
     if args.simulator:
         from batchmagic.simulator import SimulatorThread
 
-        print(f"batchmagic demo: {len(reviews)} reviews -> the local simulator (an OpenAI-compatible "
+        print(f"batchmagic demo: {n} reviews -> the local simulator (an OpenAI-compatible "
               "server on 127.0.0.1; no API key, no network)", file=sys.stderr)
         sim = SimulatorThread(latency=args.latency, latency_dist="uniform",
                               latency_jitter=args.latency / 2).start()
-        where = dict(model="sim-chat", provider="simulator", base_url=sim.base_url)
-    else:
-        from batchmagic.engines._models import DEFAULT_MODEL_NAME
+        return dict(model="sim-chat", provider="simulator", base_url=sim.base_url), sim
+    from batchmagic.engines._models import DEFAULT_MODEL_NAME
 
-        model = args.model or DEFAULT_MODEL_NAME
-        print(f"batchmagic demo: {len(reviews)} reviews -> {model} on this machine "
-              f"(engine={engine}; no API key, no network)", file=sys.stderr)
-        where = dict(model=args.model, engine=engine)
-    from typing import Literal
+    print(f"batchmagic demo: {n} reviews -> {args.model or DEFAULT_MODEL_NAME} on this machine "
+          f"(engine={engine}; no API key, no network)", file=sys.stderr)
+    return dict(model=args.model, engine=engine), None
 
-    try:
-        out = bm.batch(reviews, DEMO_PROMPT, schema=Literal[DEMO_LABELS],
-                       params={"max_tokens": 16, "temperature": 0},
-                       progress=not args.quiet, cache=not args.no_cache, **where)
-    finally:
-        if sim is not None:
-            sim.stop()
+
+def _demo_report(out, args: argparse.Namespace) -> None:
+    """The rows, the run's counts and speed, and how many labels are valid and right."""
+    import pandas as pd
+
     with pd.option_context("display.max_colwidth", 56, "display.width", 160):
         print(out[["id", "text", "label", "output", "input_tokens", "output_tokens",
                    "latency"]].to_string(index=False))
@@ -262,17 +278,13 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n{_row_counts(out)}; {facts['requests']} requests in {facts['wall_s']:.2f} s{rate} "
           f"(run {facts['run_id']})")
     valid = out["output"].isin(DEMO_LABELS)
+    right = out["output"] == out["label"]
     print(f"labels: {int(valid.sum())} of {len(out)} rows are one of {', '.join(DEMO_LABELS)}; "
-          f"{int((out['output'] == out['label']).sum())} match the gold label "
-          f"({(out['output'] == out['label']).mean():.0%})")
+          f"{int(right.sum())} match the gold label ({right.mean():.0%})")
     if not args.simulator and args.model is None:
         print("SmolLM2-135M is a tiny model: this shows the machinery (order, usage, errors, "
               "resume), not a good classifier. Pass --model path/to/model.gguf for a bigger one.",
               file=sys.stderr)
-    if args.output:
-        _save(out, args.output, journal=not args.no_cache)
-        print(f"wrote {args.output}")
-    return 0 if out["error"].isna().all() else 1
 
 
 def _run(args: argparse.Namespace) -> int:
