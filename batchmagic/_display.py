@@ -6,10 +6,15 @@ line per row. The choice (as tqdm.autonotebook makes it):
 
 - inside a real ipykernel with ipywidgets importable: the widget panel (``_widget.Panel``), at
   most two comm messages per update, its mimebundle carrying text and HTML for front ends that
-  do not render widgets (and refreshed with the final state when the run ends);
+  do not render widgets;
 - inside a kernel without ipywidgets: the same panel as static HTML, redrawn through a display
   handle at most once a second;
-- anywhere else (plain Python, a terminal): a tqdm bar on stderr.
+- anywhere else (plain Python, a terminal): a tqdm bar on stderr, or for a background run (the
+  prompt is the user's while it goes on) one line when it ends.
+
+When a run ends, its panel is replaced by the static HTML and text rendering of its final state
+and the widgets are closed: a saved notebook, ``nbconvert --execute``, an HTML export or a static
+viewer shows the result with no widget model, script or network.
 
 Displays are created in the thread that starts the run: in a kernel, that ties the output to the
 cell that started it (the loop thread has no cell of its own).
@@ -61,8 +66,8 @@ class TextDisplay:
 
 def _postfix(s: Snapshot) -> str:
     parts = [f"ok={s.ok}"]
-    if s.failed:
-        parts.append(f"failed={s.failed}")
+    if s.failures:
+        parts.append(f"failed={s.failures}")
     if s.retries:
         parts.append(f"retries={s.retries}")
     if s.rate_limited:
@@ -78,32 +83,43 @@ def _postfix(s: Snapshot) -> str:
     return " ".join(parts)
 
 
+def _tally(s: Snapshot) -> str:
+    """"12 ok, 4 cancelled in flight, 64 not started of 80 rows (errors)": counts in rows."""
+    parts = [f"{s.ok} ok"]
+    if s.stop_kinds:
+        parts += [f"{s.cut_off} cancelled in flight", f"{s.not_started} not started"]
+        if s.failures:
+            parts.append(f"{s.failures} failed")
+    else:
+        parts.append(f"{s.failed} failed")
+    text = f"{', '.join(parts)} of {s.rows} rows"
+    if s.cached:
+        text += f" ({s.cached} from the journal)"
+    errs = ", ".join(f"{k} x{v}" for k, v in sorted(s.errors.items(), key=lambda kv: -kv[1])
+                     if k not in s.stop_kinds)
+    if errs:
+        text += f" ({errs})"
+    if s.stop_reason:  # said once: the error list above names the class only
+        text += f"; reason: {s.stop_reason}"
+    elif s.message:
+        text += f"; {s.message}"
+    return text
+
+
 def summary_line(s: Snapshot) -> str:
     """One line for the end of a run with failures or a stop; empty when all went well. A stop
     says what it cost: rows cut off in flight (possibly billed) and rows never sent."""
     if not s.failed and s.state == "done":
         return ""
-    stop_kinds = s.stop_kinds
     head = {"cancelled": "batch cancelled", "aborted": "batch stopped"}.get(s.state, "batch finished")
-    parts = [f"{s.ok} ok"]
-    if stop_kinds:
-        cut, unsent = (s.errors.get(k, 0) for k in stop_kinds)
-        parts += [f"{cut} cancelled in flight", f"{unsent} not started"]
-        failed = s.failed - cut - unsent
-        if failed:
-            parts.append(f"{failed} failed")
-    else:
-        parts.append(f"{s.failed} failed")
-    text = f"{head}: {', '.join(parts)} of {s.rows} rows"
-    if s.cached:
-        text += f" ({s.cached} from the journal)"
-    errs = ", ".join(f"{k} x{v}" for k, v in sorted(s.errors.items(), key=lambda kv: -kv[1])
-                     if k not in stop_kinds)
-    if errs:
-        text += f" ({errs})"
-    if s.message:
-        text += f"; {s.message}"
-    return text
+    return f"{head}: {_tally(s)}"
+
+
+def end_line(s: Snapshot) -> str:
+    """The one line a background run prints when it ends outside a notebook."""
+    from ._widget import duration, state_word
+
+    return f"{s.title or 'batch'} {state_word(s)}: {_tally(s)} in {duration(s.elapsed)}"
 
 
 class WidgetDisplay:
@@ -121,18 +137,19 @@ class WidgetDisplay:
         self.panel.update(snap)
 
     def close(self, snap: Snapshot) -> None:
+        """Replace the live panel by its static rendering, then close its widgets (in that
+        order: a view whose model closed first would show an error until replaced)."""
         self.panel.update(snap)
-        if self.handle is not None:  # the saved text/HTML fallback shows the final state too
-            self.handle.update(self.panel)
+        if self.handle is not None:
+            self.handle.update(_final(snap))
+        self.panel.close()
 
     def republish(self, snap: Snapshot) -> None:
-        """Publish the final state again from the calling cell. A background run's messages
-        belong to the cell that started it, which has finished; a notebook executed headless
-        (nbclient, nbconvert) records only the messages of the cell it is running."""
-        self.panel.update(snap)
-        self.panel.send_state()
+        """Publish the final static panel again from the calling cell. A background run's
+        messages belong to the cell that started it, which has finished; a notebook executed
+        headless (nbclient, nbconvert) records only the messages of the cell it is running."""
         if self.handle is not None:
-            self.handle.update(self.panel)
+            self.handle.update(_final(snap))
 
 
 class HtmlDisplay:
@@ -145,7 +162,7 @@ class HtmlDisplay:
 
         from ._widget import StaticPanel
 
-        self.view = StaticPanel(snap)
+        self.view = StaticPanel(snap, hint=StaticPanel.HINT)
         self.handle = display(self.view, display_id=True)
         self._last = time.monotonic()
 
@@ -159,11 +176,32 @@ class HtmlDisplay:
             self.handle.update(self.view)
 
     def close(self, snap: Snapshot) -> None:
-        self.view.snap = snap
-        if self.handle is not None:
-            self.handle.update(self.view)
+        if self.handle is not None:  # the final panel, as every finished run leaves it
+            self.handle.update(_final(snap))
 
     republish = close
+
+
+class EndLineDisplay:
+    """A background run outside a notebook: nothing while it runs (the prompt is the user's, a
+    bar would redraw under what they type), one line when it ends."""
+
+    def __init__(self, snap: Snapshot, file=None):
+        self.file = file
+
+    def update(self, snap: Snapshot) -> None:
+        pass
+
+    def close(self, snap: Snapshot) -> None:
+        print(end_line(snap), file=self.file if self.file is not None else sys.stderr,
+              flush=True)
+
+
+def _final(snap: Snapshot):
+    """What a finished run leaves in the notebook: the panel as HTML and text, no widget."""
+    from ._widget import StaticPanel
+
+    return StaticPanel(snap)
 
 
 def in_kernel() -> bool:
@@ -194,7 +232,7 @@ def make_display(progress: bool, snap: Snapshot, *, control: Callable[[str], Non
         if _have_ipywidgets():
             return WidgetDisplay(snap, control, background)
         return HtmlDisplay(snap)
-    return TextDisplay(snap)
+    return EndLineDisplay(snap) if background else TextDisplay(snap)
 
 
 @contextlib.contextmanager

@@ -55,6 +55,29 @@ class Snapshot:
         return STOP_ERRORS if self.state in ("cancelled", "aborted") else ()
 
     @property
+    def cut_off(self) -> int:
+        """Rows a stop cut off in flight (possibly billed): not failures of their own."""
+        return self.errors.get(STOP_ERRORS[0], 0) if self.stop_kinds else 0
+
+    @property
+    def not_started(self) -> int:
+        """Rows a stop left unsent."""
+        return self.errors.get(STOP_ERRORS[1], 0) if self.stop_kinds else 0
+
+    @property
+    def failures(self) -> int:
+        """Rows that failed on their own: a stop's cut-off and unsent rows are counted apart."""
+        return self.failed - self.cut_off - self.not_started
+
+    @property
+    def stop_reason(self) -> str:
+        """Why a stopped run stopped (the run's message says it once), else ""."""
+        prefix = "stopped: "
+        if self.state == "aborted" and self.message.startswith(prefix):
+            return self.message[len(prefix):]
+        return ""
+
+    @property
     def queued(self) -> int:
         return max(0, self.requests - self.requests_done - self.in_flight - self.retrying)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,7 +25,7 @@ from conftest import BASE_URL, AsyncServer, chat_answer, echo_chat, user_text
 import batchmagic as bm
 from batchmagic import _display, _frame
 from batchmagic._progress import Snapshot
-from batchmagic._widget import Panel, StaticPanel, render_html, render_text
+from batchmagic._widget import TEXT_ON, TONES, Panel, StaticPanel, render_html, render_text
 from batchmagic.simulator import SimulatorThread
 
 SENTINEL = "sk-sentinel-4f1c9e0b7d2a"
@@ -53,23 +55,158 @@ def test_text_rendering_has_every_fact():
     assert "spent" not in render_text(snap())  # spend is shown once there is some
 
 
-def test_html_rendering_escapes_and_colors_the_outcome():
+def test_html_rendering_escapes_and_shows_the_outcome():
     html = render_html(snap())
     assert "&lt;b&gt;busy&lt;/b&gt;" in html and "<b>busy</b>" not in html
-    assert "width: 40%" in html
     done_ok = render_html(snap(state="done", done=100, ok=100, failed=0, errors={},
                                first_errors=[], finished=time.monotonic()))
-    assert "#2e7d32" in done_ok and ">done<" in done_ok  # green when all succeeded
+    assert TONES["success"] in done_ok and ">done<" in done_ok
     done_bad = render_html(snap(state="done", done=100, ok=98, failed=2,
                                 finished=time.monotonic()))
-    assert "#c62828" in done_bad and "finished, 2 failed" in done_bad  # red on failures
+    assert TONES["danger"] in done_bad and "finished, 2 failed" in done_bad
     assert "in flight" not in done_bad  # live-only counts go when the run ends
 
 
+def _widths(html: str) -> dict[str, float]:
+    return {name: float(width) for name, width in
+            re.findall(r'class="batchmagic-([a-z-]+)" style="width: ([0-9.]+)%', html)}
+
+
+def test_the_bar_is_stacked_never_all_red():
+    """18 of 20 rows succeeded: the bar is 90% ok and 10% failed, not a red bar."""
+    done = snap(rows=20, requests=20, done=20, requests_done=20, ok=18, failed=2, in_flight=0,
+                retrying=0, state="done", finished=time.monotonic())
+    assert _widths(render_html(done)) == {"ok": 90.0, "failed": 10.0}
+    running = snap(rows=20, requests=20, done=10, requests_done=6, ok=8, cached=4, failed=2,
+                   in_flight=3, retrying=0)
+    assert _widths(render_html(running)) == {"ok": 20.0, "cached": 20.0, "failed": 10.0,
+                                              "in-flight": 15.0}
+
+
+def test_zero_counts_are_left_out():
+    done = snap(state="done", done=100, ok=100, failed=0, errors={}, first_errors=[],
+                retries=0, rate_limited=0, rate_waits=0, finished=time.monotonic())
+    text, html = render_text(done), render_html(done)
+    assert "ok 100" in text
+    for label in ("failed", "cached", "retrying", "in flight", "queued", "not started"):
+        assert label not in text and f">{label}<" not in html, label
+
+
+def test_every_colour_is_a_theme_variable():
+    """Colours come from JupyterLab's theme (a fallback only where no theme defines them), so
+    the panel follows light and dark themes; no fixed colour, no white text."""
+    stopped = snap(state="cancelled", finished=time.monotonic(), failed=12, cached=3,
+                   errors={"ServerError": 2, "CancelledRowError": 2, "NotSentError": 8})
+    for s in (snap(), snap(state="paused"), stopped):
+        html = render_html(s)
+        values = re.findall(r"(?:color|background|border(?:-left)?):\s*([^;\"]+)", html)
+        assert values
+        for value in values:
+            assert "var(--jp-" in value, value
+        assert "color: white" not in html
+
+
+def _theme_colours(theme: str) -> dict[str, str]:
+    """The --jp-* colour variables a JupyterLab 4 theme defines, resolved."""
+    css_path = (Path(sys.prefix) / "share" / "jupyter" / "lab" / "themes" / "@jupyterlab"
+                / f"theme-{theme}-extension" / "index.css")
+    if not css_path.is_file():
+        pytest.skip(f"JupyterLab's {theme} theme is not installed here")
+    css = css_path.read_text()
+    found = dict(re.findall(r"--jp-([a-z0-9-]+):\s*([^;}]+)[;}]", css))
+    resolved = {}
+    for name, value in found.items():
+        fallback = re.fullmatch(r"var\(--md-[a-z0-9-]+,\s*([^)]+)\)", value.strip())
+        ref = re.fullmatch(r"var\(--jp-([a-z0-9-]+)\)", value.strip())
+        resolved[name] = (fallback.group(1) if fallback else
+                          found.get(ref.group(1), "") if ref else value).strip()
+    return resolved
+
+
+def _rgba(value: str) -> tuple[float, float, float, float]:
+    value = value.strip().lower()
+    if value == "white":
+        return 255, 255, 255, 1
+    if value.startswith("#"):
+        digits = value[1:]
+        if len(digits) == 3:
+            digits = "".join(c * 2 for c in digits)
+        return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16), 1
+    r, g, b, *a = (float(x) for x in re.findall(r"[0-9.]+", value))
+    return r, g, b, a[0] if a else 1
+
+
+def contrast(text: str, background: str, page: str) -> float:
+    """WCAG contrast of ``text`` over ``background`` over ``page`` (alpha composited)."""
+    def over(top, bottom):
+        r, g, b, a = top
+        return tuple(a * t + (1 - a) * u for t, u in zip((r, g, b), bottom[:3])) + (1,)
+
+    def luminance(rgb):
+        def lin(c):
+            c /= 255
+            return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+        r, g, b = (lin(c) for c in rgb[:3])
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    bg = over(_rgba(background), _rgba(page))
+    fg = over(_rgba(text), bg)
+    hi, lo = sorted((luminance(fg), luminance(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_text_contrast_in_jupyterlab_themes(theme, capsys):
+    """Every text colour on every background the panel draws it on reads at 4.5:1 or more in
+    JupyterLab 4's light and dark themes, with the values those themes define."""
+    colours = _theme_colours(theme)
+    html = render_html(snap(state="cancelled", finished=time.monotonic(), failed=12,
+                            errors={"ServerError": 2, "CancelledRowError": 2,
+                                    "NotSentError": 8}))
+    texts = set(re.findall(r"[^-]color:\s*var\(--jp-([a-z0-9-]+)", html))
+    assert texts and texts <= {t for t, _ in TEXT_ON}  # every text colour drawn is checked
+    ratios = {}
+    for text, background in TEXT_ON:
+        ratios[f"{text} on {background}"] = contrast(
+            colours[text], colours[background], colours["layout-color0"])
+    with capsys.disabled():
+        print(f"\n{theme}: " + ", ".join(f"{k} {v:.1f}:1" for k, v in ratios.items()))
+    assert min(ratios.values()) >= 4.5, ratios
+
+
+def test_a_run_answered_by_the_journal_says_so():
+    cached = snap(rows=120, requests=0, requests_done=0, done=120, ok=120, cached=120, failed=0,
+                  in_flight=0, retrying=0, errors={}, first_errors=[], state="done",
+                  finished=time.monotonic())
+    text, html = render_text(cached), render_html(cached)
+    assert "120 rows · 120 from the journal · 0 sent" in text
+    assert "120 rows · 120 from the journal · 0 sent" in html
+    assert "0/0 requests" not in text and "req/s" not in text
+    assert "ok 120" in text and "cached 120" in text
+
+
+def test_a_stopped_run_says_stopped_and_its_reason_once():
+    reason = "Incorrect API key provided. (simulator, HTTP 401, code invalid_api_key, 1 attempt)"
+    stopped = snap(rows=20, requests=20, done=20, requests_done=8, ok=0, failed=20, in_flight=0,
+                   retrying=0, state="aborted", finished=time.monotonic(),
+                   message=f"stopped: {reason}",
+                   errors={"FatalProviderError": 8, "NotSentError": 12},
+                   first_errors=[f"FatalProviderError: {reason}"])
+    text, html = render_text(stopped), render_html(stopped)
+    for shown in (text, html):
+        assert "aborted" not in shown
+        assert shown.count("Incorrect API key") == 1, shown
+        assert "stopped" in shown
+    assert "failed 8" in text and "not started 12" in text
+    line = _display.summary_line(stopped)
+    assert line.count("Incorrect API key") == 1 and "aborted" not in line
+
+
 def test_static_panel_has_an_install_hint():
-    view = StaticPanel(snap())
+    view = StaticPanel(snap(), hint=StaticPanel.HINT)
     assert "batchmagic[notebook]" in view._repr_html_()
     assert repr(view) == render_text(snap())
+    assert "batchmagic[notebook]" not in StaticPanel(snap())._repr_html_()
 
 
 # -- the widget ------------------------------------------------------------------------------------
@@ -97,13 +234,14 @@ def test_an_update_sends_at_most_two_messages(sent):
     sent.clear()
     for i in range(1, 30):
         panel.update(snap(done=i, ok=i, started=time.monotonic() - i))
-    assert len(sent) <= 2 * 29
-    assert {name for name, _ in sent} <= {"IntProgress", "HTML"}
-    bar_messages = [keys for name, keys in sent if name == "IntProgress"]
-    assert all("value" in keys for keys in bar_messages)  # value, style, % in one message
+    assert len(sent) <= 29  # the bar is in the body: one message per update while running
+    assert {name for name, _ in sent} <= {"HTML"}
     sent.clear()
-    panel.update(snap(done=29, ok=29, started=time.monotonic() - 29))
-    panel.update(snap(done=29, ok=29, started=time.monotonic() - 29))
+    panel.update(snap(state="paused", done=29, ok=29, started=time.monotonic() - 29))
+    assert len(sent) <= 2 + 2  # body and header, and the buttons' state
+    sent.clear()
+    panel.update(snap(state="paused", done=29, ok=29, started=time.monotonic() - 29))
+    panel.update(snap(state="paused", done=29, ok=29, started=time.monotonic() - 29))
     assert len(sent) <= 1  # nothing changed but the clock: at most the body
 
 
@@ -119,19 +257,25 @@ def test_buttons_control_a_background_run_and_turn_off_at_the_end():
     assert b["pause"].disabled and not b["resume"].disabled
     panel.update(snap(state="done", done=100, ok=100, failed=0, finished=time.monotonic()))
     assert all(btn.disabled for btn in b.values())
-    assert panel.bar.bar_style == "success" and panel.bar.value == 100
-    panel.update(snap(state="cancelled", finished=time.monotonic(), failed=10,
-                      errors={"ServerError": 2, "NotSentError": 8}))
-    assert panel.bar.bar_style == "danger"
+    assert "batchmagic-failed" not in panel.body.value
 
 
-def test_foreground_buttons_are_disabled_with_a_hint():
-    actions = []
-    panel = Panel(snap(), actions.append, background=False)
-    assert all(btn.disabled for btn in panel.buttons.values())
-    assert "interrupt the kernel" in panel.buttons["cancel"].tooltip
-    panel.buttons["cancel"].click()
-    assert actions == []
+def test_a_foreground_run_has_no_buttons():
+    """Its clicks could not reach a kernel busy running the cell: the badge says how to stop it."""
+    import ipywidgets
+
+    panel = Panel(snap(), lambda action: None, background=False)
+    assert panel.buttons == {}
+    assert not any(isinstance(w, (ipywidgets.Button, ipywidgets.HBox)) for w in panel.box.children)
+    assert "interrupt the kernel" in panel.header.value
+
+
+def test_closing_the_panel_closes_every_widget():
+    panel = Panel(snap(), lambda action: None, background=True)
+    widgets = panel._widgets()
+    assert all(w.comm is not None for w in widgets)
+    panel.close()
+    assert all(w.comm is None for w in widgets)
 
 
 def test_mimebundle_carries_text_and_html_fallbacks():
@@ -168,7 +312,19 @@ def test_in_a_kernel_the_widget_else_static_html(monkeypatch, capsys):
 
 def test_the_widget_never_holds_the_key(monkeypatch, capsys):
     """A run with a sentinel key (accepted), then one with a wrong key (every row refused):
-    neither the widget state nor the fallbacks nor anything printed contain the key."""
+    neither any state the widgets sent nor the static panel they leave nor anything printed
+    contain the key."""
+    import ipywidgets
+
+    states: list = []
+    real_state = ipywidgets.Widget.get_state
+
+    def spy(self, key=None):
+        state = real_state(self, key)
+        states.append(state)
+        return state
+
+    monkeypatch.setattr(ipywidgets.Widget, "get_state", spy)
     monkeypatch.setattr(_display, "in_kernel", lambda: True)
     with SimulatorThread(latency=0.0, api_key=SENTINEL) as sim:
         kw = dict(provider="simulator", base_url=sim.base_url, model="m", cache=False)
@@ -179,14 +335,13 @@ def test_the_widget_never_holds_the_key(monkeypatch, capsys):
         assert all(isinstance(e, bm.FatalProviderError) for e in wrong["error"])
     runs = [r for r in bm._api.recent_runs() if r.id in (task.run_id,
                                                           wrong.attrs["batchmagic"]["run_id"])]
-    assert len(runs) == 2
+    assert len(runs) == 2 and states
+    blob = json.dumps(states, default=str)
     for run in runs:
-        panel = run.display.panel
-        blob = json.dumps(panel.widget_state(), default=str) + json.dumps(
-            panel._repr_mimebundle_(), default=str)
-        assert SENTINEL not in blob
-        assert "sentinel" not in blob
-    assert "FatalProviderError" in runs[1].progress.snapshot().errors
+        assert isinstance(run.display, _display.WidgetDisplay)
+        blob += json.dumps(StaticPanel(run.progress.snapshot())._repr_mimebundle_())
+    assert SENTINEL not in blob and "sentinel" not in blob
+    assert "FatalProviderError" in blob  # the refusal is shown, without the key
     captured = capsys.readouterr()
     assert SENTINEL not in captured.out + captured.err
 
@@ -212,6 +367,20 @@ def test_a_big_run_prints_no_line_per_row(server):
     redraws = err.getvalue().count("\r")
     assert redraws <= _display.MAX_UPDATES_PER_S * wall + 10, (redraws, wall)
     assert err.getvalue().count("\n") <= 3
+
+
+def test_a_background_run_outside_a_notebook_prints_one_line_when_it_ends(server, capfd):
+    """In a terminal the prompt is the user's while a background run goes on: no bar redrawn
+    under what they type, one line when it ends."""
+    task = bm.submit([f"row {i}" for i in range(20)], base_url=BASE_URL, model="m",
+                     transport=server.transport, cache=False)
+    assert task.wait(30)["error"].isna().all()
+    captured = capfd.readouterr()
+    assert "\r" not in captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("chat m @ ") and "done: 20 ok, 0 failed of 20 rows" in lines[0]
+    assert captured.out == ""
 
 
 # -- the live frame --------------------------------------------------------------------------------
