@@ -212,6 +212,10 @@ class BatchMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._tasks: dict[str, Any] = {}  # run id -> BatchTask of --bg runs not yet waited for
         self._background: set[str] = set()  # the ids of every --bg run, for %batch_runs
+        if shell is not None:
+            from ._complete import register
+
+            register(shell, self)  # flags, providers, models, variables, {column} names
 
     # -- %%batch --------------------------------------------------------------------------------
 
@@ -362,26 +366,26 @@ class BatchMagics(Magics):
 
     @line_magic
     def batch_runs(self, line: str = "") -> pd.DataFrame:
-        """List the runs of this kernel (newest last): id, state, where, rows done, ok, failed."""
-        rows = [{**run.summary(), "background": run.id in self._background}
-                for run in _api.recent_runs()]
-        return pd.DataFrame(rows, columns=["run_id", "state", "kind", "model", "where", "rows",
-                                           "finished", "ok", "failed", "cached", "started",
-                                           "elapsed_s", "background"])
+        """List the runs of this kernel (newest last): id, state, where, and counts in rows as
+        the panel shows them (a stop's cut-off and unsent rows apart from the failed ones)."""
+        rows = [_listed(run, run.id in self._background) for run in _api.recent_runs()]
+        return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
     @line_magic
     def batch_cancel(self, line: str = "") -> None:
-        """%batch_cancel RUN_ID|all: cancel a run (finished rows are kept)."""
+        """%batch_cancel [RUN_ID|all]: cancel a run (finished rows are kept); without an id,
+        the only run going."""
         self._control("cancel", line)
 
     @line_magic
     def batch_pause(self, line: str = "") -> None:
-        """%batch_pause RUN_ID|all: stop sending new requests (those in flight finish)."""
+        """%batch_pause [RUN_ID|all]: stop sending new requests (those in flight finish);
+        without an id, the only run going."""
         self._control("pause", line)
 
     @line_magic
     def batch_resume(self, line: str = "") -> None:
-        """%batch_resume RUN_ID|all: resume a paused run."""
+        """%batch_resume [RUN_ID|all]: resume a paused run; without an id, the only run going."""
         self._control("resume", line)
 
     @magic_arguments()
@@ -423,10 +427,10 @@ class BatchMagics(Magics):
     def _control(self, action: str, line: str) -> None:
         ident = line.strip()
         running = [r for r in _api.recent_runs() if r.state in ("planned", "running")]
-        if not ident:
+        if not ident and len(running) != 1:  # the only run going needs no id; else say which
             ids = ", ".join(r.id for r in running) or "none"
             raise UsageError(f"%batch_{action} RUN_ID (or 'all'); running now: {ids}")
-        targets = running if ident == "all" else _select(ident)
+        targets = running if ident in ("", "all") else _select(ident)
         for run in targets:
             run.control(action)
         print(f"{action}: {', '.join(r.id for r in targets) or 'no running runs'}")
@@ -434,6 +438,23 @@ class BatchMagics(Magics):
 
 #: finished --bg tasks kept for %batch_wait before the oldest are let go
 _KEEP_FINISHED = 4
+#: what %batch_runs lists, one row per run; the counts are rows, as the panel shows them
+RUN_COLUMNS = ("run_id", "state", "kind", "model", "where", "rows", "finished", "ok", "failed",
+               "cached", "cancelled_in_flight", "not_started", "started", "elapsed_s",
+               "background")
+
+
+def _listed(run, background: bool) -> dict:
+    """One run as %batch_runs lists it: its panel's state word and counts."""
+    from ._widget import state_word
+
+    snap = run.progress.snapshot()
+    listed = {**run.summary(), "background": background}
+    if listed["state"] not in ("planned", "running"):
+        listed["state"] = state_word(snap)
+    listed.update(ok=snap.ok, failed=snap.failures, cached=snap.cached,
+                  cancelled_in_flight=snap.cut_off, not_started=snap.not_started)
+    return listed
 
 
 def _has_rows(value: Any) -> bool:

@@ -226,6 +226,92 @@ def test_pause_resume_cancel_line_magics(ip, sim, capsys):
         sim.configure(latency=0.0)
 
 
+def _wait_for(cond, timeout: float = 60.0) -> None:
+    """Wait until ``cond()`` holds; the deadline only ends a test that would hang."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_line_magics_act_on_the_only_run_going_and_batch_runs_counts_as_the_panel(ip, sim):
+    """No id needed when one run is going; %batch_runs lists a cancelled run's rows as its panel
+    does: nothing failed, the rows in flight cancelled, the rest not started."""
+    from batchmagic import _widget
+
+    point_at(ip, sim)
+    sim.configure(latency=60.0)  # every answer takes a minute: the run is going until cancelled
+    try:
+        sim.reset()
+        ip.user_ns["texts"] = [f"wait {i}" for i in range(20)]
+        cell(ip, "--on texts -o out -m m -c 2 --bg --no-cache", "{}")
+        _wait_for(lambda: len(sim.calls()) >= 2)  # both slots hold a request
+        ip.run_line_magic("batch_pause", "")
+        ip.run_line_magic("batch_resume", "")
+        ip.run_line_magic("batch_cancel", "")
+        ip.run_line_magic("batch_wait", "--timeout 30")
+        assert ip.user_ns["out"].attrs["batchmagic"]["state"] == "cancelled"
+        listed = ip.run_line_magic("batch_runs", "").iloc[-1]
+        run = bm._api.recent_runs()[-1]
+        shown = dict(_widget.counts(run.progress.snapshot()))
+        assert shown == {"cancelled in flight": 2, "not started": 18}
+        assert listed["state"] == "cancelled"
+        assert (listed["ok"], listed["failed"], listed["cancelled_in_flight"],
+                listed["not_started"]) == (0, 0, 2, 18)
+        with pytest.raises(UsageError, match="running now: none"):
+            ip.run_line_magic("batch_cancel", "")  # nothing going: say so
+    finally:
+        sim.configure(latency=0.0)
+
+
+def test_a_stopped_run_is_listed_as_the_panel_says_it(ip, monkeypatch):
+    """A run stopped by its provider (a wrong key): "stopped", its failed rows apart from the
+    rows it never sent."""
+    with SimulatorThread(latency=0.0, api_key="sk-right") as keyed:
+        ip.run_line_magic("config", "BatchMagics.provider = 'simulator'")
+        ip.run_line_magic("config", f"BatchMagics.base_url = {keyed.base_url!r}")
+        monkeypatch.setenv("BATCHMAGIC_SIM_API_KEY", "sk-wrong")
+        ip.user_ns["texts"] = [f"k{i}" for i in range(30)]
+        cell(ip, "--on texts -o out -m m -c 1 --no-cache", "{}")
+    df = ip.user_ns["out"]
+    assert df.attrs["batchmagic"]["state"] == "aborted"
+    listed = ip.run_line_magic("batch_runs", "").iloc[-1]
+    kinds = df["error"].map(lambda e: type(e).__name__).value_counts().to_dict()
+    assert listed["state"] == "stopped"
+    assert listed["failed"] == kinds.get("FatalProviderError", 0) >= 1
+    assert listed["not_started"] == kinds.get("NotSentError", 0)
+    assert listed["failed"] + listed["not_started"] + listed["cancelled_in_flight"] == 30
+
+
+def test_a_background_run_in_a_terminal_prints_one_line_when_it_ends(tmp_path):
+    """A terminal IPython: the prompt is the user's while a --bg run goes on, so no bar is
+    redrawn under it; one line says how the run ended."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""\
+        from batchmagic.simulator import SimulatorThread
+        sim = SimulatorThread(latency=0.05).start()
+        %load_ext batchmagic
+        %config BatchMagics.provider = 'simulator'
+        %config BatchMagics.base_url = sim.base_url
+        texts = [f"t{i}" for i in range(30)]
+        %batch --on texts -o out -m m -c 4 --bg --no-cache
+        %batch_wait --timeout 60
+        print("answered", int(out["output"].notna().sum()))
+        sim.stop()
+    """)
+    env = dict(os.environ, IPYTHONDIR=str(tmp_path / "ipython"), TERM="xterm")
+    done = subprocess.run([sys.executable, "-m", "IPython", "--simple-prompt", "--no-banner",
+                           "--colors=nocolor"], input=script, capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)
+    assert "answered 30" in done.stdout, done.stdout + done.stderr
+    printed = done.stdout + done.stderr
+    assert "\r" not in printed  # no bar redrawn
+    ends = [ln for ln in printed.splitlines() if "30 ok" in ln]
+    assert len(ends) == 1 and "chat m @ simulator done: 30 ok, 0 failed of 30 rows" in ends[0]
+
+
 # -- misuse: UsageError, no traceback --------------------------------------------------------------
 
 
