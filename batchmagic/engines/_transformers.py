@@ -437,9 +437,11 @@ class TransformersEngine(Engine):
             longest = max(len(x) for x in chunk)
             input_ids = torch.full((len(chunk), longest), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+            # padded on the right, unlike generation: every row's tokens keep positions 0..n-1,
+            # so a row's vector does not depend on how long the others in its pack are
             for row, seq in enumerate(chunk):
-                input_ids[row, longest - len(seq):] = torch.tensor(seq, dtype=torch.long)
-                mask[row, longest - len(seq):] = 1
+                input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, :len(seq)] = 1
             with torch.inference_mode():
                 hidden = self.net(input_ids=input_ids.to(self.device),
                                   attention_mask=mask.to(self.device),
