@@ -39,6 +39,7 @@ class Durable:
         self._flush_handle: asyncio.Handle | None = None
         self._writing: concurrent.futures.Future | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._noting: concurrent.futures.Future | None = None
         self._on_saved: Callable[[list[int]], None] | None = None
         self._on_error: Callable[[BaseException], None] | None = None
         self._held: list[Unit] = []
@@ -144,6 +145,20 @@ class Durable:
     def held_not_sent(self) -> list[Unit]:
         held, self._held = self._held, []
         return held
+
+    def note_run(self, fields: dict) -> None:
+        """The run's record while it runs (the JupyterLab sidebar and status bar read it), on
+        the writer thread, never waited for; skipped while the last one is being written. The
+        final record goes through the same thread after it, so it is the one that stays."""
+        if self._noting is not None and not self._noting.done():
+            return
+        self._noting = self._pool().submit(self._note_run, fields)
+
+    def _note_run(self, fields: dict) -> None:
+        try:
+            self.journal.record_run(run_id=self.run_id, pid=os.getpid(), **fields)
+        except Exception:
+            pass  # cosmetic, as the final record is
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:  # one writer thread: SQLite writes are serial anyway

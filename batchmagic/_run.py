@@ -37,6 +37,7 @@ from ._planning import RunPlan, build_units
 from ._progress import Progress, Snapshot
 
 _REGISTRY_SIZE = 50
+RECORD_EVERY_S = 2.0  # a running run's counts in the journal, for readers in other processes
 # recent runs in this process, for listing and cancelling; a finished one is kept only as a
 # _Retired summary, so its rows and frame are freed once the caller lets go of them
 _recent: list[Any] = []
@@ -206,6 +207,8 @@ class Run:
             await asyncio.to_thread(self.prepare)
         executor = self.executor
         self.state = self.progress.state = "running"
+        if self.durable is not None:
+            self.durable.note_run(self.record(live=True))
         display = self.open_display()
         refresher = asyncio.ensure_future(self._refresh(display))
         t0 = time.monotonic()
@@ -254,12 +257,16 @@ class Run:
         """The run's one timer: the display and the live frame change here, never per row."""
         from ._display import MAX_UPDATES_PER_S
 
+        noted = time.monotonic()
         while True:
             await asyncio.sleep(1.0 / MAX_UPDATES_PER_S)
             if self.live is not None:
                 self.live.sync(self.attrs(None))
             if display is not None:
                 display.update(self.progress.snapshot())
+            if self.durable is not None and time.monotonic() - noted >= RECORD_EVERY_S:
+                noted = time.monotonic()
+                self.durable.note_run(self.record(live=True))
 
     def open_display(self, background: bool = False):
         """Create the display, once. Called in the thread that starts the run: in a kernel that
@@ -321,10 +328,11 @@ class Run:
         costs = [self.results.cost[i] for i in self.durable.cached_items]
         return None if any(c is None for c in costs) else float(sum(costs))
 
-    def record(self) -> dict:
-        """The run as the journal's runs table keeps it."""
+    def record(self, live: bool = False) -> dict:
+        """The run as the journal's runs table keeps it (``live``: while it runs, unfinished)."""
         p = self.progress
-        return dict(started=self.started, finished=time.time(), state=self.state,
+        return dict(started=self.started, finished=None if live else time.time(),
+                    state=self.state,
                     kind=self.options.kind, model=self.options.model, provider=self.target.name,
                     endpoint=self.plan.endpoint, template=self.plan.template,
                     rows=self.plan.n_rows, requests=len(self.plan.items), cached=p.cached,
