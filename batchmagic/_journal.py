@@ -734,3 +734,70 @@ def open_journal(folder: Path) -> Journal:
         else:
             j.check()  # deleted or replaced since: the same object follows the path
         return j
+
+
+# -- a read-only view (JupyterLab's "Batch runs" sidebar and status bar) -------------------------
+
+_VIEW_RUN_COLUMNS = ("run_id, started, finished, state, kind, model, provider, template, rows, "
+                     "requests, cached, ok, failed, cost, pid")
+
+
+def peek_overview(folder: Path, limit: int = 50) -> dict | None:
+    """The newest ``limit`` runs and the Batch API jobs of the journal in ``folder``, read-only
+    (nothing created, changed or moved aside); None when there is no journal. A run recorded as
+    running whose process is gone (no live claim, no live process) reads ``interrupted``; jobs
+    come without their inputs and settings, with the outcomes their rows have so far."""
+    path = Path(folder) / "journal.sqlite3"
+    if not path.is_file():
+        return None
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    try:
+        conn.row_factory = sqlite3.Row
+        runs = [dict(r) for r in conn.execute(
+            f"SELECT {_VIEW_RUN_COLUMNS} FROM runs ORDER BY started DESC LIMIT ?", (int(limit),))]
+        claims = {r["run_id"]: r for r in conn.execute(
+            "SELECT run_id, host, pid, expires FROM claims")}
+        jobs = [dict(r) for r in conn.execute(
+            "SELECT job_id, created, updated, state, provider, model, summary FROM jobs "
+            "ORDER BY created DESC LIMIT ?", (int(limit),))]
+        outcomes = _job_outcomes(conn, [j["job_id"] for j in jobs])
+        batches = _job_batches(conn, [j["job_id"] for j in jobs])
+    finally:
+        conn.close()
+    now = time.time()
+    for run in runs:
+        if run["state"] == "running" and not _running_now(run, claims.get(run["run_id"]), now):
+            run["state"] = "interrupted"
+    for job in jobs:
+        job["summary"] = orjson.loads(job["summary"]) if job["summary"] else {}
+        job["rows"] = outcomes.get(job["job_id"], {})
+        job["batches"] = batches.get(job["job_id"], [])
+    return {"runs": runs, "jobs": jobs}
+
+
+def _running_now(run: dict, claim: sqlite3.Row | None, now: float) -> bool:
+    if claim is not None:
+        return _alive(claim["host"], claim["pid"], claim["expires"], now)
+    # no claim (every row was cached, or it is writing its final record): its process decides
+    return run["pid"] is not None and _alive(socket.gethostname(), run["pid"], now + 1, now)
+
+
+def _job_outcomes(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, dict]:
+    """Per job: how many of its requests are answered ok, failed, or still pending."""
+    found: dict[str, dict] = {}
+    if job_ids:
+        for job_id, outcome, n in conn.execute(
+                f"SELECT job_id, outcome, COUNT(*) FROM job_rows WHERE job_id IN "
+                f"({','.join('?' * len(job_ids))}) GROUP BY job_id, outcome", job_ids):
+            found.setdefault(job_id, {})[outcome or "pending"] = n
+    return found
+
+
+def _job_batches(conn: sqlite3.Connection, job_ids: list[str]) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    if job_ids:
+        for job_id, batch_id, status in conn.execute(
+                f"SELECT job_id, batch_id, status FROM job_shards WHERE job_id IN "
+                f"({','.join('?' * len(job_ids))}) ORDER BY job_id, shard", job_ids):
+            found.setdefault(job_id, []).append({"batch_id": batch_id, "status": status})
+    return found
