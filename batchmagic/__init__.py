@@ -61,6 +61,16 @@ def load_ipython_extension(ip) -> None:
 
     ip.register_magics(BatchMagics)
 
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """The Jupyter server extension: the REST API of the JupyterLab extension's sidebar."""
+    return [{"module": "batchmagic.jupyter"}]
+
+
+def _jupyter_labextension_paths() -> list[dict]:
+    """The prebuilt JupyterLab extension (``labextension/``, built into the package)."""
+    return [{"src": "labextension", "dest": "batchmagic"}]
+
 __all__ = [
     "__version__",
     # running
