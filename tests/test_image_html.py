@@ -26,9 +26,9 @@ def test_frames_without_images_keep_pandas_html():
 
 
 def test_formatter_in_ipython():
-    from IPython.testing.globalipapp import start_ipython
+    from IPython.testing.globalipapp import get_ipython, start_ipython
 
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # None when the test shell is already running
     register_html_formatter()
     # the terminal shell disables HTML output, so call the registered printer itself
     fmt = ip.display_formatter.formatters["text/html"].lookup_by_type(pd.DataFrame)
