@@ -163,17 +163,13 @@ def _with_schema(values: dict[str, np.ndarray], schema: Any) -> dict[str, np.nda
     if schema is None:
         return values
     text, errors = values["output"], values["error"]
-    raw = np.empty(len(text), dtype=object)
-    for j, (t, err) in enumerate(zip(text, errors)):
-        raw[j] = err.raw if isinstance(err, SchemaError) else t
+    raw = _objects([err.raw if isinstance(err, SchemaError) else t
+                    for t, err in zip(text, errors)])
     values = dict(values, output=values["value"], raw=raw)
-    if schema.fields:  # one pass over the answers for every field column
-        cols = {field: np.empty(len(raw), dtype=object) for field in schema.fields}
-        for j, v in enumerate(values["value"]):
-            row = schema.columns(v) if v is not None else {}
-            for field, col in cols.items():
-                col[j] = row.get(field)
-        values.update(cols)
+    if schema.fields:  # one column per field, each filled by one comprehension
+        rows = [schema.columns(v) if v is not None else {} for v in values["value"]]
+        values.update({field: _objects([row.get(field) for row in rows])
+                       for field in schema.fields})
     return values
 
 
