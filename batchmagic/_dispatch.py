@@ -264,6 +264,7 @@ class Dispatcher:
             task = asyncio.ensure_future(self._attempt(unit))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t, unit=unit: self._cancelled_unstarted(t, unit))
 
     async def _reserve(self, unit: Unit) -> bool:
         """Reserve the unit's worst case. While answers in flight may free budget, wait; when
@@ -291,6 +292,15 @@ class Dispatcher:
         if self._ready:
             return self._ready.popleft()
         return None
+
+    def _cancelled_unstarted(self, task: asyncio.Task, unit: Unit) -> None:
+        """A task cancelled before its first step never ran ``_attempt``'s own cancel handling:
+        its unit was taken from the queue but never sent, so settle it as not sent here."""
+        if not task.cancelled() or all(self.results.done[i] for i in unit.items):
+            return
+        self.window.release()
+        self._unreserve(unit)
+        self._settle_unsent(unit, "the run was cancelled")
 
     async def _attempt(self, unit: Unit) -> None:
         progress = self.progress
@@ -550,15 +560,18 @@ class Dispatcher:
         else:
             stop = "the run was cancelled"
         for unit in pending:
-            err = self._unsent_error(unit, stop)
-            r = self.results
+            self._settle_unsent(unit, stop)
+
+    def _settle_unsent(self, unit: Unit, stop: str) -> None:
+        err = self._unsent_error(unit, stop)
+        r = self.results
+        for item in unit.items:
+            if not r.done[item]:
+                r.error[item] = err
+                r.attempts[item] = unit.attempts
+                r.done[item] = 1
+        self._outstanding -= 1
+        self.progress.finish(unit.items, err, sent=unit.attempts > 0)
+        if self.on_item is not None:  # settle per-row futures and counts, as _finished does
             for item in unit.items:
-                if not r.done[item]:
-                    r.error[item] = err
-                    r.attempts[item] = unit.attempts
-                    r.done[item] = 1
-            self._outstanding -= 1
-            self.progress.finish(unit.items, err, sent=unit.attempts > 0)
-            if self.on_item is not None:  # settle per-row futures and counts, as _finished does
-                for item in unit.items:
-                    self.on_item(item)
+                self.on_item(item)
