@@ -109,9 +109,10 @@ def _isolate(tmp: Path, env: dict) -> None:
 
 
 @contextlib.contextmanager
-def jupyter(app: str, tmp: Path, *, env: dict | None = None,
+def jupyter(app: str, tmp: Path, *, env: dict | None = None, args: tuple[str, ...] = (),
             startup_timeout: float = 120.0) -> Iterator[Server]:
-    """A running ``app`` ("lab", "notebook" or "server") with its root at ``tmp/root``."""
+    """A running ``app`` ("lab", "notebook" or "server") with its root at ``tmp/root``;
+    ``args`` go to its command line."""
     full = dict(os.environ, **(env or {}))
     _isolate(tmp, full)
     root = tmp / "root"
@@ -123,6 +124,7 @@ def jupyter(app: str, tmp: Path, *, env: dict | None = None,
            f"--ServerApp.root_dir={root}", "--ServerApp.terminals_enabled=False"]
     if app == "lab":
         cmd.append("--LabApp.extension_manager=readonly")
+    cmd.extend(args)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # CI runs as root
     log_path = tmp / f"{app}.log"

@@ -5,7 +5,7 @@
  * A CodeMirror 6 view plugin adds decorations only; the colours are JupyterLab's editor theme
  * variables (style/base.css), so they follow the light and dark themes.
  */
-import { Extension, Range, StateEffect } from '@codemirror/state';
+import { Extension, Range } from '@codemirror/state';
 import {
   Decoration,
   DecorationSet,
@@ -143,9 +143,6 @@ function decorate(view: EditorView): DecorationSet {
   return Decoration.set(ranges, true);
 }
 
-/** Asks the plugin to look again (the cell's language changed). */
-export const recheck = StateEffect.define<null>();
-
 /**
  * The editor extension; `applies()` says whether the editor's cell is a code cell of a Python
  * notebook (markdown and raw cells are left alone).
@@ -154,15 +151,20 @@ export function batchCells(applies: () => boolean): Extension {
   return ViewPlugin.fromClass(
     class {
       decorations: DecorationSet;
+      applied: boolean;
 
       constructor(view: EditorView) {
-        this.decorations = applies() ? decorate(view) : Decoration.none;
+        this.applied = applies();
+        this.decorations = this.applied ? decorate(view) : Decoration.none;
       }
 
       update(update: ViewUpdate): void {
-        const asked = update.transactions.some(t => t.effects.some(e => e.is(recheck)));
-        if (update.docChanged || update.viewportChanged || asked) {
-          this.decorations = applies() ? decorate(update.view) : Decoration.none;
+        // the cell's language is known only once the kernel answers (the editor is then
+        // reconfigured, not edited), so whether it applies is asked again on every update
+        const now = applies();
+        if (update.docChanged || update.viewportChanged || now !== this.applied) {
+          this.applied = now;
+          this.decorations = now ? decorate(update.view) : Decoration.none;
         }
       }
     },

@@ -22,12 +22,13 @@ import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
-import { batchCells, recheck } from './highlight';
+import { batchCells } from './highlight';
 import { BatchRunsPanel } from './sidebar';
 import { KernelRunsStatus } from './status';
 
 const OPEN_RUNS = 'batchmagic:open-runs';
-// code cells of Python notebooks (markdown cells are text/x-ipythongfm)
+// code cells of Python notebooks (text/x-ipython, text/x-python); markdown cells are
+// text/x-ipythongfm
 const PYTHONISH = /^text\/x-i?python$/;
 
 const ICON = new LabIcon({
@@ -51,7 +52,6 @@ const editor: JupyterFrontEndPlugin<void> = {
         return EditorExtensionRegistry.createImmutableExtension(batchCells(applies));
       }
     });
-    void recheck; // the plugin re-reads the cell's language on each change
   }
 };
 
