@@ -233,10 +233,10 @@ def test_sidebar_and_status_bar(lab, browser):
                   "%config BatchMagics.model = 'qwen-plus'\n"
                   "import pandas as pd\n"
                   "reviews = pd.DataFrame({'text': [f'review {i}' for i in range(30)]})",
-                  "%%batch chat --on reviews -o labeled --no-cache\nClassify: {text}",
+                  "%%batch chat --on reviews -o labeled\nClassify: {text}",
                   # each request of the background run takes a minute: live until cancelled
                   "_ = sim.configure(latency=60.0)",
-                  "%%batch chat --on reviews -o slow -c 2 --bg --no-cache\nSummarise: {text}")
+                  "%%batch chat --on reviews -o slow -c 2 --bg\nSummarise: {text}")
         with _Page(browser, "lab-sidebar") as p:
             page = p.page
             _open_notebook(page, f"{lab.url}/lab/tree/proj/runs.ipynb?token={lab.token}")
@@ -254,8 +254,9 @@ def test_sidebar_and_status_bar(lab, browser):
             side = page.locator("#batchmagic-runs")
             expect(side.locator(".batchmagic-folder-input")).to_have_value("proj")
             expect(side.locator(".batchmagic-journal")).to_contain_text("proj/.batchmagic")
+            # the kernel's two runs, and the run that submitted the job (its process gone)
             runs = side.locator("tr.batchmagic-run")
-            expect(runs).to_have_count(2)
+            expect(runs).to_have_count(3)
             done = side.locator("tr.batchmagic-state-done")
             expect(done.locator("td")).to_have_text(
                 ["done", "30", "30", "0", re.compile(r"\$|—"), "qwen-plus", re.compile(r"\d")])
@@ -316,13 +317,13 @@ def test_sidebar_and_status_bar(lab, browser):
             expect(side.locator(".batchmagic-empty")).to_contain_text("No Batch API jobs")
             side.locator("button", has_text="Notebook's folder").click()
             expect(side.locator(".batchmagic-folder-input")).to_have_value("proj")
-            expect(side.locator("tr.batchmagic-run")).to_have_count(2)
+            expect(side.locator("tr.batchmagic-run")).to_have_count(3)
 
-            worst = min(r["ratio"] for r in page.evaluate(_SIDEBAR_CONTRAST_JS))
+            worst = min(page.evaluate(_SIDEBAR_CONTRAST_JS), key=lambda r: r["ratio"])
             _use_theme(page, "JupyterLab Dark")
-            worst_dark = min(r["ratio"] for r in page.evaluate(_SIDEBAR_CONTRAST_JS))
-            print(f"\nsidebar text contrast: light {worst:.2f}:1, dark {worst_dark:.2f}:1")
-            assert min(worst, worst_dark) >= 4.5
+            worst_dark = min(page.evaluate(_SIDEBAR_CONTRAST_JS), key=lambda r: r["ratio"])
+            print(f"\nsidebar text, lowest contrast: light {worst}, dark {worst_dark}")
+            assert min(worst["ratio"], worst_dark["ratio"]) >= 4.5
             side.screenshot(path=str(ARTIFACTS / "lab-sidebar-dark.png"))
             _use_theme(page, "JupyterLab Light")
             assert SENTINEL not in page.content()

@@ -13,6 +13,8 @@ import { Widget } from '@lumino/widgets';
 import { IJob, IOverview, IRun, jobAction, jobResult, overview } from './api';
 
 export const LIVE_REFRESH_MS = 2000;
+/** One word for a stopped run, whatever stopped it (as the panel under the cell says). */
+const STATE_WORDS: Record<string, string> = { aborted: 'stopped' };
 export const IDLE_REFRESH_MS = 15000;
 
 /** What the sidebar needs from the application, kept small so Lab and Notebook 7 both fit. */
@@ -93,6 +95,8 @@ export class BatchRunsPanel extends Widget {
   private timer: number | undefined;
   private view: IOverview | null = null;
   private loading: Promise<void> | null = null;
+  // the last answer of each job's action, kept across re-renders of the list
+  private messages = new Map<string, string>();
 
   constructor(private host: ISidebarHost) {
     super();
@@ -134,6 +138,9 @@ export class BatchRunsPanel extends Widget {
     }
     runs.append(el('thead'), this.runsBody);
     runs.tHead!.append(head);
+    // a narrow sidebar scrolls the table sideways rather than squeezing its columns
+    const scroller = el('div', 'batchmagic-runs-scroll');
+    scroller.append(runs);
 
     this.node.append(
       header,
@@ -141,7 +148,7 @@ export class BatchRunsPanel extends Widget {
       this.journalLine,
       this.errorLine,
       el('h3', '', 'Runs'),
-      runs,
+      scroller,
       el('h3', '', 'Batch API jobs'),
       this.jobsList
     );
@@ -247,7 +254,7 @@ export class BatchRunsPanel extends Widget {
     const done = (run.ok ?? 0) + (run.failed ?? 0);
     const rows = run.live ? `${count(done)}/${count(run.rows)}` : count(run.rows);
     const cells = [
-      run.state,
+      STATE_WORDS[run.state] ?? run.state,
       rows,
       count(run.ok),
       count(run.failed),
@@ -281,7 +288,11 @@ export class BatchRunsPanel extends Widget {
     if (job.batches.length) {
       facts.title = `provider batches: ${job.batches.join(', ')}`;
     }
-    const message = el('div', 'batchmagic-job-message');
+    const message = el('div', 'batchmagic-job-message', this.messages.get(job.job_id) ?? '');
+    const say = (text: string) => {
+      this.messages.set(job.job_id, text);
+      message.textContent = text;
+    };
     const buttons = el('div', 'batchmagic-job-actions');
     const button = (text: string, title: string, action: () => Promise<void>) => {
       const b = el('button', 'jp-Button', text);
@@ -291,7 +302,7 @@ export class BatchRunsPanel extends Widget {
         try {
           await action();
         } catch (error) {
-          message.textContent = `${text}: ${(error as Error).message}`;
+          say(`${text}: ${(error as Error).message}`);
         } finally {
           b.disabled = false;
         }
@@ -302,15 +313,15 @@ export class BatchRunsPanel extends Widget {
     const folder = this.folder;
     button('Refresh status', 'Ask the provider how the job stands', async () => {
       const status = await jobAction(folder, job.job_id, 'refresh');
-      message.textContent = status.text;
+      say(status.text);
       await this.refresh();
     });
     const cancel = button('Cancel', 'Stop the job at the provider (finished rows are kept)', () =>
-      this.cancel(folder, job, message)
+      this.cancel(folder, job, say)
     );
     cancel.disabled = !job.live;
     for (const format of ['csv', 'parquet'] as const) {
-      button(format.toUpperCase(), `Download the job's result frame as ${format}`, async () => {
+      button(format === 'csv' ? 'CSV' : 'Parquet', `Download the job's result frame as ${format}`, async () => {
         const blob = await jobResult(folder, job.job_id, format);
         const link = el('a');
         link.href = URL.createObjectURL(blob);
@@ -328,7 +339,7 @@ export class BatchRunsPanel extends Widget {
     return item;
   }
 
-  private async cancel(folder: string, job: IJob, message: HTMLElement): Promise<void> {
+  private async cancel(folder: string, job: IJob, say: (text: string) => void): Promise<void> {
     const answer = await showDialog({
       title: 'Cancel the Batch API job?',
       body: `Job ${job.job_id} at ${job.provider ?? 'the provider'} stops; rows it finished are kept.`,
@@ -341,7 +352,7 @@ export class BatchRunsPanel extends Widget {
       return;
     }
     const status = await jobAction(folder, job.job_id, 'cancel');
-    message.textContent = status.text;
+    say(status.text);
     await this.refresh();
   }
 
