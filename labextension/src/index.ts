@@ -6,11 +6,7 @@
  * - the "Batch runs" sidebar: runs and Batch API jobs of a folder's journal (sidebar.ts);
  * - a status bar item: the active kernel's live runs (status.ts).
  */
-import {
-  ILabShell,
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 import {
   EditorExtensionRegistry,
@@ -65,13 +61,13 @@ const sidebar: JupyterFrontEndPlugin<void> = {
   description: 'The Batch runs sidebar and the status bar item of live runs.',
   autoStart: true,
   requires: [INotebookTracker],
-  optional: [IStatusBar, ICommandPalette, ILabShell, IDefaultFileBrowser],
+  // all optional, so it runs in Notebook 7 too (no status bar there)
+  optional: [IStatusBar, ICommandPalette, IDefaultFileBrowser],
   activate: (
     app: JupyterFrontEnd,
     tracker: INotebookTracker,
     statusBar: IStatusBar | null,
     palette: ICommandPalette | null,
-    labShell: ILabShell | null,
     fileBrowser: IDefaultFileBrowser | null
   ) => {
     const panel = new BatchRunsPanel({
@@ -130,7 +126,6 @@ const sidebar: JupyterFrontEndPlugin<void> = {
         activeStateChanged: status.activeChanged
       });
       tracker.currentChanged.connect(() => status.poke());
-      void labShell;
     }
   }
 };
