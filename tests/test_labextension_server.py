@@ -206,3 +206,24 @@ def test_a_batch_api_job_is_refreshed_cancelled_and_downloaded_with_no_kernel(se
     status, _ = server.request("batchmagic/api/jobs/ffffffffffff/cancel?path=jobs",
                                method="POST")
     assert status == 404
+
+
+def test_the_editor_knows_the_magics_flags():
+    """The editor styling (labextension/src/highlight.ts) tells a flag that takes no value from
+    one that does, and knows the kinds: both lists match the magic's own parser."""
+    import re
+    from pathlib import Path
+
+    from batchmagic._magic import KINDS, MAGIC_OPTIONS
+
+    source = (Path(__file__).resolve().parents[1] / "labextension" / "src" /
+              "highlight.ts").read_text()
+
+    def ts_list(name: str) -> list[str]:
+        body = re.search(rf"export const {name} = \[(.*?)\];", source, re.S).group(1)
+        return re.findall(r"'([^']+)'", body)
+
+    booleans = sorted(f for o in MAGIC_OPTIONS.values() if o.flags and o.text is bool
+                      for f in o.flags)
+    assert sorted(ts_list("BOOLEAN_FLAGS")) == booleans
+    assert ts_list("KINDS") == list(KINDS)
