@@ -246,6 +246,12 @@ def test_sidebar_and_status_bar(lab, browser):
             live_panel = page.locator(".jp-OutputArea-output .batchmagic-panel").nth(1)
             expect(live_panel.locator("button", has_text="Cancel")).to_be_enabled()
 
+            # the sidebar's styles stay in the sidebar: the panel's state badge (same class
+            # name) gets no second dot
+            badge = page.locator(".jp-OutputArea-output .batchmagic-panel .batchmagic-state")
+            assert badge.first.evaluate(
+                "e => getComputedStyle(e, '::before').content") in ("none", "normal")
+
             # the status bar: this kernel's live run and its progress
             status = page.locator(".batchmagic-status")
             expect(status).to_contain_text(re.compile(r"batchmagic: 1 run · \d+/30 rows"))
