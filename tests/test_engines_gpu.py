@@ -193,8 +193,12 @@ def test_an_engine_that_keeps_crashing_stops_the_run_and_keeps_finished_rows(sta
     assert isinstance(out["error"][1], bm.RowError)
     assert "crashed 3 times" in str(out["error"][1])  # restarted twice, then the run stops
     assert out.attrs["batchmagic"]["state"] == "aborted"
-    # every other row either finished (between restarts) or is NotSentError: none lost
-    assert all(e is None or isinstance(e, bm.NotSentError) for e in out["error"][2:])
+    # every other row finished (between restarts), was never sent (NotSentError), or was sent
+    # while the engine restarted and waited for its retry when the run stopped (it keeps what
+    # that attempt got and says so; a slow restart on a loaded machine makes that window): none
+    # lost
+    assert all(e is None or isinstance(e, bm.NotSentError) or "not retried: the run stopped"
+               in str(e) for e in out["error"][2:]), list(out["error"])
 
 
 def test_unload_ends_the_engine_process(stand_in):
