@@ -177,6 +177,53 @@ def _executor(name: str, value: Any) -> Any:
     return value
 
 
+#: what ray_options= takes (executors/ray.py reads them)
+RAY_OPTIONS = ("address", "workers", "num_cpus", "num_gpus", "runtime_env", "block_rows")
+
+
+def _ray_options(name: str, value: Any) -> Any:
+    if isinstance(value, str):  # from a flag, %config or the environment
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a dict or its JSON, e.g. "
+                              "'{\"address\": \"auto\", \"workers\": 4}'", option=name) from None
+    value = _dict("{'address': 'auto', 'workers': 4}")(name, value)
+    if value is None:
+        return None
+    for key in value:
+        if key not in RAY_OPTIONS:
+            close = difflib.get_close_matches(str(key), RAY_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{name} has no {key!r}{hint} (it takes: {', '.join(RAY_OPTIONS)})",
+                              option=name)
+    checked = dict(value)
+    for key in ("workers", "block_rows"):
+        if key in checked:
+            checked[key] = positive_int(f"{name}[{key!r}]", checked[key])
+    for key in ("num_cpus", "num_gpus"):
+        if key in checked:
+            checked[key] = count(f"{name}[{key!r}]", checked[key]) \
+                if isinstance(checked[key], int) else _number(f"{name}[{key!r}]", checked[key],
+                                                             zero_ok=True)
+    if not isinstance(checked.get("address", ""), str):
+        raise ConfigError(f"{name}['address'] must be a string such as 'auto' or "
+                          "'ray://head:10001'", option=name)
+    _dict("{'pip': ['batchmagic']}")(f"{name}['runtime_env']", checked.get("runtime_env"))
+    return checked
+
+
+def _output_path(name: str, value: Any) -> Any:
+    import os
+
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a folder path, got {type(value).__name__}",
+                          option=name)
+    return os.fspath(value) if value is not None else None
+
+
 def _optional_flag(name: str, value: Any) -> Any:
     return None if value is None else _flag(name, value)
 
@@ -263,7 +310,17 @@ OPTIONS: tuple[Option, ...] = (
        "half the price; batch-chat: its queued Batch Chat endpoint.", "where",
        _one_of(MODES, optional=True), ("--mode",), text=str, choices=MODES, config=True),
     _O("executor", "str | None", None, "What answers the rows, when engine= and mode= do not "
-       "say enough: a name in batchmagic.executors.EXECUTORS.", "where", _executor),
+       "say enough: 'ray' runs them across a Ray cluster (a name in "
+       "batchmagic.executors.EXECUTORS).", "where", _executor, ("--executor",), "NAME", str,
+       config=True),
+    _O("ray_options", "dict | None", None, "With executor='ray': address (join a cluster; "
+       "none starts a local one), workers, num_cpus and num_gpus per worker, runtime_env, "
+       "block_rows (a dict, or its JSON).", "where", _ray_options, ("--ray-options",), "JSON",
+       str, config=True),
+    _O("output_path", "str | os.PathLike | None", None, "With executor='ray': a folder the "
+       "workers write result Parquet files to as they go (input and result columns, _bm_key); "
+       "a re-run skips the rows already written.", "where", _output_path, ("--output-path",),
+       "PATH", str),
     _O("batch_options", "dict | None", None, "Batch API settings: completion_window, polling, "
        "Ark's TOS bucket and key pair.", "where", _batch_options, secret=True),
     # how fast
@@ -364,6 +421,23 @@ def _check_together(o: Any) -> None:
                           "(or drop engine= to send the rows to a server)", option="engine")
     if o.engine is None and o.engine_options is not None:
         raise ConfigError("engine_options= applies to engine= runs only", option="engine_options")
+    _check_ray(o)
+
+
+def _check_ray(o: Any) -> None:
+    if o.executor != "ray":
+        for name in ("ray_options", "output_path"):
+            if getattr(o, name) is not None:
+                raise ConfigError(f"{name}= applies to executor='ray'", option=name)
+        return
+    if o.mode in ("batch-api", "batch-chat"):
+        raise ConfigError(f"executor='ray' sends rows online or runs an engine on each worker; "
+                          f"mode={o.mode!r} is the provider's own batching: drop one",
+                          option="executor")
+    if o.transport is not None:
+        raise ConfigError("transport= is an object of this process, and Ray workers open their "
+                          "own connections: drop transport= with executor='ray'",
+                          option="transport")
 
 
 # -- the shared signature -------------------------------------------------------------------------
@@ -379,7 +453,9 @@ def _signature(inputs: Any, prompt: str | None = None, *, kind: str = "chat",
                provider: str | None = None, base_url: str | None = None,
                api_key: str | None = None, engine: str | None = None,
                engine_options: dict | None = None, mode: str | None = None,
-               executor: str | None = None, batch_options: dict | None = None,
+               executor: str | None = None, ray_options: dict | str | None = None,
+               output_path: str | os.PathLike | None = None,
+               batch_options: dict | None = None,
                concurrency: int | None = None,
                rpm: float | None = None, tpm: float | None = None, retries: int | None = None,
                timeout: float | None = None, breaker: Breaker | bool = True,

@@ -53,13 +53,18 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     params, system = o.params, o.system
     if o.schema is not None:
         params, system = _structured(o, target, engine)
-    plan = make_plan(
-        inputs, prompt, kind=o.kind, endpoint=target.base_url + _kinds.path_for(o.kind),
-        model=o.model, params=params, system=system, on_missing=o.on_missing,
-        images=o.images, allow_private_urls=o.allow_private_urls, samples=_samples(o),
-        dedupe=o.dedupe,
-    )
+    blocks = None
+    if o.executor == "ray":  # files and Datasets too; with output_path= only a sample here
+        from .executors._ray_inputs import ray_inputs
+
+        inputs, blocks = ray_inputs(inputs, o)
+    plan_args = dict(
+        kind=o.kind, endpoint=target.base_url + _kinds.path_for(o.kind), model=o.model,
+        params=params, system=system, on_missing=o.on_missing, images=o.images,
+        allow_private_urls=o.allow_private_urls, samples=_samples(o), dedupe=o.dedupe)
+    plan = make_plan(inputs, prompt, **plan_args)
     check_clash(plan.frame, o.schema.fields if o.schema is not None else ())
+    extra = 0
     if o.schema is not None and _structured_mode(target, engine) == "json_schema":
         extra = estimate_text_tokens(o.schema.key_text)  # providers count the schema as input
         for item in plan.items:
@@ -71,6 +76,10 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     elif any("model" not in item.body for item in plan.items):
         raise ConfigError(f"model is required: which {target.name} model should answer?",
                           option="model")
+    if blocks is not None:
+        from .executors._ray_inputs import defer
+
+        plan = defer(plan, blocks, prompt, plan_args, extra)
     price = resolve_price(o.model, target.name, o.prices)
     if o.budget is not None and price is None:
         raise ConfigError(

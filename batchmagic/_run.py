@@ -273,7 +273,9 @@ class Run:
         ties the panel to the cell that started it (the loop thread has no cell of its own)."""
         if not self._display_open:
             self._display_open = True
-            self.display = make_display(self.options.progress and self.plan.n_rows > 0,
+            # an output_path Ray run plans its rows per block, where they are read
+            rows = self.plan.n_rows > 0 or getattr(self.plan, "blocks", None) is not None
+            self.display = make_display(self.options.progress and rows,
                                         self.progress.snapshot(), control=self.control,
                                         background=background)
         return self.display
@@ -290,12 +292,16 @@ class Run:
         with self._lock:
             if self.frame is not None:
                 return self.frame
+            if getattr(self.executor, "frame", None) is not None:
+                return self.executor.frame(self.attrs(None))  # its rows are not here
             if self.live is None:
                 self.live = LiveFrame(self.plan, self.results, costs=self.results.cost,
                                       attrs=self.attrs(None), schema=self.schema)
             return self.live.frame
 
     def _frame(self, wall: float | None = None) -> pd.DataFrame:
+        if getattr(self.executor, "frame", None) is not None:
+            return self.executor.frame(self.attrs(wall))  # its rows are not here
         return build_frame(self.plan, self.results, costs=self.results.cost,
                            attrs=self.attrs(wall), schema=self.schema)
 

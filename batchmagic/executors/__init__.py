@@ -19,7 +19,12 @@ line in ``EXECUTORS``.
 online         the dispatcher over an OpenAI-compatible HTTP endpoint (``online.py``)
 engine         the same dispatcher over an engine on this machine (``engine.py``)
 batch-api      provider Batch API jobs: upload, create, poll, harvest (``batchapi.py``)
+ray            the same dispatcher on each worker of a Ray cluster, one shared limit (``ray.py``)
 =============  ==================================================================================
+
+An executor may also have ``frame(attrs) -> DataFrame``: the result when its rows are not on
+the driver (Ray with ``output_path=``: a summary per block); the run then uses it in place of
+the frame it builds from the plan.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ EXECUTORS: dict[str, Any] = {
     "online": "online:OnlineExecutor",
     "engine": "engine:EngineExecutor",
     "batch-api": "batchapi:BatchApiExecutor",
+    "ray": "ray:RayExecutor",
 }
 
 
