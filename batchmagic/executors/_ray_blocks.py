@@ -42,6 +42,9 @@ from ._ray_worker import ANSWER_FIELDS, Pump, WorkerSpec
 #: seconds between writes of a block's finished rows (a killed worker loses at most these)
 FLUSH_SECONDS = 5.0
 _UNSENT = (NotSentError, CancelledRowError)
+#: result columns that are text even when a file's rows have none (all null): files of one
+#: folder must agree on their types for a reader to open the folder as one table
+_TEXT_COLUMNS = ("error", "error_type", "finish_reason", "reasoning")
 
 
 class BlockWorker:
@@ -185,7 +188,9 @@ class BlockWorker:
         frame = block.frame_of(positions, self.pump.spec.schema)
         self._files += 1
         name = f"part-{block.id}-{self.pump.worker}-{self._files:05d}.parquet"
-        await asyncio.to_thread(self.folder.write, name, frame)
+        text = _TEXT_COLUMNS + (("output",) if self.pump.spec.kind in ("chat", "completion")
+                                else ())
+        await asyncio.to_thread(self.folder.write, name, frame, text)
         self.pump.extra["rows_written"] += len(positions)
         self.pump.extra["files_written"] += 1
         return [name]
@@ -379,12 +384,16 @@ class Folder:
             return np.empty(0, dtype="S32")
         return np.concatenate([self.keys_of(n) for n in names])
 
-    def write(self, name: str, frame: pd.DataFrame) -> None:
+    def write(self, name: str, frame: pd.DataFrame, text: tuple[str, ...] = ()) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.fs.create_dir(self.root, recursive=True)
         table = pa.Table.from_pandas(frame, preserve_index=False)
+        for i, column in enumerate(table.schema):
+            if column.name in text and pa.types.is_null(column.type):
+                table = table.set_column(i, pa.field(column.name, pa.string()),
+                                         table.column(i).cast(pa.string()))
         temporary = f"{self.root}/.{uuid.uuid4().hex}.parquet"
         pq.write_table(table, temporary, filesystem=self.fs)
         self.fs.move(temporary, f"{self.root}/{name}")

@@ -51,7 +51,8 @@ class BlockSource:
     extra_tokens: int = 0  # prompt tokens each request carries beyond its body (a schema)
 
     def __repr__(self) -> str:
-        what = f"{len(self.data)} files" if self.kind == "files" else self.kind
+        # Ray Data keys its actor classes by this repr; the rows travel without ``data``
+        what = f"{len(self.data)} files" if self.kind == "files" and self.data else self.kind
         return f"BlockSource({what}, {self.total} rows, output_path={self.output_path!r})"
 
 

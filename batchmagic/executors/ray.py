@@ -410,8 +410,12 @@ class RayExecutor:
 
         light = dataclasses.replace(src, data=None)  # the rows travel as blocks, not with this
         options = self._worker_options()
+        block_rows = int(self._opts.get("block_rows", DEFAULT_BLOCK_ROWS))
+        # one actor task answers a whole input block, its batches one after another: a file
+        # read as one block would keep every worker but one idle. Streamed, no shuffle.
+        dataset = dataset.repartition(target_num_rows_per_block=block_rows)
         return dataset.map_batches(
-            BlockWorker, batch_size=int(self._opts.get("block_rows", DEFAULT_BLOCK_ROWS)),
+            BlockWorker, batch_size=block_rows,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=self._workers,
                                                max_tasks_in_flight_per_actor=LANES),

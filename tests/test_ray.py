@@ -1,0 +1,208 @@
+"""executor="ray" on a real local Ray cluster (2 CPUs, a small object store, one per module),
+the simulator on 127.0.0.1 as the provider."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import signal
+import time
+
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import batchmagic as bm  # noqa: E402
+from batchmagic.simulator import SimulatorProcess  # noqa: E402
+
+SENTINEL = "sk-SENTINEL-DO-NOT-LEAK-ray-0123456789"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorProcess(api_key=SENTINEL) as s:
+        yield s
+
+
+@pytest.fixture
+def fresh(sim, cluster):
+    sim.reset()
+    sim.configure(faults={}, fault_attempts=1, latency=0.0, rpm=None, tpm=None,
+                  ratelimit_headers=True)
+    yield sim
+    sim.configure(faults={}, rpm=None, tpm=None, latency=0.0)
+
+
+def run(sim, inputs, prompt="{text}", **kw):
+    kw.setdefault("model", "sim-chat")
+    kw.setdefault("progress", False)
+    kw.setdefault("cache", False)
+    kw.setdefault("ray_options", {"workers": 2})
+    return bm.batch(inputs, prompt, provider="simulator", base_url=sim.base_url,
+                    api_key=SENTINEL, executor="ray", **kw)
+
+
+def texts(n: int, tag: str = "row") -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"{tag} {i}" for i in range(n)], "n": range(n)})
+
+
+def until(condition, what: str, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def test_frame_in_input_order_with_row_errors(fresh, capfd):
+    """2,000 rows through 2 workers: each answer on its own row, in order; a row the server
+    refuses is that row's error, never a failed block."""
+    fresh.configure(faults={"400_context": 0.03})
+    df = texts(2000).set_index(pd.Index([f"id{i}" for i in range(2000)]))
+    out = run(fresh, df, concurrency=32)
+    assert list(out.index) == list(df.index)
+    failed = out["error"].notna()
+    assert 0 < failed.sum() < 200
+    assert all(isinstance(e, bm.ContextLengthError) for e in out["error"][failed])
+    assert out["output"][~failed].tolist() == [f"echo: {t}" for t in df["text"][~failed]]
+    facts = out.attrs["batchmagic"]
+    assert facts["executor"] == "ray" and facts["ray_workers"] == 2
+    assert (facts["ok"], facts["failed"]) == (2000 - failed.sum(), failed.sum())
+    assert len(fresh.calls()) == 2000
+    seen = capfd.readouterr()
+    assert SENTINEL not in seen.out + seen.err + repr(facts)
+
+
+def test_one_limit_for_every_worker(fresh):
+    """The server allows 3,000 requests a minute and says so in its headers; no rpm= given.
+    Two workers that each learned the limit for themselves would send twice that: through the
+    shared limit they stay within it, and no row fails."""
+    rpm = 3000
+    fresh.configure(rpm=rpm, latency=0.05)
+    out = run(fresh, texts(400), concurrency=16)
+    assert out["error"].isna().all()
+    calls = fresh.calls()
+    statuses = collections.Counter(c["status"] for c in calls)
+    assert statuses[200] == 400
+    assert statuses[429] <= 8  # at most the first moments, before the limit is known
+    assert out.attrs["batchmagic"]["learned_rpm"] == rpm
+    ok = sorted(c["t"] for c in calls if c["status"] == 200)
+    # the server lets a second's worth through at once; beyond that, at most its rate
+    assert ok[-1] - ok[0] >= (400 - rpm / 60) / (rpm / 60) * 0.95
+
+
+def test_throttling_without_headers_slows_every_worker(fresh):
+    """No rate headers: a 429 seen by one worker lowers the one probed rate for all; every row
+    is answered and the 429s stay a small share of the requests."""
+    fresh.configure(rpm=3000, ratelimit_headers=False, latency=0.05)
+    out = run(fresh, texts(400), concurrency=16)
+    assert out["error"].isna().all()
+    statuses = collections.Counter(c["status"] for c in fresh.calls())
+    assert statuses[200] == 400
+    assert statuses[429] < 100
+    assert out.attrs["batchmagic"]["rate_limited"] == statuses[429]
+
+
+def test_budget_holds_across_the_cluster(fresh):
+    """One budget for every worker: the run stops before it could pass it."""
+    fresh.configure(latency=0.01)
+    budget = 0.0010
+    df = pd.DataFrame({"text": [f"budget row {i} " + "words " * 20 for i in range(300)]})
+    out = run(fresh, df, params={"max_tokens": 32}, budget=budget,
+              prices={"input": 1.0, "output": 1.0}, concurrency=8)
+    facts = out.attrs["batchmagic"]
+    assert facts["cost"] <= budget
+    assert facts["state"] == "aborted" and "budget" in facts["stopped_by"].lower()
+    done = out["error"].isna()
+    assert 0 < done.sum() < 300
+    assert all(isinstance(e, bm.NotSentError) for e in out["error"][~done])
+    assert math.isclose(float(out["cost"][done].sum()), facts["cost"])
+
+
+def test_files_to_output_path_then_resume(fresh, tmp_path):
+    """Parquet files in, result Parquet out (written by the workers), a summary on the driver.
+    A re-run with the same output_path sends only the rows no file holds (here: those of a
+    file deleted in between)."""
+    fresh.configure(faults={"400_context": 0.05})
+    data = tmp_path / "in"
+    data.mkdir()
+    texts(700).to_parquet(data / "a.parquet")
+    texts(500, "more").to_parquet(data / "b.parquet")
+    out_dir = tmp_path / "out"
+    opts = {"workers": 2, "block_rows": 300}
+    summary = run(fresh, str(data), output_path=out_dir, ray_options=opts)
+    facts = summary.attrs["batchmagic"]
+    assert (facts["rows"], facts["written"], facts["not_sent"]) == (1200, 1200, 0)
+    assert summary["rows"].sum() == 1200 and summary.index.name == "block"
+    written = pd.read_parquet(out_dir)
+    assert len(written) == 1200 and written["_bm_key"].is_unique
+    assert set(written.columns) >= {"text", "n", "output", "error", "error_type", "_bm_key"}
+    failed = written["error"].notna()
+    assert 0 < failed.sum() < 150 and set(written["error_type"][failed]) == {"ContextLengthError"}
+    ok = written[~failed]
+    assert (ok["output"] == "echo: " + ok["text"]).all()
+    assert len(fresh.calls()) == 1200
+
+    lost = sorted(out_dir.glob("part-*.parquet"))[0]
+    lost_rows = len(pd.read_parquet(lost))
+    lost.unlink()
+    again = run(fresh, str(data), output_path=out_dir, ray_options=opts)
+    assert again["written"].sum() == lost_rows
+    assert again["already"].sum() == 1200 - lost_rows
+    assert len(fresh.calls()) == 1200 + lost_rows  # the rows still written were not sent
+    final = pd.read_parquet(out_dir)
+    assert len(final) == 1200 and final["_bm_key"].is_unique
+
+
+def test_csv_with_output_path_and_jsonl_to_a_frame(fresh, tmp_path):
+    """CSV read by Ray Data with output_path=; JSONL read on the driver without it."""
+    df = texts(60, "file")
+    df.to_csv(tmp_path / "rows.csv", index=False)
+    df.to_json(tmp_path / "rows.jsonl", orient="records", lines=True)
+    frame = run(fresh, str(tmp_path / "rows.jsonl"))
+    assert frame["output"].tolist() == [f"echo: {t}" for t in df["text"]]
+    summary = run(fresh, str(tmp_path / "rows.csv"), output_path=tmp_path / "out")
+    assert summary.attrs["batchmagic"]["written"] == 60
+    written = pd.read_parquet(tmp_path / "out").sort_values("n")
+    assert written["output"].tolist() == [f"echo: {t}" for t in df["text"]]
+
+
+def test_a_killed_worker_costs_at_most_its_window(fresh):
+    """SIGKILL one worker process mid-run: Ray restarts it, its unanswered rows go to a worker
+    again, every row is answered, and what was sent twice is at most what it had in flight."""
+    fresh.configure(latency=0.2)
+    n, window = 600, 16
+    task = bm.submit(texts(n), "{text}", provider="simulator", base_url=fresh.base_url,
+                     api_key=SENTINEL, model="sim-chat", executor="ray", progress=False,
+                     cache=False, concurrency=window, ray_options={"workers": 2})
+    run_ = task._run
+    until(lambda: task.finished_count() >= 100, "the first answers")
+    workers = until(lambda: getattr(run_.executor, "_row_workers", None), "the workers")
+    pid = ray.get(workers[0].pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    out = task.wait(timeout=240)
+    assert out["error"].isna().all()
+    assert out["output"].tolist() == [f"echo: row {i}" for i in range(n)]
+    sent = len(fresh.calls())
+    facts = out.attrs["batchmagic"]
+    assert facts["resent_after_worker_loss"] > 0
+    # a worker holds two chunks of at most max_window units each
+    assert n <= sent <= n + 2 * run_.max_window
+
+
+def test_options_are_checked_before_anything_runs(cluster):
+    with pytest.raises(bm.ConfigError, match="ray_options has no 'worker'"):
+        bm.batch(["x"], model="m", base_url="http://127.0.0.1:9/v1", executor="ray",
+                 ray_options={"worker": 2})
+    with pytest.raises(bm.ConfigError, match="applies to executor='ray'"):
+        bm.batch(["x"], model="m", base_url="http://127.0.0.1:9/v1", output_path="out")
