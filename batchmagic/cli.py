@@ -121,6 +121,10 @@ def _plain_float(text: str) -> bool:
 def _write_table(df, path: str) -> None:
     out = df.copy()
     out["error"] = [None if e is None else f"{type(e).__name__}: {e}" for e in out["error"]]
+    _write_frame(out, path)
+
+
+def _write_frame(out, path: str) -> None:
     fmt = _format_of(path, OUTPUT_FORMATS, "write")
     if fmt in ("jsonl", "json"):
         out.to_json(path, orient="records", lines=fmt == "jsonl", force_ascii=False,
@@ -303,12 +307,42 @@ def _run(args: argparse.Namespace) -> int:
         options["batch_options"] = _batch_options(args)
     if args.schema is not None:
         options["schema"] = _read_schema(args.schema)
+    if options.get("output_path") is not None:
+        return _run_to_files(args, options)
     df = _read_table(args.input)
     prompt = args.prompt if args.prompt is not None else _default_prompt(df, args.input)
     out = bm.batch(df, prompt, **options)
     _save(out, args.output, journal=args.cache is not False)
     print(f"wrote {args.output}: {_row_counts(out)}", file=sys.stderr)
     return 0 if out["error"].isna().all() else 1
+
+
+def _run_to_files(args: argparse.Namespace, options: dict) -> int:
+    """``--executor ray --output-path DIR``: the input is read where the workers run (never
+    whole here) and they write the rows to DIR; ``-o`` gets the summary, one row per block."""
+    import json
+
+    import batchmagic as bm
+    from batchmagic.executors._ray_inputs import files_of, read_files
+
+    prompt = args.prompt
+    if prompt is None:
+        paths, fmt = files_of(args.input)
+        prompt = _default_prompt(read_files(paths[:1], fmt, rows=20), args.input)
+    summary = bm.batch(args.input, prompt, **options)
+    facts = summary.attrs["batchmagic"]
+    table = summary.reset_index()
+    for name in ("errors", "files"):  # a dict and a list per block: JSON text in any format
+        table[name] = [json.dumps(v) for v in table[name]]
+    try:
+        _write_frame(table, args.output)
+    except (OSError, ValueError, TypeError, ImportError) as exc:
+        raise ConfigError(f"could not write the summary to {args.output!r} ({exc}); the rows "
+                          f"are in {facts['output_path']}") from None
+    print(f"wrote {facts['written']} rows to {facts['output_path']} ({facts['ok']} ok, "
+          f"{facts['failed']} failed, {facts['not_sent']} not sent, {facts['cached']} already "
+          f"there); the summary by block to {args.output}", file=sys.stderr)
+    return 0 if facts["failed"] == 0 and facts["not_sent"] == 0 else 1
 
 
 _FLAGGED = {o.name: o for o in (*OPTIONS, *PARAM_FLAGS)}

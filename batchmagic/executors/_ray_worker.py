@@ -135,7 +135,12 @@ class Pump:
     """One worker's dispatcher over its life (see the module)."""
 
     def __init__(self, spec: WorkerSpec, coordinator: Any):
+        """``coordinator``: the run's coordinator actor, or its name (looked up in Ray)."""
         self.spec = spec
+        if isinstance(coordinator, str):
+            import ray
+
+            coordinator = ray.get_actor(coordinator)
         self.coordinator = coordinator
         self.worker = uuid.uuid4().hex[:12]
         self.backend: Any = None

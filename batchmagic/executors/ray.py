@@ -147,8 +147,11 @@ class RayExecutor:
 
         run, o = self._run, self._run.options
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        # named: workers find it by name, so no actor handle is among their constructor
+        # arguments (Ray warns that a restart may not get those back)
+        self._coordinator_name = f"batchmagic-run-{run.id}"
         coordinator = ray.remote(RunCoordinator).options(
-            num_cpus=0, scheduling_strategy=here).remote(
+            name=self._coordinator_name, num_cpus=0, scheduling_strategy=here).remote(
             o.rpm, o.tpm, o.budget, run.price, _assumed_output(o))
         self._actors.append(coordinator)
         await coordinator.hold_secrets.remote(SealedSecrets(run.target.api_key, o.headers))
@@ -226,7 +229,7 @@ class RayExecutor:
         cls = ray.remote(RowWorker).options(max_restarts=MAX_LOSSES, max_task_retries=0,
                                             **self._worker_options())
         spec = self._spec()
-        workers = [cls.remote(spec, self._coordinator) for _ in range(self._workers)]
+        workers = [cls.remote(spec, self._coordinator_name) for _ in range(self._workers)]
         self._actors.extend(workers)
         self._row_workers = workers
         poller = asyncio.ensure_future(self._poll())
@@ -419,7 +422,7 @@ class RayExecutor:
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=self._workers,
                                                max_tasks_in_flight_per_actor=LANES),
-            fn_constructor_kwargs=dict(spec=self._spec(), coordinator=self._coordinator,
+            fn_constructor_kwargs=dict(spec=self._spec(), coordinator=self._coordinator_name,
                                        source=light, preset=self._run.target.preset,
                                        previous=previous),
             num_cpus=options["num_cpus"], num_gpus=options["num_gpus"] or None,
