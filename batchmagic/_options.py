@@ -313,7 +313,7 @@ OPTIONS: tuple[Option, ...] = (
        "say enough: 'ray' runs them across a Ray cluster (a name in "
        "batchmagic.executors.EXECUTORS).", "where", _executor, ("--executor",), "NAME", str,
        config=True),
-    _O("ray_options", "dict | None", None, "With executor='ray': address (join a cluster; "
+    _O("ray_options", "dict | str | None", None, "With executor='ray': address (join a cluster; "
        "none starts a local one), workers, num_cpus and num_gpus per worker, runtime_env, "
        "block_rows (a dict, or its JSON).", "where", _ray_options, ("--ray-options",), "JSON",
        str, config=True),
