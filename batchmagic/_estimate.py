@@ -66,6 +66,12 @@ class Estimate:
 def estimate_plan(rp: RunPlan) -> Estimate:
     """The estimate of a planned run."""
     o, plan = rp.options, rp.plan
+    if getattr(plan, "blocks", None) is not None:
+        from ._errors import ConfigError
+
+        raise ConfigError("bm.estimate cannot count an output_path= run: its rows are read and "
+                          "planned per block on the Ray workers. Estimate without output_path= "
+                          "(on the data, or a sample of it)", option="output_path")
     try:
         folder = folder_for(o.cache)
     except TypeError:

@@ -229,9 +229,32 @@ def test_a_killed_worker_costs_at_most_its_window(fresh):
     assert n <= sent <= n + 2 * run_.max_window
 
 
+def test_llama_cpp_engine_actors_answer_as_one_process(cluster):
+    """engine= with executor="ray": each worker loads the model once and holds it; at
+    temperature 0 the answers are those of the single-process engine run (an empty row is
+    that row's error in both)."""
+    pytest.importorskip("llama_cpp")
+    df = pd.DataFrame({"q": ["What is the capital of France?", "Name a colour.",
+                             "What is 2+2?", "Say hello.", "Name a fruit."]})
+    kw = dict(engine="llama.cpp", params={"max_tokens": 12, "temperature": 0},
+              progress=False, cache=False)
+    try:
+        here = bm.batch(df, "Answer briefly: {q}", **kw)
+    finally:
+        bm.unload()
+    there = bm.batch(df, "Answer briefly: {q}", executor="ray", ray_options={"workers": 2},
+                     **kw)
+    assert there["error"].isna().all()
+    assert there["output"].tolist() == here["output"].tolist()
+    assert "Paris" in there["output"].iloc[0]
+
+
 def test_options_are_checked_before_anything_runs(cluster):
     with pytest.raises(bm.ConfigError, match="ray_options has no 'worker'"):
         bm.batch(["x"], model="m", base_url="http://127.0.0.1:9/v1", executor="ray",
                  ray_options={"worker": 2})
+    with pytest.raises(bm.ConfigError, match="cannot count an output_path= run"):
+        bm.estimate(texts(3), "{text}", model="m", base_url="http://127.0.0.1:9/v1",
+                    executor="ray", output_path="out")
     with pytest.raises(bm.ConfigError, match="applies to executor='ray'"):
         bm.batch(["x"], model="m", base_url="http://127.0.0.1:9/v1", output_path="out")
