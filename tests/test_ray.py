@@ -229,6 +229,25 @@ def test_a_killed_worker_costs_at_most_its_window(fresh):
     assert n <= sent <= n + 2 * run_.max_window
 
 
+def test_cancel_stops_every_worker(fresh):
+    """task.cancel() stops both workers: the rows not sent are NotSentError and the finished
+    rows keep their answers."""
+    fresh.configure(latency=0.2)
+    n = 2000
+    task = bm.submit(texts(n), "{text}", provider="simulator", base_url=fresh.base_url,
+                     api_key=SENTINEL, model="sim-chat", executor="ray", progress=False,
+                     cache=False, concurrency=8, ray_options={"workers": 2})
+    until(lambda: task.finished_count() >= 50, "the first answers")
+    task.cancel()
+    out = task.wait(timeout=120)
+    assert out.attrs["batchmagic"]["state"] == "cancelled"
+    done = out["error"].isna()
+    assert 50 <= done.sum() < n
+    assert (out["output"][done] == "echo: " + out["text"][done]).all()
+    assert any(isinstance(e, bm.NotSentError) for e in out["error"][~done])
+    assert len(fresh.calls()) < n
+
+
 def test_llama_cpp_engine_actors_answer_as_one_process(cluster):
     """engine= with executor="ray": each worker loads the model once and holds it; at
     temperature 0 the answers are those of the single-process engine run (an empty row is
