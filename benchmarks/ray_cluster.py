@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import time
 
 
@@ -52,9 +53,8 @@ def _ray_data_llm(sim, df, workers: int, rpm: float, retries: int) -> tuple[int,
     try:
         out = processor(ray.data.from_pandas(df)).to_pandas()
     except Exception as exc:  # one row out of retries fails the job
-        first = next((line.strip() for line in str(exc).splitlines()
-                      if "Exception:" in line), type(exc).__name__)
-        return len(df), f"the job raised ({first[-90:]})"
+        why = re.search(r"Previous Exception: ([^.]+)", str(exc))
+        return len(df), f"the job raised ({why.group(1) if why else type(exc).__name__})"
     return len(df) - len(out), ""
 
 
