@@ -58,13 +58,15 @@ class Durable:
     def fill_from_journal(self) -> int:
         """Answer every item the journal already has. Returns the number of rows answered."""
         plan = self.plan
-        found = self.journal.find([item.key for item in plan.items], scope=plan.endpoint)
-        rows = 0
+        found = self.journal.find(plan.keys, scope=plan.endpoint)
+        if not len(found):
+            return 0
+        taken = []
         for j, idx in enumerate(found.at.tolist()):
             output, finish, reasoning, extra = found.answer(j)
             if self._take(idx, output, finish, reasoning, extra, found.usage(j)):
-                rows += len(plan.items[idx].rows)
-        return rows
+                taken.append(idx)
+        return int(plan.item_rows()[taken].sum()) if taken else 0
 
     def _fill(self, idx: int, rec) -> bool:
         """Take a stored answer (a journal ``Record``)."""
@@ -94,7 +96,8 @@ class Durable:
     async def claim(self, units: list[Unit]) -> tuple[list[Unit], list[Unit]]:
         """Split ``units`` into those to send now and those another live run is answering."""
         loop = asyncio.get_running_loop()
-        keys = [self.plan.items[i].key for u in units for i in u.items]
+        key = self.plan.key
+        keys = [key(i) for u in units for i in u.items]
         if not keys:
             return units, []
         held = await loop.run_in_executor(self._pool(), self.journal.claim, keys, self.run_id)
@@ -102,7 +105,7 @@ class Durable:
             return units, []
         now, later = [], []
         for u in units:
-            (later if any(self.plan.items[i].key in held for i in u.items) else now).append(u)
+            (later if any(key(i) in held for i in u.items) else now).append(u)
         return now, later
 
     def watch_held(self, held: list[Unit], dispatcher, progress, on_cached: Callable) -> None:
@@ -125,16 +128,17 @@ class Durable:
                 last_renew = time.monotonic()
             if not self._held or dispatcher._stop:
                 continue
-            keys = [self.plan.items[i].key for u in self._held for i in u.items]
+            key = self.plan.key
+            keys = [key(i) for u in self._held for i in u.items]
             found = await loop.run_in_executor(
                 self._pool(), functools.partial(self.journal.lookup, keys,
                                                 scope=self.plan.endpoint))
             still: list[Unit] = []
             retry: list[Unit] = []
             for u in self._held:
-                if all(self.plan.items[i].key in found for i in u.items):
+                if all(key(i) in found for i in u.items):
                     for i in u.items:
-                        self._fill(i, found[self.plan.items[i].key])
+                        self._fill(i, found[key(i)])
                     on_cached(u.items)
                     dispatcher.release(1)
                 else:
@@ -142,9 +146,9 @@ class Durable:
             if retry:
                 again = await loop.run_in_executor(
                     self._pool(), self.journal.claim,
-                    [self.plan.items[i].key for u in retry for i in u.items], self.run_id)
+                    [key(i) for u in retry for i in u.items], self.run_id)
                 for u in retry:
-                    if any(self.plan.items[i].key in again for i in u.items):
+                    if any(key(i) in again for i in u.items):
                         still.append(u)
                     else:
                         dispatcher.add([u])  # its owner died or gave up: send it ourselves
@@ -256,7 +260,7 @@ class Durable:
         return (self._answers(ok) if ok else None), failed
 
     def _answers(self, ok: list[int]) -> AnswerBatch:
-        r, items = self.results, self.plan.items
+        r = self.results
         outputs = [r.output[i] for i in ok]
         vectors = _one_block(outputs) if self.plan.kind == "embedding" else None
         encoded = None
@@ -266,7 +270,7 @@ class Durable:
                        for i, out in zip(ok, outputs)]
         return AnswerBatch(
             self.plan.endpoint, self.plan.kind, self.model, self.run_id,
-            [items[i].key for i in ok], [r.input_tokens[i] for i in ok],
+            _keys_of(self.plan, ok), [r.input_tokens[i] for i in ok],
             [r.output_tokens[i] for i in ok], [r.cost[i] for i in ok],
             [r.latency[i] for i in ok], [r.attempts[i] for i in ok],
             vectors=vectors, outputs=encoded)
@@ -275,7 +279,7 @@ class Durable:
         """A failed row as the journal's ``rows`` table keeps it (one per key)."""
         r = self.results
         assert isinstance(err, RowError)
-        return (self.plan.items[i].key, "error", self.plan.kind, self.model, None,
+        return (self.plan.key(i), "error", self.plan.kind, self.model, None,
                 r.input_tokens[i], r.output_tokens[i], r.cost[i], r.latency[i], r.attempts[i],
                 type(err).__name__, err.message[:2000], err.status, err.code,
                 int(err.possibly_billed), self.run_id)
@@ -315,6 +319,13 @@ class Durable:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+
+def _keys_of(plan: Any, items: list[int]) -> Any:
+    """The keys of ``items``: a slice of a table's key array, else from the items."""
+    if plan.table is not None:
+        return plan.table.keys[np.asarray(items, dtype=np.int64)]
+    return [plan.key(i) for i in items]
 
 
 def _one_block(outputs: list) -> np.ndarray | None:

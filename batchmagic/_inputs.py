@@ -85,6 +85,7 @@ class Plan:
         self._items = items
         self._row_item = np.asarray(row_item, dtype=np.int64)  # per output row: item, or -1
         self._by_item: tuple[np.ndarray, np.ndarray] | None = None
+        self._identity: bool | None = None
 
     @property
     def n_rows(self) -> int:
@@ -134,8 +135,10 @@ class Plan:
     @property
     def identity(self) -> bool:
         """Each row answered by a request of its own, in order (request i answers row i)."""
-        return self.n_items == self.n_rows and (
-            self.n_rows == 0 or bool((self._row_item == np.arange(self.n_rows)).all()))
+        if self._identity is None:  # the rows and their requests do not change once planned
+            self._identity = self.n_items == self.n_rows and (
+                self.n_rows == 0 or bool((self._row_item == np.arange(self.n_rows)).all()))
+        return self._identity
 
     def _rows_index(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows sorted by their request, where each request's rows start): request ``i``
@@ -153,6 +156,8 @@ class Plan:
         """The output rows request ``i`` answers."""
         if self.table is None:
             return self._items[i].rows
+        if self.identity:
+            return [i]
         order, starts = self._rows_index()
         return order[starts[i]:starts[i + 1]].tolist()
 
@@ -161,6 +166,8 @@ class Plan:
         if self.table is None:
             return np.array([r for i in items.tolist() for r in self._items[i].rows],
                             dtype=np.int64)
+        if self.identity:
+            return np.asarray(items, dtype=np.int64)
         order, starts = self._rows_index()
         if not len(items):
             return np.zeros(0, dtype=np.int64)

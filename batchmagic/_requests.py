@@ -216,9 +216,7 @@ class RequestTable:
     def prompt_tokens(self) -> np.ndarray:
         """Each request's estimated prompt tokens (made once, when first asked for)."""
         if self._tokens is None:
-            estimate = _tokens.estimate_text_tokens
-            self._tokens = np.fromiter((estimate(t) for t in self.texts), dtype=np.int64,
-                                       count=len(self.texts)) + self.slot.base_tokens
+            self._tokens = _tokens.estimate_texts_tokens(self.texts) + self.slot.base_tokens
         return self._tokens + self.extra_tokens
 
     def tokens_of(self, items: list[int]) -> int:

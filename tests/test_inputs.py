@@ -460,7 +460,7 @@ def test_property_list_of_texts_round_trips(values):
 
 def test_queued_requests_are_stored_compactly():
     """The bytes of queued requests are sized exactly (orjson's own buffers are ~4 KB each), and
-    the body dicts behind them are dropped once the bytes exist (the first stays, for showing)."""
+    no body dict per row stays beside them (the first body is kept, for showing)."""
     import tracemalloc
 
     from batchmagic import _api, _run
@@ -477,7 +477,8 @@ def test_queued_requests_are_stored_compactly():
     assert len(run.units) == 5_000
     assert all(len(u.body) < 200 for u in run.units)
     assert kept < 5_000 * 1_000, kept  # was over 4 KB per queued request
-    assert run.plan.items[0].body is not None and run.plan.items[1].body is None
+    # one text in a shared body: the rows are planned as columns, no body dict per row at all
+    assert run.plan.table is not None and run.plan.first_body() is not None
     _run._recent.remove(run)
 
 
