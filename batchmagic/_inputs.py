@@ -306,7 +306,7 @@ def _slot_for(call: _Call, endpoint: str, shape: str, images: str | None,
 
 
 def _all_text(values: list | None) -> bool:
-    return values is not None and all(type(v) is str for v in values)
+    return values is not None and set(map(type, values)) <= {str}
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,7 +720,7 @@ class _SlotPlanner:
         are texts sent as they are (no draft needed)."""
         if texts is not None:
             rows = np.arange(n_rows, dtype=np.int64)
-            if self.kind == "embedding" and any(not t.strip() for t in texts):
+            if self.kind == "embedding" and not all(map(str.strip, texts)):
                 rows, texts = self._embeddable(rows, texts)
         else:
             rows, texts = self._texts(drafts)
@@ -882,7 +882,7 @@ def _normalise(inputs: Any) -> _Table:
 
 def _list_shape(rows: list) -> str:
     """The one shape of a list's elements (missing values fit any); an empty list is texts."""
-    if all(type(r) is str for r in rows):  # the usual list, told without a call per row
+    if set(map(type, rows)) <= {str}:  # the usual list, told without a Python call per row
         return "texts"
     kinds = {_element_shape(r) for r in rows}
     kinds.discard("missing")

@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import _loop
@@ -119,7 +120,7 @@ class Run:
 
     def rebuild_units(self) -> list[Unit]:
         """The units for the items not done yet (after pre-flight or the journal took some)."""
-        todo = [i for i in range(self.plan.n_items) if not self.results.done[i]]
+        todo = np.flatnonzero(np.frombuffer(self.results.done, dtype=np.uint8) == 0).tolist()
         self.units = build_units(self._rp, todo)
         return self.units
 
