@@ -332,6 +332,8 @@ def _match(wanted: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if not len(wanted) or not len(stored):
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
+    if 8 * len(wanted) < len(stored):  # a few keys in a big journal: sort the few, not the journal
+        return _match_few(wanted, stored)
     order = np.lexsort((np.arange(len(stored)), stored[:, 1], stored[:, 0]))
     s0, s1 = stored[order, 0], stored[order, 1]
     last = np.ones(len(order), dtype=bool)  # the last copy of each key, in sorted order
@@ -354,6 +356,28 @@ def _match(wanted: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarr
     w_pos, s_pos = np.concatenate(found_w), np.concatenate(found_s)
     sort = np.argsort(w_pos, kind="stable")
     return w_pos[sort], s_pos[sort]
+
+
+def _match_few(wanted: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_match`` by looking each stored key up among the wanted ones (sorted)."""
+    order = np.lexsort((wanted[:, 1], wanted[:, 0]))
+    w0, w1 = wanted[order, 0], wanted[order, 1]
+    lo = np.searchsorted(w0, stored[:, 0], "left")
+    hi = np.searchsorted(w0, stored[:, 0], "right")
+    single = np.flatnonzero(hi - lo == 1)
+    hit = single[w1[lo[single]] == stored[single, 1]]
+    s_parts, w_parts = [hit], [order[lo[hit]]]
+    for s in np.flatnonzero(hi - lo > 1).tolist():  # wanted keys sharing their first 8 bytes
+        for j in range(lo[s], hi[s]):
+            if w1[j] == stored[s, 1]:
+                s_parts.append(np.array([s]))
+                w_parts.append(order[j:j + 1])
+    s_pos, w_pos = np.concatenate(s_parts), np.concatenate(w_parts)
+    by_stored = np.argsort(s_pos, kind="stable")
+    s_pos, w_pos = s_pos[by_stored], w_pos[by_stored]
+    _, last = np.unique(w_pos[::-1], return_index=True)  # each wanted key's newest copy
+    keep = len(w_pos) - 1 - last
+    return w_pos[keep], s_pos[keep]
 
 
 @dataclass

@@ -173,3 +173,20 @@ def test_answers_whose_keys_are_not_row_keys_go_to_the_rows_table(tmp_path):
     assert sorted(found) == ["not-hex-1", "not-hex-2"]
     assert np.array_equal(found["not-hex-2"].output, vectors[1])
     assert found["not-hex-1"].input_tokens == 1
+
+
+def test_keys_are_matched_alike_however_few_are_asked():
+    """A lookup of a few keys in a big journal sorts the few (``_match_few``); both ways find
+    every key asked for, the newest copy of a key stored twice, and nothing else."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        pool = rng.integers(0, 4, size=(30, 2)).astype("<u8")  # halves collide often
+        stored = pool[rng.integers(0, 30, size=rng.integers(1, 60))]
+        wanted = pool[rng.integers(0, 30, size=rng.integers(1, 12))]
+        newest = {tuple(k): i for i, k in enumerate(stored.tolist())}
+        expected = sorted((p, newest[tuple(k)]) for p, k in enumerate(wanted.tolist())
+                          if tuple(k) in newest)
+        for match in (_journal._match, _journal._match_few):
+            w_pos, s_pos = match(wanted, stored)
+            assert list(w_pos) == sorted(w_pos)
+            assert sorted(zip(w_pos.tolist(), s_pos.tolist())) == expected
