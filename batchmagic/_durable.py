@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ._backend import Unit
 from ._errors import CancelledRowError, NotSentError, RowError
-from ._journal import Journal, JournalError, encode_result
+from ._journal import AnswerBatch, Journal, JournalError, encode_result
 
 HELD_POLL_SECONDS = 1.0
 RENEW_SECONDS = 20.0
@@ -54,30 +57,37 @@ class Durable:
 
     def fill_from_journal(self) -> int:
         """Answer every item the journal already has. Returns the number of rows answered."""
-        items = self.plan.items
-        found = self.journal.lookup(item.key for item in items)
-        if not found:
+        plan = self.plan
+        found = self.journal.find(plan.keys, scope=plan.endpoint)
+        if not len(found):
             return 0
-        rows = 0
-        for idx, item in enumerate(items):
-            rec = found.get(item.key)
-            if rec is not None and self._fill(idx, rec):
-                rows += len(item.rows)
-        return rows
+        taken = []
+        for j, idx in enumerate(found.at.tolist()):
+            output, finish, reasoning, extra = found.answer(j)
+            if self._take(idx, output, finish, reasoning, extra, found.usage(j)):
+                taken.append(idx)
+        return int(plan.item_rows()[taken].sum()) if taken else 0
 
     def _fill(self, idx: int, rec) -> bool:
+        """Take a stored answer (a journal ``Record``)."""
+        return self._take(idx, rec.output, rec.finish_reason, rec.reasoning, rec.extra,
+                          (rec.input_tokens, rec.output_tokens, rec.cost, rec.latency,
+                           rec.attempts))
+
+    def _take(self, idx: int, output: Any, finish: str | None, reasoning: str | None,
+              extra: dict, usage: tuple) -> bool:
         """Take a stored answer; with a schema, only one that still fits it (a model's
         validators may have changed since: such an answer is asked again)."""
         value = None
         if self.check is not None:
             try:
-                value = self.check(rec.output)
+                value = self.check(output)
             except ValueError:
                 return False
-        self.results.answer(idx, rec.output, rec.finish_reason, rec.reasoning, rec.input_tokens,
-                            rec.output_tokens, cost=rec.cost, cached=True, value=value,
-                            tool_calls=rec.extra.get("tool_calls"),
-                            logprobs=rec.extra.get("logprobs"))
+        input_tokens, output_tokens, cost = usage[:3]
+        self.results.answer(idx, output, finish, reasoning, input_tokens, output_tokens,
+                            cost=cost, cached=True, value=value,
+                            tool_calls=extra.get("tool_calls"), logprobs=extra.get("logprobs"))
         self.cached_items.add(idx)
         return True
 
@@ -86,7 +96,8 @@ class Durable:
     async def claim(self, units: list[Unit]) -> tuple[list[Unit], list[Unit]]:
         """Split ``units`` into those to send now and those another live run is answering."""
         loop = asyncio.get_running_loop()
-        keys = [self.plan.items[i].key for u in units for i in u.items]
+        key = self.plan.key
+        keys = [key(i) for u in units for i in u.items]
         if not keys:
             return units, []
         held = await loop.run_in_executor(self._pool(), self.journal.claim, keys, self.run_id)
@@ -94,7 +105,7 @@ class Durable:
             return units, []
         now, later = [], []
         for u in units:
-            (later if any(self.plan.items[i].key in held for i in u.items) else now).append(u)
+            (later if any(key(i) in held for i in u.items) else now).append(u)
         return now, later
 
     def watch_held(self, held: list[Unit], dispatcher, progress, on_cached: Callable) -> None:
@@ -117,14 +128,17 @@ class Durable:
                 last_renew = time.monotonic()
             if not self._held or dispatcher._stop:
                 continue
-            keys = [self.plan.items[i].key for u in self._held for i in u.items]
-            found = await loop.run_in_executor(self._pool(), self.journal.lookup, keys)
+            key = self.plan.key
+            keys = [key(i) for u in self._held for i in u.items]
+            found = await loop.run_in_executor(
+                self._pool(), functools.partial(self.journal.lookup, keys,
+                                                scope=self.plan.endpoint))
             still: list[Unit] = []
             retry: list[Unit] = []
             for u in self._held:
-                if all(self.plan.items[i].key in found for i in u.items):
+                if all(key(i) in found for i in u.items):
                     for i in u.items:
-                        self._fill(i, found[self.plan.items[i].key])
+                        self._fill(i, found[key(i)])
                     on_cached(u.items)
                     dispatcher.release(1)
                 else:
@@ -132,9 +146,9 @@ class Durable:
             if retry:
                 again = await loop.run_in_executor(
                     self._pool(), self.journal.claim,
-                    [self.plan.items[i].key for u in retry for i in u.items], self.run_id)
+                    [key(i) for u in retry for i in u.items], self.run_id)
                 for u in retry:
-                    if any(self.plan.items[i].key in again for i in u.items):
+                    if any(key(i) in again for i in u.items):
                         still.append(u)
                     else:
                         dispatcher.add([u])  # its owner died or gave up: send it ourselves
@@ -199,9 +213,9 @@ class Durable:
         for _ in range(3):
             generation = self.journal.generation
             items = batch if generation == self._generation else self._saved + batch
-            records = [rec for rec in (self._record(i) for i in items) if rec is not None]
-            if records:
-                self.journal.write_rows(records)
+            answers, failed = self._records(items)
+            if answers is not None or failed:
+                self.journal.write_answers(answers, failed)
             if self.journal.generation == generation:  # no new file under the write
                 self._generation = generation
                 return
@@ -231,22 +245,44 @@ class Durable:
             self._on_error(exc if isinstance(exc, JournalError)
                            else JournalError(f"cannot write the journal: {exc}"))
 
-    def _record(self, i: int) -> tuple | None:
+    def _records(self, items: list[int]) -> tuple[AnswerBatch | None, list[tuple]]:
+        """What to write for ``items``: the answers, many to one row, and a row per failure
+        (rows never answered, cut off or not sent, are not written)."""
         r = self.results
-        err = r.error[i]
-        if err is not None and isinstance(err, (NotSentError, CancelledRowError)):
-            return None  # nothing was answered
-        key = self.plan.items[i].key
-        base = (self.plan.kind, self.model)
-        usage = (r.input_tokens[i], r.output_tokens[i], r.cost[i], r.latency[i], r.attempts[i])
-        if err is None:
-            result = encode_result(r.output[i], r.finish_reason[i], r.reasoning[i],
-                                   {"tool_calls": r.tool_calls[i],
-                                    "logprobs": r.logprobs[i]}).decode()
-            return (key, "ok", *base, result, *usage, None, None, None, None, 0, self.run_id)
+        ok: list[int] = []
+        failed: list[tuple] = []
+        for i in items:
+            err = r.error[i]
+            if err is None:
+                ok.append(i)
+            elif not isinstance(err, (NotSentError, CancelledRowError)):
+                failed.append(self._failure(i, err))
+        return (self._answers(ok) if ok else None), failed
+
+    def _answers(self, ok: list[int]) -> AnswerBatch:
+        r = self.results
+        outputs = [r.output[i] for i in ok]
+        vectors = _one_block(outputs) if self.plan.kind == "embedding" else None
+        encoded = None
+        if vectors is None:
+            encoded = [encode_result(out, r.finish_reason[i], r.reasoning[i],
+                                     {"tool_calls": r.tool_calls[i], "logprobs": r.logprobs[i]})
+                       for i, out in zip(ok, outputs)]
+        return AnswerBatch(
+            self.plan.endpoint, self.plan.kind, self.model, self.run_id,
+            _keys_of(self.plan, ok), [r.input_tokens[i] for i in ok],
+            [r.output_tokens[i] for i in ok], [r.cost[i] for i in ok],
+            [r.latency[i] for i in ok], [r.attempts[i] for i in ok],
+            vectors=vectors, outputs=encoded)
+
+    def _failure(self, i: int, err: BaseException) -> tuple:
+        """A failed row as the journal's ``rows`` table keeps it (one per key)."""
+        r = self.results
         assert isinstance(err, RowError)
-        return (key, "error", *base, None, *usage, type(err).__name__, err.message[:2000],
-                err.status, err.code, int(err.possibly_billed), self.run_id)
+        return (self.plan.key(i), "error", self.plan.kind, self.model, None,
+                r.input_tokens[i], r.output_tokens[i], r.cost[i], r.latency[i], r.attempts[i],
+                type(err).__name__, err.message[:2000], err.status, err.code,
+                int(err.possibly_billed), self.run_id)
 
     async def drain(self) -> None:
         """Wait until every answer so far is committed, and is still in the journal file at the
@@ -283,3 +319,25 @@ class Durable:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+
+def _keys_of(plan: Any, items: list[int]) -> Any:
+    """The keys of ``items``: a slice of a table's key array, else from the items."""
+    if plan.table is not None:
+        return plan.table.keys[np.asarray(items, dtype=np.int64)]
+    return [plan.key(i) for i in items]
+
+
+def _one_block(outputs: list) -> np.ndarray | None:
+    """Vectors of one length as one (n, dim) float32 block; None for anything else. Checked
+    and joined in C (no Python step per vector): a run writes hundreds of thousands."""
+    if set(map(type, outputs)) != {np.ndarray}:
+        return None
+    try:
+        lengths = set(map(len, outputs))  # a 0-d array has no len
+        flat = np.concatenate(outputs)
+    except (TypeError, ValueError):
+        return None
+    if len(lengths) != 1 or flat.ndim != 1:
+        return None
+    return flat.reshape(len(outputs), lengths.pop()).astype(np.float32, copy=False)

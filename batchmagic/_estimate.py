@@ -76,14 +76,15 @@ def estimate_plan(rp: RunPlan) -> Estimate:
         folder = folder_for(o.cache)
     except TypeError:
         folder = None  # the run would say what is wrong with cache=
-    answered = peek(folder, [item.key for item in plan.items])
-    todo = [i for i, item in enumerate(plan.items) if item.key not in answered]
-    cached_rows = sum(len(plan.items[i].rows) for i in range(len(plan.items))
-                      if plan.items[i].key in answered)
+    keys = [plan.key(i) for i in range(plan.n_items)]  # (a table plan builds no Item per row)
+    answered = peek(folder, keys)
+    todo = [i for i, key in enumerate(keys) if key not in answered]
+    item_rows = plan.item_rows()
+    cached_rows = int(sum(item_rows[i] for i, key in enumerate(keys) if key in answered))
     units = build_units(rp, todo)
-    items = [plan.items[i] for u in units for i in u.items]
-    in_tok = sum(i.prompt_tokens for i in items)
-    out_tok = sum(i.max_output for i in items)
+    sent = [i for u in units for i in u.items]
+    in_tok = plan.prompt_tokens(sent) if sent else 0
+    out_tok = plan.max_output(sent) if sent else 0
     eta = len(units) / (o.rpm / 60) if o.rpm else None
     if o.tpm:
         eta = max(eta or 0, (in_tok + out_tok) / (o.tpm / 60))
@@ -94,12 +95,12 @@ def estimate_plan(rp: RunPlan) -> Estimate:
         if price.batch_share is not None:
             batch_api = (online[0] * price.batch_share, online[1] * price.batch_share)
     return Estimate(
-        rows=plan.n_rows, requests=len(plan.items), cached_rows=cached_rows,
-        to_send=len(items), http_requests=len(units),
+        rows=plan.n_rows, requests=plan.n_items, cached_rows=cached_rows,
+        to_send=len(sent), http_requests=len(units),
         input_errors=len(plan.row_errors), skipped=len(plan.skipped),
         input_tokens=in_tok, max_output_tokens=out_tok,
         endpoint=plan.endpoint, model=o.model,
-        first_request=plan.items[0].body if plan.items else None,
+        first_request=plan.first_body(),
         price=f"{price.source}: ${price.input:g} in / ${price.output:g} out per 1M tokens"
         if price else None,
         cost_online=online, cost_batch_api=batch_api, eta_s=eta, api_key=rp.key_note,

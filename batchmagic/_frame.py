@@ -112,16 +112,16 @@ def _result_values(plan, results, positions: list[int] | None = None, *,
     if whole:
         for item, err in enumerate(results.error):
             if err is not None:
-                for pos in plan.items[item].rows:
+                for pos in plan.rows_of(item):
                     errors[pos] = err.for_row(index[pos])
         for pos, err in plan.row_errors.items():
             errors[pos] = err
         for pos in plan.skipped:
             finish[pos] = "skipped"
-        for item in cached or ():
-            for pos in plan.items[item].rows:
-                attempts[pos] = 0
-                latency[pos] = None
+        if cached:
+            at = plan.rows_for(np.fromiter(cached, dtype=np.int64, count=len(cached)))
+            attempts[at] = 0
+            latency[at] = None
         return out
     for j, (pos, item) in enumerate(zip(positions, items)):
         if pos in plan.row_errors:
@@ -236,8 +236,7 @@ class LiveFrame:
             if not len(new):
                 return 0
             self._applied[new] = True
-            items = self._plan.items
-            positions = [pos for i in new for pos in items[i].rows]
+            positions = self._plan.rows_for(new).tolist()
             if not positions:
                 return 0
             self._write(positions)

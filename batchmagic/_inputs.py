@@ -26,16 +26,18 @@ import itertools
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 
 from . import _kinds, _tokens
 from ._errors import ConfigError, InputError, TemplateError
 from ._media import MediaError, image_url
+from ._requests import NoSlot, RequestTable, Slot, encode_texts, hash_keys, hex_keys, make_slot
 from ._template import Template, parse_template
 
 ON_MISSING = ("error", "skip", "empty")
@@ -57,22 +59,172 @@ class Item:
     draw: int = 0
 
 
-@dataclass
 class Plan:
-    kind: str
-    endpoint: str
-    index: pd.Index
-    frame: pd.DataFrame  # the input columns the result frame starts with
-    items: list[Item]
-    row_item: list[int]  # per output row: index into items, or -1
-    row_errors: dict[int, InputError]
-    skipped: set[int]
-    template: str | None = None
-    samples: int = 1  # output rows per input row (each its own answer)
+    """The rows of a run and the unique requests that answer them.
+
+    Requests are ``Item`` objects, or, for rows planned with a slot (``_requests``), the columns
+    of a ``RequestTable`` (``table``). Hot paths read either through the accessors below (``key``,
+    ``keys``, ``rows_of``, ``rows_for``, ``item_rows``); ``items`` is always there for the
+    readers that want objects: asking it for an element builds them once from the table, and
+    the plan keeps them (``len(plan.items)`` builds nothing).
+    """
+
+    def __init__(self, kind: str, endpoint: str, index: pd.Index, frame: pd.DataFrame,
+                 items: list[Item] | None, row_item: Any, row_errors: dict[int, InputError],
+                 skipped: set[int], template: str | None = None, samples: int = 1, *,
+                 table: RequestTable | None = None):
+        self.kind = kind
+        self.endpoint = endpoint
+        self.index = index
+        self.frame = frame  # the input columns the result frame starts with
+        self.row_errors = row_errors
+        self.skipped = skipped
+        self.template = template
+        self.samples = samples  # output rows per input row (each its own answer)
+        self.table = table
+        self._items = items
+        self._row_item = np.asarray(row_item, dtype=np.int64)  # per output row: item, or -1
+        self._by_item: tuple[np.ndarray, np.ndarray] | None = None
+        self._identity: bool | None = None
 
     @property
     def n_rows(self) -> int:
-        return len(self.row_item)
+        return len(self._row_item)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.table) if self.table is not None else len(self._items or ())
+
+    @property
+    def row_item(self) -> np.ndarray:
+        """Per output row: the index of the request that answers it, or -1."""
+        return self._row_item
+
+    @property
+    def items(self) -> Sequence[Item]:
+        if self.table is None:
+            return self._items  # type: ignore[return-value]
+        return _Items(self)
+
+    def materialize(self) -> list[Item]:
+        """The requests as ``Item`` objects, built once from the table; the plan keeps them."""
+        table = self.table
+        if table is not None:
+            tokens = table.prompt_tokens.tolist()
+            max_output = table.slot.max_output
+            self._items = []
+            for i in range(len(table)):
+                key = table.key(i)
+                self._items.append(Item(
+                    key, table.body(i), tokens[i], max_output, self.rows_of(i),
+                    base=table.base[i].decode() if table.base is not None else key,
+                    draw=int(table.draw[i]) if table.draw is not None else 0))
+            self.table = None
+        return self._items  # type: ignore[return-value]
+
+    def key(self, i: int) -> str:
+        return self.table.key(i) if self.table is not None else self._items[i].key
+
+    @property
+    def keys(self) -> Sequence[str] | np.ndarray:
+        """Every request's row key, in item order (an ``S32`` array for a table)."""
+        if self.table is not None:
+            return self.table.keys
+        return [item.key for item in self._items or ()]
+
+    @property
+    def identity(self) -> bool:
+        """Each row answered by a request of its own, in order (request i answers row i)."""
+        if self._identity is None:  # the rows and their requests do not change once planned
+            self._identity = self.n_items == self.n_rows and (
+                self.n_rows == 0 or bool((self._row_item == np.arange(self.n_rows)).all()))
+        return self._identity
+
+    def _rows_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows sorted by their request, where each request's rows start): request ``i``
+        answers ``rows[starts[i]:starts[i + 1]]``, in row order."""
+        if self._by_item is None:
+            taken = np.flatnonzero(self._row_item >= 0)
+            order = taken[np.argsort(self._row_item[taken], kind="stable")]
+            counts = np.bincount(self._row_item[taken], minlength=self.n_items)
+            starts = np.zeros(self.n_items + 1, dtype=np.int64)
+            np.cumsum(counts, out=starts[1:])
+            self._by_item = (order, starts)
+        return self._by_item
+
+    def rows_of(self, i: int) -> list[int]:
+        """The output rows request ``i`` answers."""
+        if self.table is None:
+            return self._items[i].rows
+        if self.identity:
+            return [i]
+        order, starts = self._rows_index()
+        return order[starts[i]:starts[i + 1]].tolist()
+
+    def rows_for(self, items: np.ndarray) -> np.ndarray:
+        """The output rows requests ``items`` answer (for each request, its rows, in order)."""
+        if self.table is None:
+            return np.array([r for i in items.tolist() for r in self._items[i].rows],
+                            dtype=np.int64)
+        if self.identity:
+            return np.asarray(items, dtype=np.int64)
+        order, starts = self._rows_index()
+        if not len(items):
+            return np.zeros(0, dtype=np.int64)
+        counts = starts[items + 1] - starts[items]
+        at = np.repeat(starts[items] - np.cumsum(counts) + counts, counts) + \
+            np.arange(int(counts.sum()))
+        return order[at]
+
+    def item_rows(self) -> np.ndarray:
+        """How many output rows each request answers."""
+        if self.table is None:
+            return np.array([len(item.rows) for item in self._items or ()], dtype=np.int64)
+        order, starts = self._rows_index()
+        return np.diff(starts)
+
+    def prompt_tokens(self, items: list[int]) -> int:
+        """The estimated prompt tokens of requests ``items`` together."""
+        if self.table is not None:
+            return self.table.tokens_of(items)
+        return sum(self._items[i].prompt_tokens for i in items)
+
+    def max_output(self, items: list[int]) -> int:
+        """The most output tokens requests ``items`` may produce together."""
+        if self.table is not None:
+            return self.table.slot.max_output * len(items)
+        return sum(self._items[i].max_output for i in items)
+
+    def add_prompt_tokens(self, extra: int) -> None:
+        """Count ``extra`` more prompt tokens in every request (a schema providers count)."""
+        if self.table is not None:
+            self.table.extra_tokens += extra
+            return
+        for item in self._items or ():
+            item.prompt_tokens += extra
+
+    def first_body(self) -> dict | None:
+        """The first request's body (for showing), or None."""
+        if not self.n_items:
+            return None
+        return self.table.body(0) if self.table is not None else self._items[0].body
+
+
+class _Items(Sequence):
+    """``plan.items`` of a plan with a table: its length at once, anything more builds the
+    ``Item`` objects (once)."""
+
+    def __init__(self, plan: Plan):
+        self._plan = plan
+
+    def __len__(self) -> int:
+        return self._plan.n_items
+
+    def __getitem__(self, i):  # noqa: ANN001
+        return self._plan.materialize()[i]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self._plan.materialize())
 
 
 def row_key(endpoint: str, kind: str, body: dict) -> str:
@@ -126,12 +278,35 @@ def make_plan(
     if samples > 1:  # each input row K times, in order, with its own label
         index = index.repeat(samples)
         frame = frame.iloc[[pos for pos in range(len(frame)) for _ in range(samples)]]
+    source = tmpl.source if tmpl is not None else None
+    slot = _slot_for(call, endpoint, table.shape, images, samples)
+    if slot is not None:  # every row one text in the same body: planned all at once
+        planner = _SlotPlanner(slot, call, on_missing, index, dedupe)
+        texts = table.values if tmpl is None and _all_text(table.values) else None
+        request_table, row_item = planner.plan(len(index), drafts, texts)
+        return Plan(kind, endpoint, index, frame, None, row_item, planner.row_errors,
+                    planner.skipped, source, samples, table=request_table)
     planner = _Planner(call, endpoint, on_missing, allow_private_urls, index, samples, dedupe)
     for pos, request, image_refs, missing in drafts:
         planner.take(pos, request, image_refs, missing)
     return Plan(kind, endpoint, index, frame, planner.items, planner.row_item,
-                planner.row_errors, planner.skipped, tmpl.source if tmpl is not None else None,
-                samples)
+                planner.row_errors, planner.skipped, source, samples)
+
+
+def _slot_for(call: _Call, endpoint: str, shape: str, images: str | None,
+              samples: int) -> Slot | None:
+    """The slot body when every row is one text in the same body (texts or a DataFrame's
+    template, no images, one answer per row), else None: rows are then planned one by one."""
+    if shape not in ("texts", "frame") or images is not None or samples != 1:
+        return None
+    try:
+        return make_slot(call.kind, endpoint, call.model, call.params, call.system)
+    except NoSlot:
+        return None
+
+
+def _all_text(values: list | None) -> bool:
+    return values is not None and set(map(type, values)) <= {str}
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,12 +663,8 @@ class _Planner:
         if self.on_missing == "skip":
             self.skipped.update(self._outputs(pos))
             return
-        where = (f" in column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
-                 if missing else "")
         for out in self._outputs(pos):
-            self.row_errors[out] = InputError(
-                f"missing value{where}; pass on_missing='skip' or 'empty' to change this",
-                row=self.index[out])
+            self.row_errors[out] = InputError(_missing_message(missing), row=self.index[out])
 
     def _add(self, pos: int, body: dict, whole: bool) -> None:
         """The row's output rows join the items of their draws, or start them (JSON must carry
@@ -528,6 +699,118 @@ class _Planner:
         if "max_tokens" in body or "max_completion_tokens" in body:
             return _tokens.max_output_tokens(self.kind, body)
         return self.max_output
+
+
+class _SlotPlanner:
+    """The shared steps for rows planned with a slot (``_requests``), over all rows at once:
+    the missing-value rule and refusals row by row (they are few), then one encoding of every
+    text, a hash per row, and de-duplication over the keys. The same rules as ``_Planner``, the
+    same keys, the same requests."""
+
+    def __init__(self, slot: Slot, call: _Call, on_missing: str, index: pd.Index,
+                 dedupe: bool | None):
+        self.slot, self.kind, self.on_missing, self.index = slot, call.kind, on_missing, index
+        self.shared = dedupe if dedupe is not None else deterministic(call.kind, slot.body)
+        self.row_errors: dict[int, InputError] = {}
+        self.skipped: set[int] = set()
+
+    def plan(self, n_rows: int, drafts: Iterable[Draft],
+             texts: list[str] | None) -> tuple[RequestTable, np.ndarray]:
+        """(the requests, each row's request or -1). ``texts``: every row's text, when the rows
+        are texts sent as they are (no draft needed)."""
+        if texts is not None:
+            rows = np.arange(n_rows, dtype=np.int64)
+            if self.kind == "embedding" and not all(map(str.strip, texts)):
+                rows, texts = self._embeddable(rows, texts)
+        else:
+            rows, texts = self._texts(drafts)
+        encoded, rows, texts = self._encoded(rows, texts)
+        digests = hash_keys(self.slot, encoded.parts)
+        encoded.parts = []
+        item_of, first, keys, base, draw = self._unique(digests)
+        row_item = np.full(n_rows, -1, dtype=np.int64)
+        row_item[rows] = item_of
+        unique_texts = texts if len(first) == len(texts) else [texts[j] for j in first.tolist()]
+        return RequestTable(self.slot, keys, unique_texts, encoded, first, base, draw), row_item
+
+    def _texts(self, drafts: Iterable[Draft]) -> tuple[np.ndarray, list[str]]:
+        """The rows with a text to send, and their texts; the others get their InputError or
+        are skipped, as ``_Planner.take`` does it."""
+        rows: list[int] = []
+        texts: list[str] = []
+        blank = self.kind == "embedding"
+        for pos, request, _refs, missing in drafts:
+            if missing is not None and self.on_missing != "empty":
+                self._missing(pos, missing)
+            elif isinstance(request, _Refused):
+                self._refuse(pos, str(request))
+            elif blank and not request.strip():
+                self._refuse(pos, NOTHING_TO_EMBED)
+            else:
+                rows.append(pos)
+                texts.append(request)
+        return np.array(rows, dtype=np.int64), texts
+
+    def _embeddable(self, rows: np.ndarray, texts: list[str]) -> tuple[np.ndarray, list[str]]:
+        keep = [j for j, t in enumerate(texts) if t.strip()]
+        for j in sorted(set(range(len(texts))) - set(keep)):
+            self._refuse(int(rows[j]), NOTHING_TO_EMBED)
+        return rows[keep], [texts[j] for j in keep]
+
+    def _encoded(self, rows: np.ndarray, texts: list[str]):  # noqa: ANN202
+        """The texts encoded in one call; a text JSON cannot carry is its row's InputError."""
+        try:
+            return encode_texts(texts), rows, texts
+        except (orjson.JSONEncodeError, TypeError):
+            pass
+        keep = []
+        for j, text in enumerate(texts):
+            try:
+                orjson.dumps(text)
+                keep.append(j)
+            except (orjson.JSONEncodeError, TypeError) as exc:
+                self._refuse(int(rows[j]), _unencodable_message(exc))
+        texts = [texts[j] for j in keep]
+        return encode_texts(texts), rows[keep], texts
+
+    def _unique(self, digests: list[bytes]):  # noqa: ANN202
+        """(each text's request, the first text of each request, the keys, base, draw).
+        Identical texts share a request when the answer is the same for all (``shared``);
+        otherwise each is another draw of it, with a key of its own (``draw_key``)."""
+        n = len(digests)
+        if len(set(digests)) == n:
+            every = np.arange(n, dtype=np.int64)
+            return every, every, hex_keys(digests), None, None
+        if self.shared:
+            first: dict[bytes, int] = {}
+            item_of = np.fromiter((first.setdefault(d, len(first)) for d in digests),
+                                  dtype=np.int64, count=n)
+            _, firsts = np.unique(item_of, return_index=True)  # each request's first text
+            return item_of, firsts, hex_keys(list(first)), None, None
+        seen: dict[bytes, int] = {}
+        keys, draws = [], np.zeros(n, dtype=np.int64)
+        bases = hex_keys(digests)
+        for j, d in enumerate(digests):
+            draws[j] = seen.get(d, 0)
+            seen[d] = draws[j] + 1
+            keys.append(d.hex() if draws[j] == 0 else draw_key(d.hex(), int(draws[j])))
+        every = np.arange(n, dtype=np.int64)
+        return every, every, np.array(keys, dtype="S32"), bases, draws
+
+    def _missing(self, pos: int, missing: tuple[str, ...]) -> None:
+        if self.on_missing == "skip":
+            self.skipped.add(pos)
+        else:
+            self.row_errors[pos] = InputError(_missing_message(missing), row=self.index[pos])
+
+    def _refuse(self, pos: int, why: str) -> None:
+        self.row_errors[pos] = InputError(why, row=self.index[pos])
+
+
+def _missing_message(missing: tuple[str, ...]) -> str:
+    where = (f" in column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"
+             if missing else "")
+    return f"missing value{where}; pass on_missing='skip' or 'empty' to change this"
 
 
 def _image_urls(refs: Any, allow_private: bool) -> list[str] | None:
@@ -599,7 +882,7 @@ def _normalise(inputs: Any) -> _Table:
 
 def _list_shape(rows: list) -> str:
     """The one shape of a list's elements (missing values fit any); an empty list is texts."""
-    if all(type(r) is str for r in rows):  # the usual list, told without a call per row
+    if set(map(type, rows)) <= {str}:  # the usual list, told without a Python call per row
         return "texts"
     kinds = {_element_shape(r) for r in rows}
     kinds.discard("missing")

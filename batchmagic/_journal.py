@@ -4,6 +4,15 @@ Each answered request is written, keyed by its row key, before its row counts as
 are batched on one writer thread so the journal costs little. A re-run looks up every row key
 first and sends only what is missing; editing 10 rows re-sends 10 rows.
 
+Answers are written many to a statement (schema 2): one ``answers`` row per group commit holds
+its keys (16 bytes each) and its answers as arrays: embeddings as one float32 block, other
+answers as lines of JSON, usage as packed numbers. Appending a row touches only the pages at the
+table's end; one row per key touched a page of the key index per answer (row keys are random),
+which made the journal a third of a big run's time. A lookup reads the keys of its own endpoint's
+answers, matches them in bulk, and reads back only the answers it found (vectors as one array).
+Failed rows, and answers the Batch API harvests, are ``rows`` entries, one per key, as they were in
+schema 1: a journal written before is read as it is.
+
 Layout: a project-local ``.batchmagic/`` folder (``BATCHMAGIC_JOURNAL_DIR`` or ``cache="path"``
 to move it), mode 0700, holding ``journal.sqlite3`` (0600; SQLite gives its -wal and -shm files the
 same mode). JSON only, never pickle; no secret is ever written (request bodies are not stored,
@@ -29,7 +38,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,7 +51,7 @@ from ._errors import JournalError
 log = logging.getLogger("batchmagic")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LEASE_SECONDS = 60.0
 DEFAULT_DIR = ".batchmagic"
 _SCHEMA = """
@@ -134,6 +143,27 @@ CREATE TABLE IF NOT EXISTS job_rows (
     PRIMARY KEY (job_id, custom_id)
 );
 CREATE INDEX IF NOT EXISTS job_rows_key ON job_rows(key);
+-- schema 2: answers many per row (see the module's docstring); big columns last, so that a
+-- lookup reading the keys never reads the answers
+CREATE TABLE IF NOT EXISTS answers (
+    id INTEGER PRIMARY KEY,
+    scope TEXT,                     -- the endpoint asked: a lookup reads its own scope's keys
+    n INTEGER,
+    keys BLOB,                      -- n row keys, 16 bytes each (their 32 hex digits, decoded)
+    kind TEXT,
+    model TEXT,
+    run_id TEXT,
+    created REAL,
+    input_tokens BLOB,              -- n x int64, -1 where not known
+    output_tokens BLOB,             -- n x int64, -1 where not known
+    cost BLOB,                      -- n x float64, NaN where not known
+    latency BLOB,                   -- n x float64, NaN where not known
+    attempts BLOB,                  -- n x int32
+    dim INTEGER,                    -- embeddings: the length of each vector
+    vectors BLOB,                   -- embeddings: n x dim little-endian float32
+    outputs TEXT                    -- other answers: n lines of JSON (encode_result), key order
+);
+CREATE INDEX IF NOT EXISTS answers_scope ON answers(scope);
 """
 
 
@@ -199,6 +229,353 @@ def decode_result(raw: str | bytes) -> tuple[Any, str | None, str | None, dict]:
         value = GeneratedImage(base64.b64decode(value["image"]), mime=value.get("mime"),
                                url=value.get("url"))
     return value, data.get("f"), data.get("r"), data.get("x") or {}
+
+
+_UPSERT_ROW = (
+    "INSERT INTO rows (key, status, kind, model, result, input_tokens, "
+    "output_tokens, cost, latency, attempts, error_class, error_message, "
+    "error_status, error_code, possibly_billed, run_id, created, updated) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(key) DO UPDATE SET status=excluded.status, kind=excluded.kind, "
+    "model=excluded.model, result=excluded.result, input_tokens=excluded.input_tokens, "
+    "output_tokens=excluded.output_tokens, cost=excluded.cost, latency=excluded.latency, "
+    "attempts=excluded.attempts, error_class=excluded.error_class, "
+    "error_message=excluded.error_message, error_status=excluded.error_status, "
+    "error_code=excluded.error_code, possibly_billed=excluded.possibly_billed, "
+    "run_id=excluded.run_id, updated=excluded.updated "
+    "WHERE rows.status != 'ok' OR excluded.status = 'ok'"  # never lose an answer
+)
+
+
+# -- answers many per row (schema 2) --------------------------------------------------------------
+
+_ANSWER_COLUMNS = ("scope, n, keys, kind, model, run_id, created, input_tokens, output_tokens, "
+                   "cost, latency, attempts, dim, vectors, outputs")
+
+
+@dataclass
+class AnswerBatch:
+    """Answers to write as one ``answers`` row: their keys (32 hex digits each) and columns.
+    Usage columns take None where not known; ``vectors`` (n x dim) holds embeddings, else
+    ``outputs`` holds each answer as ``encode_result`` made it."""
+
+    scope: str
+    kind: str
+    model: str | None
+    run_id: str
+    keys: Sequence[str]
+    input_tokens: Sequence[int | None]
+    output_tokens: Sequence[int | None]
+    cost: Sequence[float | None]
+    latency: Sequence[float | None]
+    attempts: Sequence[int]
+    vectors: np.ndarray | None = None
+    outputs: Sequence[bytes] | None = None
+
+    def as_records(self) -> list[tuple]:
+        """The answers as ``rows`` entries, one per key (for keys that are not 32 hex digits)."""
+        outputs = self.outputs if self.vectors is None else \
+            [encode_result(v, None, None, {}) for v in self.vectors]
+        return [(key, "ok", self.kind, self.model, out.decode(), self.input_tokens[j],
+                 self.output_tokens[j], self.cost[j], self.latency[j], self.attempts[j], None,
+                 None, None, None, 0, self.run_id)
+                for j, (key, out) in enumerate(zip(self.keys, outputs or ()))]
+
+    def as_row(self, now: float) -> tuple:
+        n = len(self.keys)
+        raw = key_bytes(self.keys)
+        if raw is None:
+            raise ValueError("answers rows hold row keys of 32 hex digits only")
+        dim = vectors = outputs = None
+        if self.vectors is not None:
+            dim = int(self.vectors.shape[1])
+            vectors = np.ascontiguousarray(self.vectors, dtype="<f4").tobytes()
+        else:
+            outputs = b"\n".join(self.outputs or ()).decode()
+        return (self.scope, n, raw.tobytes(), self.kind, self.model, self.run_id, now,
+                _ints(self.input_tokens), _ints(self.output_tokens), _floats(self.cost),
+                _floats(self.latency), np.asarray(self.attempts, dtype="<i4").tobytes(), dim,
+                vectors, outputs)
+
+
+def _ints(values: Sequence[int | None]) -> bytes:
+    if isinstance(values, np.ndarray):
+        return values.astype("<i8").tobytes()
+    return np.array([-1 if v is None else v for v in values], dtype="<i8").tobytes()
+
+
+def _floats(values: Sequence[float | None]) -> bytes:
+    if isinstance(values, np.ndarray):
+        return values.astype("<f8").tobytes()
+    return np.array([np.nan if v is None else v for v in values], dtype="<f8").tobytes()
+
+
+def key_bytes(keys: Sequence[str] | np.ndarray) -> np.ndarray | None:
+    """Row keys (32 hex digits each) as an (n, 2) uint64 array of their 16 bytes; None when
+    one of them is not such a key."""
+    if isinstance(keys, np.ndarray) and keys.dtype == np.dtype("S32"):
+        text = keys.tobytes().decode("ascii", "replace")
+    else:
+        text = "".join(keys)
+    if len(text) != 32 * len(keys):
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+
+
+def _match(wanted: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in ``wanted``, positions in ``stored``) of the keys both hold (n x 2 uint64
+    each); a key stored more than once matches its last copy (the newest answer)."""
+    if not len(wanted) or not len(stored):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    if 8 * len(wanted) < len(stored):  # a few keys in a big journal: sort the few, not the journal
+        return _match_few(wanted, stored)
+    order = np.lexsort((np.arange(len(stored)), stored[:, 1], stored[:, 0]))
+    s0, s1 = stored[order, 0], stored[order, 1]
+    last = np.ones(len(order), dtype=bool)  # the last copy of each key, in sorted order
+    last[:-1] = (s0[1:] != s0[:-1]) | (s1[1:] != s1[:-1])
+    order, s0, s1 = order[last], s0[last], s1[last]
+    lo = np.searchsorted(s0, wanted[:, 0], "left")
+    hi = np.searchsorted(s0, wanted[:, 0], "right")
+    at = np.flatnonzero(hi > lo)
+    found_w: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    single = at[hi[at] - lo[at] == 1]
+    hit = s1[lo[single]] == wanted[single, 1]
+    found_w.append(single[hit])
+    found_s.append(order[lo[single[hit]]])
+    for w in at[hi[at] - lo[at] > 1].tolist():  # two keys sharing their first 8 bytes: rare
+        for j in range(lo[w], hi[w]):
+            if s1[j] == wanted[w, 1]:
+                found_w.append(np.array([w]))
+                found_s.append(order[j:j + 1])
+    w_pos, s_pos = np.concatenate(found_w), np.concatenate(found_s)
+    sort = np.argsort(w_pos, kind="stable")
+    return w_pos[sort], s_pos[sort]
+
+
+def _match_few(wanted: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_match`` by looking each stored key up among the wanted ones (sorted)."""
+    order = np.lexsort((wanted[:, 1], wanted[:, 0]))
+    w0, w1 = wanted[order, 0], wanted[order, 1]
+    lo = np.searchsorted(w0, stored[:, 0], "left")
+    hi = np.searchsorted(w0, stored[:, 0], "right")
+    single = np.flatnonzero(hi - lo == 1)
+    hit = single[w1[lo[single]] == stored[single, 1]]
+    s_parts, w_parts = [hit], [order[lo[hit]]]
+    for s in np.flatnonzero(hi - lo > 1).tolist():  # wanted keys sharing their first 8 bytes
+        for j in range(lo[s], hi[s]):
+            if w1[j] == stored[s, 1]:
+                s_parts.append(np.array([s]))
+                w_parts.append(order[j:j + 1])
+    s_pos, w_pos = np.concatenate(s_parts), np.concatenate(w_parts)
+    by_stored = np.argsort(s_pos, kind="stable")
+    s_pos, w_pos = s_pos[by_stored], w_pos[by_stored]
+    _, last = np.unique(w_pos[::-1], return_index=True)  # each wanted key's newest copy
+    keep = len(w_pos) - 1 - last
+    return w_pos[keep], s_pos[keep]
+
+
+@dataclass
+class Found:
+    """What a lookup found, as columns over the keys found: ``at`` their positions in the keys
+    asked (ascending), usage (-1 / NaN where not known), and the answers: ``vectors`` (one
+    float32 block, when every answer found is a vector of one length) or ``answers`` (one
+    ``(output, finish_reason, reasoning, extra)`` each)."""
+
+    at: np.ndarray
+    status: list[str]
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    cost: np.ndarray
+    latency: np.ndarray
+    attempts: np.ndarray
+    vectors: np.ndarray | None = None
+    answers: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.at)
+
+    def answer(self, j: int) -> tuple[Any, str | None, str | None, dict]:
+        if self.vectors is not None:
+            return self.vectors[j], None, None, {}
+        return self.answers[j]  # type: ignore[index]
+
+    def usage(self, j: int) -> tuple[int | None, int | None, float | None, float | None, int]:
+        """(input_tokens, output_tokens, cost, latency, attempts) of answer ``j``."""
+        i_t, o_t = int(self.input_tokens[j]), int(self.output_tokens[j])
+        cost, latency = float(self.cost[j]), float(self.latency[j])
+        return (None if i_t < 0 else i_t, None if o_t < 0 else o_t,
+                None if cost != cost else cost, None if latency != latency else latency,
+                int(self.attempts[j]))
+
+    def record(self, j: int, key: str = "") -> Record:
+        output, finish, reasoning, extra = self.answer(j)
+        return Record(key, self.status[j], output, finish, reasoning, *self.usage(j), extra)
+
+
+def find_in(conn: sqlite3.Connection, keys: Sequence[str] | np.ndarray, include_errors: bool,
+            scope: str | None) -> Found:
+    """``Journal.find`` on a connection (``peek`` reads a file without a ``Journal``)."""
+    hits: dict[int, tuple] = {}  # position -> (status, answer, usage)
+    block = _answers_found(conn, keys, scope, hits)
+    taken = block.at if block is not None else np.fromiter(hits, dtype=np.int64, count=len(hits))
+    statuses = ("ok", "error") if include_errors else ("ok",)
+    more = list(_rows_found(conn, keys, taken, statuses))
+    if not more and block is not None:  # vectors only: one block, no tuple per key
+        return block
+    if block is not None:
+        for j, pos in enumerate(block.at.tolist()):
+            hits[pos] = ("ok", block.answer(j), block.usage(j))
+    for pos, rec in more:
+        hits[pos] = (rec.status, (rec.output, rec.finish_reason, rec.reasoning, rec.extra),
+                     (rec.input_tokens, rec.output_tokens, rec.cost, rec.latency, rec.attempts))
+    return _found_of(hits)
+
+
+def _found_of(hits: dict[int, tuple]) -> Found:
+    at = sorted(hits)
+    usage = [hits[p][2] for p in at]
+    ints = lambda k: np.array([-1 if u[k] is None else u[k] for u in usage], dtype=np.int64)  # noqa: E731
+    floats = lambda k: np.array([np.nan if u[k] is None else u[k] for u in usage],  # noqa: E731
+                                dtype=np.float64)
+    return Found(np.array(at, dtype=np.int64), [hits[p][0] for p in at], ints(0), ints(1),
+                 floats(2), floats(3), ints(4), answers=[hits[p][1] for p in at])
+
+
+def _answers_found(conn: sqlite3.Connection, keys: Sequence[str] | np.ndarray, scope: str | None,
+                   hits: dict[int, tuple]) -> Found | None:
+    """Look ``keys`` up in the answers table. A lookup whose every answer is a vector of one
+    length returns them as a ``Found`` (one block); otherwise they go into ``hits``."""
+    where, args = ("WHERE scope = ?", (scope,)) if scope is not None else ("", ())
+    try:
+        stored = conn.execute(f"SELECT id, n, keys FROM answers {where} ORDER BY id",
+                              args).fetchall()
+    except sqlite3.OperationalError as exc:  # a schema 1 journal read as it is (peek)
+        if "no such table" not in str(exc):
+            raise
+        return None
+    if not stored or not len(keys):
+        return None
+    wanted = key_bytes(keys)
+    if wanted is None:  # not all are row keys: look up those that are
+        valid = [p for p in range(len(keys)) if key_bytes([keys[p]]) is not None]
+        wanted = key_bytes([keys[p] for p in valid]) if valid else np.zeros((0, 2), "<u8")
+        positions = np.array(valid, dtype=np.int64)
+    else:
+        positions = np.arange(len(keys), dtype=np.int64)
+    ids, sizes = [], []
+    blobs = []
+    for row_id, n, blob in stored:
+        if blob is None or len(blob) != 16 * n:
+            continue  # damaged: its answers are asked again
+        ids.append(row_id)
+        sizes.append(n)
+        blobs.append(blob)
+    if not ids:
+        return None
+    all_keys = np.frombuffer(b"".join(blobs), dtype="<u8").reshape(-1, 2)
+    w_pos, s_pos = _match(wanted, all_keys)
+    if not len(w_pos):
+        return None
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    chunk = np.searchsorted(starts, s_pos, "right") - 1
+    parts = []
+    for c in np.unique(chunk).tolist():
+        mine = chunk == c
+        part = _read_answers(conn, ids[c], sizes[c], s_pos[mine] - starts[c])
+        if part is not None:
+            parts.append((positions[w_pos[mine]], *part))
+    return _gather(parts, hits)
+
+
+def _read_answers(conn: sqlite3.Connection, row_id: int, n: int,
+                  offsets: np.ndarray) -> tuple | None:
+    """Answers ``offsets`` of answers row ``row_id``: (kept offsets' mask, usage arrays,
+    vectors or decoded answers). None when the row is damaged."""
+    row = conn.execute("SELECT input_tokens, output_tokens, cost, latency, attempts, dim, "
+                       "vectors, outputs FROM answers WHERE id = ?", (row_id,)).fetchone()
+    i_t, o_t, cost, latency, attempts, dim, vectors, outputs = row
+    try:
+        usage = (np.frombuffer(i_t, "<i8")[offsets], np.frombuffer(o_t, "<i8")[offsets],
+                 np.frombuffer(cost, "<f8")[offsets], np.frombuffer(latency, "<f8")[offsets],
+                 np.frombuffer(attempts, "<i4")[offsets].astype(np.int64))
+        if dim is not None:
+            block = np.frombuffer(vectors, "<f4").reshape(n, dim)
+            return np.ones(len(offsets), dtype=bool), usage, block[offsets], None
+        lines = outputs.split("\n")
+        if len(lines) != n:
+            return None
+    except (TypeError, ValueError, IndexError, AttributeError):
+        log.debug("batchmagic: journal answers row %s does not decode; re-asking", row_id)
+        return None
+    keep = np.ones(len(offsets), dtype=bool)
+    answers = []
+    for j, off in enumerate(offsets.tolist()):
+        try:
+            answers.append(decode_result(lines[off]))
+        except Exception:  # garbage: this answer is asked again
+            keep[j] = False
+            answers.append(None)
+    return keep, usage, None, answers
+
+
+def _gather(parts: list[tuple], hits: dict[int, tuple]) -> Found | None:
+    """The answers rows' parts as one ``Found`` when they are all vectors of one length and
+    all decoded; otherwise into ``hits``, one tuple per key."""
+    dims = {p[3].shape[1] if p[3] is not None else None for p in parts}
+    if len(dims) == 1 and None not in dims:
+        at = np.concatenate([p[0] for p in parts])
+        order = np.argsort(at, kind="stable")
+        cols = [np.concatenate([p[2][k] for p in parts])[order] for k in range(5)]
+        block = np.concatenate([p[3] for p in parts])[order].astype(np.float32)
+        return Found(at[order], ["ok"] * len(at), *cols, vectors=block)
+    for pos, keep, usage, block, answers in parts:
+        for j, p in enumerate(pos.tolist()):
+            if not keep[j]:
+                continue
+            answer = (block[j].astype(np.float32), None, None, {}) if block is not None \
+                else answers[j]
+            u = [int(usage[0][j]), int(usage[1][j]), float(usage[2][j]), float(usage[3][j]),
+                 int(usage[4][j])]
+            hits[p] = ("ok", answer, (None if u[0] < 0 else u[0], None if u[1] < 0 else u[1],
+                                      None if u[2] != u[2] else u[2],
+                                      None if u[3] != u[3] else u[3], u[4]))
+    return None
+
+
+def _rows_found(conn: sqlite3.Connection, keys: Sequence[str] | np.ndarray, taken: np.ndarray,
+                statuses: tuple[str, ...]) -> Iterator[tuple[int, Record]]:
+    """(position, record) for the keys, but those at positions ``taken``, that the rows table
+    answers. A table smaller than the keys asked is read whole; a bigger one is asked about
+    the keys."""
+    size = conn.execute("SELECT max(rowid) FROM rows").fetchone()[0] or 0
+    if size == 0 or not len(keys):
+        return
+    rest = np.ones(len(keys), dtype=bool)
+    rest[taken] = False
+    as_str = (lambda k: k.decode()) if isinstance(keys, np.ndarray) else (lambda k: k)  # noqa: E731
+    wanted: dict[str, list[int]] = {}
+    for p in np.flatnonzero(rest).tolist():
+        wanted.setdefault(as_str(keys[p]), []).append(p)
+    sql = "SELECT key, status, result, input_tokens, output_tokens, cost, latency, attempts FROM rows"
+    if size <= len(wanted):
+        cursors: Iterable[sqlite3.Cursor] = [conn.execute(sql)]
+    else:
+        names = list(wanted)
+        cursors = (conn.execute(f"{sql} WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+                   for chunk in (names[s:s + 900] for s in range(0, len(names), 900)))
+    for cursor in cursors:
+        for key, status, result, *usage in cursor:
+            at = wanted.get(key)
+            if at is not None and status in statuses:
+                rec = _record(key, status, result, *usage)
+                if rec is not None:
+                    yield from ((pos, rec) for pos in at)
 
 
 # -- the journal --------------------------------------------------------------------------------
@@ -267,14 +644,17 @@ class Journal:
         """Settings, the damage check and the schema. Returns what is damaged, or None."""
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
-        conn.execute("PRAGMA cache_size=-65536")  # up to 64 MB: random row keys touch every page
+        # 8 MB: answers are appended (schema 2), so a write touches few pages; the cache holds
+        # what was read or written, and a bigger one only grows the process
+        conn.execute("PRAGMA cache_size=-8192")
         # SQLite reports a damaged page only when it reads it: read them all now (cheap next to
         # a run: the pages land in the cache that the cache lookup reads next anyway)
         verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         if verdict != "ok":
             return verdict
-        conn.executescript(_SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        conn.executescript(_SCHEMA)  # a schema 1 journal gains the answers table here
+        conn.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v "
+                     "WHERE CAST(v AS INTEGER) < CAST(excluded.v AS INTEGER)", (str(SCHEMA_VERSION),))
         for suffix in ("-wal", "-shm"):
             side = _side(self.path, suffix)
             if side.exists():
@@ -387,46 +767,46 @@ class Journal:
 
     # -- rows --------------------------------------------------------------------------------
 
-    def lookup(self, keys: Iterable[str], *, include_errors: bool = False) -> dict[str, Record]:
-        """Finished answers for ``keys``. Rows whose stored answer cannot be decoded are skipped
-        (and will be asked again)."""
+    def lookup(self, keys: Iterable[str], *, include_errors: bool = False,
+               scope: str | None = None) -> dict[str, Record]:
+        """Finished answers for ``keys``, one ``Record`` each. Rows whose stored answer cannot be
+        decoded are skipped (and will be asked again). ``scope``: the endpoint the keys were
+        asked at (only its answers are read), or None for all."""
         keys = list(keys)
-        statuses = ("ok", "error") if include_errors else ("ok",)
+        found = self.find(keys, include_errors=include_errors, scope=scope)
+        return {keys[pos]: found.record(j, keys[pos]) for j, pos in enumerate(found.at.tolist())}
 
-        def read(conn: sqlite3.Connection) -> dict[str, Record]:
-            found: dict[str, Record] = {}
-            for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-                chunk = keys[start:start + 900]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT key, status, result, input_tokens, output_tokens, cost, latency, "
-                    f"attempts FROM rows WHERE key IN ({marks})", chunk).fetchall()
-                for key, status, result, in_tok, out_tok, cost, latency, attempts in rows:
-                    if status in statuses:
-                        rec = _record(key, status, result, in_tok, out_tok, cost, latency, attempts)
-                        if rec is not None:
-                            found[key] = rec
-            return found
+    def find(self, keys: Sequence[str] | np.ndarray, *, include_errors: bool = False,
+             scope: str | None = None) -> Found:
+        """Finished answers for ``keys`` (hex strings, or an ``S32`` array of them), as columns:
+        which of the keys were found, their answers and usage. Embeddings come back as one
+        float32 block when every answer found is a vector of one length."""
+        return self._use(lambda conn: find_in(conn, keys, include_errors, scope))
 
-        return self._use(read)
+    def write_answers(self, batch: AnswerBatch | None, records: list[tuple] = ()) -> None:
+        """One transaction: answers, one statement for all (a row of the answers table), and
+        ``records`` as ``write_rows`` takes them (failed rows)."""
+        now = time.time()
+        row = None
+        if batch is not None and key_bytes(batch.keys) is None:  # not row keys: one row each
+            records = [*records, *batch.as_records()]
+        elif batch is not None:
+            row = batch.as_row(now)
+
+        def work(conn: sqlite3.Connection) -> None:
+            if row is not None:
+                conn.execute(f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES "
+                             f"({','.join('?' * len(row))})", row)
+            if records:
+                conn.executemany(_UPSERT_ROW, [r + (now, now) for r in records])
+
+        self._use(work, write=True)
 
     def write_rows(self, records: list[tuple]) -> None:
         """One transaction. Each record matches the ``rows`` columns after ``key``."""
         now = time.time()
-        self._use(lambda conn: conn.executemany(
-            "INSERT INTO rows (key, status, kind, model, result, input_tokens, "
-            "output_tokens, cost, latency, attempts, error_class, error_message, "
-            "error_status, error_code, possibly_billed, run_id, created, updated) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(key) DO UPDATE SET status=excluded.status, kind=excluded.kind, "
-            "model=excluded.model, result=excluded.result, input_tokens=excluded.input_tokens, "
-            "output_tokens=excluded.output_tokens, cost=excluded.cost, latency=excluded.latency, "
-            "attempts=excluded.attempts, error_class=excluded.error_class, "
-            "error_message=excluded.error_message, error_status=excluded.error_status, "
-            "error_code=excluded.error_code, possibly_billed=excluded.possibly_billed, "
-            "run_id=excluded.run_id, updated=excluded.updated "
-            "WHERE rows.status != 'ok' OR excluded.status = 'ok'",  # never lose an answer
-            [r + (now, now) for r in records]), write=True)
+        self._use(lambda conn: conn.executemany(_UPSERT_ROW, [r + (now, now) for r in records]),
+                  write=True)
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -579,18 +959,31 @@ class Journal:
         return self._use(read)
 
     def counts(self) -> dict[str, int]:
-        return self._use(lambda conn: dict(
-            conn.execute("SELECT status, COUNT(*) FROM rows GROUP BY status")))
+        """Rows by status: answers (both tables; an answer written twice counts twice) and
+        errors."""
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            counts = dict(conn.execute("SELECT status, COUNT(*) FROM rows GROUP BY status"))
+            many = conn.execute("SELECT sum(n) FROM answers").fetchone()[0] or 0
+            if many:
+                counts["ok"] = counts.get("ok", 0) + many
+            return counts
+
+        return self._use(read)
 
     def clear(self, before: float | None = None) -> int:
         """Delete rows (and runs) last written before ``before`` (a UNIX time), or all."""
         def delete(conn: sqlite3.Connection) -> int:
             if before is None:
-                n = conn.execute("DELETE FROM rows").rowcount
+                n = conn.execute("SELECT coalesce(sum(n), 0) FROM answers").fetchone()[0]
+                conn.execute("DELETE FROM answers")
+                n += conn.execute("DELETE FROM rows").rowcount
                 conn.execute("DELETE FROM runs")
                 conn.execute("DELETE FROM claims")
             else:
-                n = conn.execute("DELETE FROM rows WHERE updated < ?", (before,)).rowcount
+                n = conn.execute("SELECT coalesce(sum(n), 0) FROM answers WHERE created < ?",
+                                 (before,)).fetchone()[0]
+                conn.execute("DELETE FROM answers WHERE created < ?", (before,))
+                n += conn.execute("DELETE FROM rows WHERE updated < ?", (before,)).rowcount
                 conn.execute("DELETE FROM runs WHERE started < ?", (before,))
             # finished Batch API jobs go too; unfinished ones stay, or a batch the provider is
             # still running (and billing) would be forgotten
@@ -708,20 +1101,15 @@ def peek(folder: Path | None, keys: list[str]) -> set[str]:
     path = None if folder is None else Path(folder) / "journal.sqlite3"
     if path is None or not path.is_file() or not keys:
         return set()
-    found: set[str] = set()
     try:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-                chunk = keys[start:start + 900]
-                found.update(key for (key,) in conn.execute(
-                    f"SELECT key FROM rows WHERE status = 'ok' AND key IN "
-                    f"({','.join('?' * len(chunk))})", chunk))
+            found = find_in(conn, keys, False, None)
         finally:
             conn.close()
     except sqlite3.Error:  # damaged or locked: the run itself deals with it
         return set()
-    return found
+    return {keys[pos] for pos in found.at.tolist()}
 
 
 def open_journal(folder: Path) -> Journal:

@@ -18,8 +18,9 @@ from ._cost import Price, resolve_price
 from ._errors import ConfigError
 from ._frame import check_clash
 from ._inputs import Plan, make_plan
+from ._requests import packed_around
 from ._tokens import estimate_text_tokens
-from ._units import embedding_units, item_units
+from ._units import embedding_units, item_units, table_embedding_units, table_units
 from .providers._target import Target, describe_key, resolve_target
 
 #: servers known to accept ``encoding_format="base64"`` for embeddings
@@ -67,13 +68,12 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     extra = 0
     if o.schema is not None and _structured_mode(target, engine) == "json_schema":
         extra = estimate_text_tokens(o.schema.key_text)  # providers count the schema as input
-        for item in plan.items:
-            item.prompt_tokens += extra
+        plan.add_prompt_tokens(extra)
     if engine is not None:
         from .engines import check_bodies
 
         check_bodies(engine, plan.items)
-    elif any("model" not in item.body for item in plan.items):
+    elif _without_model(plan):
         raise ConfigError(f"model is required: which {target.name} model should answer?",
                           option="model")
     if blocks is not None:
@@ -89,6 +89,13 @@ def plan_run(inputs: Any, prompt: str | None, o: Any, *, need_key: bool = True) 
     return RunPlan(o, target, engine, send_url, plan, price,
                    breaker_for(o.breaker) if engine is None else None,
                    _executor_name(o, engine), _max_window(o, target, engine), key_note)
+
+
+def _without_model(plan: Plan) -> bool:
+    """Whether a request names no model (rows planned with a slot share one body)."""
+    if plan.table is not None:
+        return "model" not in plan.table.slot.body
+    return any("model" not in item.body for item in plan.items)
 
 
 def _samples(o: Any) -> int:
@@ -191,13 +198,13 @@ def build_units(rp: RunPlan, todo: list[int]) -> list[Unit]:
         units = _embedding_units(rp, todo)
     elif plan.samples > 1 and _takes_n(rp):
         units = _draw_units(plan, todo)
+    elif plan.table is not None:
+        units = table_units(plan.table, todo)
     else:
         units = item_units(plan.items, todo, _kinds.encode_body)
     if rp.price is not None:
         for u in units:
-            items = [plan.items[i] for i in u.items]
-            u.worst_cost = rp.price.cost(sum(i.prompt_tokens for i in items),
-                                         sum(i.max_output for i in items))
+            u.worst_cost = rp.price.cost(plan.prompt_tokens(u.items), plan.max_output(u.items))
     return units
 
 
@@ -227,7 +234,12 @@ def _draw_units(plan: Any, todo: list[int]) -> list[Unit]:
 def _embedding_units(rp: RunPlan, todo: list[int]) -> list[Unit]:
     preset = rp.target.preset
     base64_ok = preset is not None and preset.name in _BASE64_EMBEDDINGS
+    max_items = preset.embedding_max_inputs if preset else 256
+    max_tokens = (preset.embedding_max_tokens if preset else None) or 250_000
+    table = rp.plan.table
+    if table is not None:
+        return table_embedding_units(table, todo, max_items=max_items, max_tokens=max_tokens,
+                                     around=packed_around(table.slot, base64_ok))
     return embedding_units(
-        rp.plan.items, todo, max_items=preset.embedding_max_inputs if preset else 256,
-        max_tokens=(preset.embedding_max_tokens if preset else None) or 250_000,
+        rp.plan.items, todo, max_items=max_items, max_tokens=max_tokens,
         body_of=lambda bodies: _kinds.encode_body(_kinds.pack_embeddings(bodies, base64_ok)))

@@ -116,7 +116,7 @@ class Progress(Snapshot):
 
     def rows_of(self, items: Sequence[int]) -> int:
         weights = self._item_rows
-        return len(items) if weights is None else sum(weights[i] for i in items)
+        return len(items) if weights is None else int(sum(weights[i] for i in items))
 
     def finish(self, items: Sequence[int], error: BaseException | None = None,
                *, cached: bool = False, sent: bool = True) -> None:

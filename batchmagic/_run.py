@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import _loop
@@ -55,11 +56,11 @@ class Run:
         self.schema = rp.options.schema  # a _schema.Schema, or None
         self.send_url, self.max_window = rp.send_url, rp.max_window
         self._rp = rp
-        self.results = ItemResults(len(self.plan.items))
+        self.results = ItemResults(self.plan.n_items)
         self.durable = self._open_journal()
         cached = self.durable.fill_from_journal() if self.durable is not None else 0
         self.units = self.rebuild_units()
-        if rp.executor == "online":
+        if rp.executor == "online" and self.plan.table is None:  # (a table holds no dicts)
             # the units hold the bytes each request sends: the dicts behind them are not needed
             # again (the first stays, for showing), and a million of them cost hundreds of MB
             for item in self.plan.items[1:]:
@@ -88,7 +89,7 @@ class Run:
             folder = folder_for(self.options.cache)
         except TypeError as exc:
             raise ConfigError(str(exc), option="cache") from None
-        if folder is None or not self.plan.items:
+        if folder is None or not self.plan.n_items:
             return None
         return Durable(open_journal(folder), self.id, self.plan, self.results,
                        model=self.options.model,
@@ -101,7 +102,7 @@ class Run:
             rows=plan.n_rows, requests=sum(len(u.items) for u in self.units),
             done=len(plan.row_errors) + len(plan.skipped) + cached,
             ok=cached, cached=cached, failed=len(plan.row_errors), skipped=len(plan.skipped),
-            item_rows=_ItemRows(plan.items),
+            item_rows=_item_rows(plan),
         )
         for err in plan.row_errors.values():  # pre-flight failures are failed rows too
             progress.error(err)
@@ -119,7 +120,7 @@ class Run:
 
     def rebuild_units(self) -> list[Unit]:
         """The units for the items not done yet (after pre-flight or the journal took some)."""
-        todo = [i for i in range(len(self.plan.items)) if not self.results.done[i]]
+        todo = np.flatnonzero(np.frombuffer(self.results.done, dtype=np.uint8) == 0).tolist()
         self.units = build_units(self._rp, todo)
         return self.units
 
@@ -132,8 +133,16 @@ class Run:
 
     def items_saved(self, items: list[int]) -> None:
         """Items are final (committed to the journal, or there is none): settle their rows."""
+        if self.plan.identity:  # request i answers row i: nothing to look up
+            self._row_done += len(items)
+            if self._row_futures is not None:
+                with self._lock:
+                    for pos in items:
+                        self._settle(pos)
+            return
+        rows_of = self.plan.rows_of
         for item in items:
-            rows = self.plan.items[item].rows
+            rows = rows_of(item)
             self._row_done += len(rows)
             if self._row_futures is not None:
                 with self._lock:
@@ -384,6 +393,14 @@ class Run:
                 fut.set_exception(err.for_row(self.plan.index[pos]))
             else:
                 fut.set_result(self.results.output[item])
+
+
+def _item_rows(plan: Any) -> Any:
+    """How many rows each request answers, for the progress counters: None when each answers
+    one (request i is row i), the plan's counts for a table, else read from its items."""
+    if plan.identity:
+        return None
+    return plan.item_rows() if plan.table is not None else _ItemRows(plan.items)
 
 
 class _ItemRows:

@@ -3,7 +3,9 @@
 A chat, completion or image item is a unit of its own. Embedding items that differ only in their
 input share a unit (one request embeds them all), cut so that no unit holds more than the
 backend's ``max_items`` inputs or, when it has one, ``max_tokens`` prompt tokens. Pure: no I/O,
-the caller says how to turn items into a body (bytes for HTTP, dicts for engines).
+the caller says how to turn items into a body (bytes for HTTP, dicts for engines). Requests of a
+``RequestTable`` (``_requests``) become units from its columns: their bytes are the slot body's
+around each text, and a packed unit's texts one slice of the encoded texts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from ._backend import Unit
 from ._kinds import pack_signature
+from ._requests import RequestTable
 
 
 def pack_indexes(indexes: Iterable[int], key_of: Callable[[int], Hashable],
@@ -59,4 +62,28 @@ def embedding_units(items: Sequence[Any], todo: Iterable[int], *, max_items: int
                           lambda i: items[i].prompt_tokens, max_items, max_tokens)
     return [Unit(chunk, body_of([items[i].body for i in chunk]),
                  sum(items[i].prompt_tokens for i in chunk))
+            for chunk in chunks]
+
+
+def table_units(table: RequestTable, todo: list[int]) -> list[Unit]:
+    """One unit per request of a table: its bytes, its prompt plus worst-case output tokens."""
+    tokens = (table.prompt_tokens + table.slot.max_output).tolist()
+    return [Unit([i], table.wire_body(i), tokens[i]) for i in todo]
+
+
+def table_embedding_units(table: RequestTable, todo: list[int], *, max_items: int,
+                          max_tokens: int | None, around: tuple[bytes, bytes]) -> list[Unit]:
+    """Embedding requests of a table packed as ``embedding_units`` packs them (they share
+    their body but for the input): ``max_items`` at a time, unless ``max_tokens`` binds. The
+    per-request estimates are only made when a character count says the cap may bind."""
+    if max_items < 1:
+        raise ValueError(f"max_items must be at least 1, got {max_items}")
+    chunks = [todo[s:s + max_items] for s in range(0, len(todo), max_items)]
+    if max_tokens is not None and chunks:
+        bound = table.most_tokens()
+        if any(int(bound[chunk].sum()) > max_tokens for chunk in chunks):
+            tokens = table.prompt_tokens
+            chunks = pack_indexes(todo, lambda i: 0, tokens.__getitem__, max_items, max_tokens)
+    head, tail = around
+    return [Unit(chunk, head + table.joined(chunk) + tail, table.tokens_of(chunk))
             for chunk in chunks]

@@ -295,7 +295,7 @@ def test_a_plan_survives_the_journal():
     back = _store.load_plan(_store.dump_plan(plan))
     assert [i.key for i in back.items] == [i.key for i in plan.items]
     assert [i.body for i in back.items] == [i.body for i in plan.items]
-    assert back.row_item == plan.row_item and back.skipped == plan.skipped
+    assert list(back.row_item) == list(plan.row_item) and back.skipped == plan.skipped
     assert list(back.index) == list(plan.index) and back.index.name == "rid"
     assert list(back.frame.columns) == list(df.columns)
     assert back.frame.dtypes.tolist() == df.dtypes.tolist()

@@ -138,7 +138,9 @@ def test_no_secret_and_no_pickle_in_the_journal(fresh, tmp_path):
 def test_garbage_row_is_asked_again(fresh, _private_journal):
     run(fresh, texts(10, "garb"))
     conn = sqlite3.connect(Path(_private_journal) / "journal.sqlite3")
-    conn.execute("UPDATE rows SET result = '{not json' WHERE rowid = (SELECT MIN(rowid) FROM rows)")
+    # answers are lines of JSON, many to an answers row: spoil the first line of the first row
+    conn.execute("UPDATE answers SET outputs = '{not json' || "
+                 "substr(outputs, instr(outputs, char(10))) WHERE id = (SELECT MIN(id) FROM answers)")
     conn.commit()
     conn.close()
     out = run(fresh, texts(10, "garb"))
@@ -207,7 +209,8 @@ def test_sigkill_mid_run_then_resume(fresh, tmp_path):
     proc.wait(10)
     calls_before = len(fresh.calls())
     conn = sqlite3.connect(folder / "journal.sqlite3")
-    durable = conn.execute("SELECT COUNT(*) FROM rows WHERE status = 'ok'").fetchone()[0]
+    durable = conn.execute("SELECT (SELECT COUNT(*) FROM rows WHERE status = 'ok') + "
+                           "(SELECT coalesce(sum(n), 0) FROM answers)").fetchone()[0]
     conn.close()
     assert 0 < durable < 400 and calls_before >= durable
 

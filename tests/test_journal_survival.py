@@ -49,11 +49,13 @@ def wait_until(condition, timeout: float = 120.0) -> None:
 def kept_answers(folder: Path) -> set:
     """The answers in the journal file now at ``folder``, read the way a new process would."""
     conn = sqlite3.connect(f"file:{folder / 'journal.sqlite3'}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT result FROM rows WHERE status = 'ok'").fetchall()
+    try:  # answers one per row (as the Batch API writes them), and many per answers row
+        lines = [r for (r,) in conn.execute("SELECT result FROM rows WHERE status = 'ok'")]
+        for (outputs,) in conn.execute("SELECT outputs FROM answers"):
+            lines += outputs.split("\n")
     finally:
         conn.close()
-    return {decode_result(result)[0] for (result,) in rows}
+    return {decode_result(line)[0] for line in lines}
 
 
 def echoes(rows: list[str]) -> set:
@@ -148,10 +150,11 @@ def test_changing_directory_during_a_run_does_not_move_its_journal(fresh, tmp_pa
 
 @pytest.fixture(scope="module")
 def template(sim, tmp_path_factory) -> Path:
-    """A checkpointed journal holding the answers to TEMPLATE_ROWS (about 120 pages)."""
+    """A checkpointed journal holding the answers to TEMPLATE_ROWS (about 120 pages). One
+    request at a time: each answer is its own write, so the answers table has many pages."""
     folder = tmp_path_factory.mktemp("template")
     sim.reset()
-    bm.batch(TEMPLATE_ROWS, **options(sim, cache=str(folder)))
+    bm.batch(TEMPLATE_ROWS, **options(sim, cache=str(folder), concurrency=1))
     conn = sqlite3.connect(folder / "journal.sqlite3")
     assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)
     conn.close()
@@ -240,7 +243,7 @@ def test_damage_found_later_by_a_read_moves_the_journal_aside(fresh, tmp_path, c
     reads it moves the journal aside and asks again, instead of raising a raw sqlite3 error."""
     folder = tmp_path / "later"
     rows = TEMPLATE_ROWS[:300]
-    bm.batch(rows, **options(fresh, cache=str(folder)))
+    bm.batch(rows, **options(fresh, cache=str(folder), concurrency=1))  # many pages, as above
     path = folder / "journal.sqlite3"
     other = sqlite3.connect(path)
     assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)
