@@ -159,7 +159,7 @@ def check_synthetic_data(nb, work: Path | None) -> None:
     assert re.search(r"\d+ of 60 drafts are a single short question",
                      printed(cell_of(nb, 'drafts["question"] =')))
     assert re.search(r"\d+ unique questions kept, \d+ near-duplicates dropped",
-                     printed(cell_of(nb, "def first_of_each")))
+                     printed(cell_of(nb, "def near_duplicate")))
     assert plots(cell_of(nb, "funnel = pd.DataFrame")) == 1
     assert "USD per 1,000 kept" in html(cell_of(nb, "PRICE = {"))
 
