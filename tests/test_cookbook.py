@@ -132,7 +132,7 @@ def check_extract(nb, work: Path | None) -> None:
 
 
 def check_embeddings(nb, work: Path | None) -> None:
-    assert "(216, 384) float32" in printed(cell_of(nb, "vectors = np.stack"))
+    assert "(216, 384) float32" in printed(cell_of(nb, "vectors = np.stack(embedded"))
     m = re.search(r"same topic: (\d+)% of 216", printed(cell_of(nb, "pairwise = vectors")))
     assert m and int(m[1]) >= 70, m  # all-MiniLM-L6-v2 groups six topics well
     assert "<th>similarity</th>" in html(cell_of(nb, "queries = ["))
