@@ -203,6 +203,21 @@ def check_offline_gpu(nb, work: Path | None) -> None:
     assert "10 of 11 rows came from the journal" in printed(cell_of(nb, "again = bm.batch"))
 
 
+def check_resume_budget(nb, work: Path | None) -> None:
+    assert "killed (exit code -9)" in printed(cell_of(nb, "job.send_signal(signal.SIGKILL)"))
+    m = re.search(r"(\d+) rows from the journal, (\d+) requests sent; 300 of 300 rows answered",
+                  printed(cell_of(nb, "done = bm.batch(tickets")))
+    assert m and int(m[1]) + int(m[2]) == 300 and 0 < int(m[1]) < 300, m  # only the rest sent
+    capped = re.search(r"(\d+) rows answered for \$([\d.]+), (\d+) not sent \(NotSentError\)",
+                       printed(cell_of(nb, "capped = bm.batch(")))
+    assert capped and int(capped[1]) + int(capped[3]) == 1000 and int(capped[3]) > 0, capped
+    assert float(capped[2]) <= 0.10  # the budget held
+    m = re.search(r"(\d+) rows from the journal, (\d+) requests sent for \$[\d.]+; "
+                  r"1000 of 1000 rows answered", printed(cell_of(nb, "finished = bm.batch(")))
+    assert m and m[1] == capped[1] and m[2] == capped[3], m  # nothing bought twice
+    assert plots(cell_of(nb, "spend = pd.DataFrame")) == 1
+
+
 CHECKS = {
     "quickstart.ipynb": check_quickstart,
     "label-local.ipynb": check_label_local,
@@ -213,6 +228,7 @@ CHECKS = {
     "batch-api.ipynb": check_batch_api,
     "images.ipynb": check_images,
     "offline-gpu.ipynb": check_offline_gpu,
+    "resume-budget.ipynb": check_resume_budget,
 }
 
 
