@@ -49,6 +49,10 @@ def execute(name: str, scratch: Path, env: dict[str, str] | None = None
     saved = dict(os.environ)
     # a journal of its own: an inherited BATCHMAGIC_JOURNAL_DIR would answer from older runs
     os.environ["BATCHMAGIC_JOURNAL_DIR"] = str(work / ".batchmagic")
+    # shell cells (`!python ...`, `!batchmagic run ...`) find this environment's commands first,
+    # as in an activated virtual environment
+    bindir = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
     os.environ.update(env or {})
     try:
         cpu0, t0 = _children_cpu(), time.monotonic()

@@ -170,6 +170,8 @@ def check_batch_api(nb, work: Path | None) -> None:
     assert submitted, "the script did not submit"
     found = printed(cell_of(nb, "jobs = bm.jobs()"))
     assert f"<BatchJob {submitted[1]} simulator gpt-4o-mini" in found  # found by another process
+    # the batch was at the provider before the submitting process ended
+    assert "submitting" not in found and "provider status" in found, found
     assert submitted[1] in printed(cell_of(nb, "!batchmagic jobs list"))
     m = re.search(r"(\d+) rows answered, (\d+) failed", printed(cell_of(nb, "done = job.wait(")))
     assert m and int(m[1]) + int(m[2]) == 20 and int(m[2]) > 0, m
