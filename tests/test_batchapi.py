@@ -240,6 +240,8 @@ def test_a_cancelled_job_is_harvested_and_finished_online(fresh):
     assert full["error"].isna().all()
     assert full["output"].tolist() == [f"echo: Say: row {i}" for i in range(30)]
     assert full.attrs["batchmagic"]["online"] == got.count("NotSentError")
+    # the online run is the job's model's run (its label, its online price), not a nameless one
+    assert bm.runs(limit=1)["model"].tolist() == ["sim-chat"]
 
 
 def test_resubmit_and_finish_online_wait_for_a_running_job(fresh):

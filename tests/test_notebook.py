@@ -1,7 +1,8 @@
 """The notebook layer in a real kernel (jupyter_client) and a real notebook run (nbclient):
 ``%%batch`` into a variable, the panel's comm message rate, ``--bg`` with the kernel free for
-other cells, a kernel interrupt mid-run, and the quickstart notebook end to end. A sentinel key is
-in use throughout and must appear in no output, widget state or saved notebook."""
+other cells, and a kernel interrupt mid-run (the quickstart notebook, end to end, is in
+test_cookbook.py with the other examples). A sentinel key is in use throughout and must appear in
+no output or widget state."""
 
 from __future__ import annotations
 
@@ -266,30 +267,3 @@ def test_interrupting_a_foreground_cell_keeps_finished_rows(kernel, sim):
         assert r["result"] == "2"  # the kernel is usable
     finally:
         sim.configure(latency=0.0)
-
-
-def test_quickstart_notebook_runs_end_to_end(tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
-    monkeypatch.setenv("BATCHMAGIC_SIM_API_KEY", SENTINEL)  # a key in use, never in the notebook
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
-    t0 = time.monotonic()
-    NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    print(f"\nquickstart.ipynb executed in {time.monotonic() - t0:.1f} s")
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = json.dumps(nb)
-    assert SENTINEL not in text and "sk-sentinel" not in text
-    panels = [o for o in outputs if 'class="batchmagic-panel"' in o.get("data", {}).get(
-        "text/html", "")]
-    assert len(panels) == 3  # labeled, risky, summaries
-    # no output points at a widget model: reopened, it cannot read "model not found"
-    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json"
-                in o.get("data", {})]
-    finals = [o["data"]["text/plain"] for o in panels]
-    assert "done" in finals[0] and "failed" in finals[1] and "done" in finals[2]
-    assert "ok 20" in finals[2]  # the background run's final state, published by %batch_wait
-    nbformat.write(nb, tmp_path / "quickstart.out.ipynb")

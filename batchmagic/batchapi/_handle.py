@@ -503,6 +503,8 @@ def _send_online(job: JournalJob, config: dict, missing: list, kwargs: dict) -> 
     kwargs.setdefault("api_key", job.access.api_key)
     kwargs.setdefault("transport", job.access.transport)
     kwargs.setdefault("headers", job.access.headers)
+    # the bodies name the model already; model= gives the run its label and its online price
+    kwargs.setdefault("model", config.get("model"))
     online = batch([item.body for item in missing], kind=config["kind"],
                    provider=config["provider"], base_url=config["base_url"],
                    cache=job.journal.folder, **kwargs)
