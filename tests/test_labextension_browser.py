@@ -9,6 +9,7 @@ browser (Debian's chromium driven by Playwright), with this tree's build of the 
   cancelled, downloaded as CSV and loaded by an inserted cell;
 - the status bar: the kernel's live run with its progress, gone once the run is cancelled;
 - Notebook 7: the same editor styling and the sidebar, opened from the command palette;
+- completion: Tab inside ``{`` of a ``%%batch`` template offers the ``--on`` frame's columns;
 - no console errors anywhere, no key in any page.
 
 One server per app serves the module. Screenshots go under ``test-artifacts/``.
@@ -376,3 +377,31 @@ def test_notebook7_styles_batch_cells_and_has_the_sidebar(notebook7, browser):
     # absent too (and with jupytext disabled); any other error fails the test
     errors = [e for e in p.errors if e != NOTEBOOK7_OWN_ERROR]
     assert not errors, errors
+
+
+def test_completion_offers_the_on_frames_columns_in_the_browser(lab, browser):
+    """Tab inside ``{`` of a ``%%batch`` template offers the ``--on`` frame's columns: the kernel
+    answers JupyterLab's complete_request with batchmagic's matcher."""
+    from playwright.sync_api import expect
+
+    _notebook(lab.root / "complete.ipynb",
+              "%load_ext batchmagic\nimport pandas as pd\n"
+              "reviews = pd.DataFrame({'text': ['great'], 'title': ['mug'], 'stars': [5]})", "")
+    with _Page(browser, "lab-complete") as p:
+        page = p.page
+        _open_notebook(page, f"{lab.url}/lab/tree/complete.ipynb?token={lab.token}")
+        _run_all(page)
+        first = page.locator(".jp-Notebook .jp-Cell").nth(0)
+        expect(first.locator(".jp-InputPrompt")).to_contain_text("[1]")
+        page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".cm-content").click()
+        page.keyboard.type("%%batch --on reviews")
+        page.keyboard.press("Enter")
+        page.keyboard.type("Say {t")
+        page.keyboard.press("Tab")
+        items = page.locator(".jp-Completer .jp-Completer-item")
+        expect(items.first).to_be_visible()
+        offered = sorted(t.strip() for t in items.locator(".jp-Completer-match").all_inner_texts())
+        assert offered == ["text", "title"], offered  # 'stars' does not start with 't'
+        expect(items.first).to_contain_text("column")  # the kind shown beside each
+        page.locator(".jp-Completer").screenshot(path=str(ARTIFACTS / "lab-complete.png"))
+    assert not p.errors, p.errors
