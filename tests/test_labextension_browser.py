@@ -184,6 +184,10 @@ def _check_highlighting(page) -> None:
 def _open_notebook(page, url: str) -> None:
     from playwright.sync_api import expect
 
+    if "/lab/" in url:
+        # a fresh workspace: JupyterLab reopens the last test's notebooks otherwise, and "Run All
+        # Cells" could then run the wrong one (seen in a full run: none of this one's cells ran)
+        url += ("&" if "?" in url else "?") + "reset"
     page.goto(url)
     expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
 
