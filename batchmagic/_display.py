@@ -51,6 +51,10 @@ class TextDisplay:
             return
         self._last = snap.done
         self._message = snap.message
+        if snap.title and snap.title != self.bar.desc:  # e.g. a limit learned while running
+            self.bar.set_description_str(snap.title, refresh=False)
+        if snap.rows and snap.rows != self.bar.total:  # rows counted as a cluster reads them
+            self.bar.total = snap.rows
         self.bar.n = snap.done
         self.bar.set_postfix_str(_postfix(snap), refresh=False)
         self.bar.refresh()

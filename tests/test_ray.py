@@ -4,6 +4,7 @@ the simulator on 127.0.0.1 as the provider."""
 from __future__ import annotations
 
 import collections
+import io
 import math
 import os
 import signal
@@ -171,6 +172,57 @@ def test_files_to_output_path_then_resume(fresh, tmp_path):
     assert len(fresh.calls()) == 600 + lost_rows  # the rows still written were not sent
     final = pd.read_parquet(out_dir)
     assert len(final) == 600 and final["_bm_key"].is_unique
+
+
+def test_progress_shows_the_clusters_totals(fresh, tmp_path):
+    """An output_path run's panel reads the cluster: while it runs and at the end, its rows
+    done, ok and failed are the sum over both workers, its errors are by class, and its title
+    names the limit every worker shares (learned here from the server's headers). The tqdm bar
+    says the same."""
+    from batchmagic._display import TextDisplay
+    from batchmagic._widget import render_text
+
+    n, rpm = 3000, 60000
+    fresh.configure(faults={"400_context": 0.05}, rpm=rpm, latency=0.05)
+    texts(n).to_parquet(tmp_path / "in.parquet")
+    task = bm.submit(str(tmp_path / "in.parquet"), "{text}", provider="simulator",
+                     base_url=fresh.base_url, api_key=SENTINEL, model="sim-chat",
+                     executor="ray", progress=False, cache=False, concurrency=8,
+                     output_path=tmp_path / "out", ray_options={"workers": 2, "block_rows": 500})
+
+    def midway():
+        s = task.progress
+        seen = s.errors.get("ContextLengthError", 0) and "shared limit" in s.title
+        return s if seen and s.done >= 100 else None
+
+    live = until(midway, "the cluster's counts, errors and limit on the panel")
+    assert live.rows == n and live.done <= n
+    assert live.done == live.ok + live.failed + live.skipped
+    assert live.failed >= live.errors["ContextLengthError"] > 0
+    assert f"ray x2 · shared limit {rpm:,} rpm" in live.title
+    text = render_text(live)
+    assert "errors:" in text and "ContextLengthError x" in text and "shared limit" in text
+
+    summary = task.wait(timeout=240)
+    end = task.progress
+    written = pd.read_parquet(tmp_path / "out")
+    failed = int(written["error"].notna().sum())
+    assert 0 < failed < n * 0.15
+    workers = {name.split("-")[2] for files in summary["files"] for name in files}
+    assert len(workers) == 2  # both workers answered rows: the totals are the cluster's
+    assert (end.state, end.rows, end.done, end.ok, end.failed) == ("done", n, n, n - failed,
+                                                                    failed)
+    assert end.errors == {"ContextLengthError": failed}
+    assert f"shared limit {rpm:,} rpm" in end.title
+    text = render_text(end)
+    assert f"{n - failed:,}" in text and f"ContextLengthError x{failed}" in text
+    bar = io.StringIO()
+    display = TextDisplay(live, file=bar)
+    display.update(end)
+    display.close(end)
+    shown = bar.getvalue()
+    assert f"shared limit {rpm:,} rpm" in shown and f"ok={n - failed}" in shown
+    assert f"ContextLengthError x{failed}" in shown and SENTINEL not in shown + text
 
 
 def test_jsonl_and_a_dataset_to_a_frame(fresh, tmp_path):

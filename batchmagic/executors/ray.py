@@ -450,6 +450,15 @@ class RayExecutor:
             p.input_tokens, p.output_tokens = (int(s["input_tokens"].sum()),
                                                int(s["output_tokens"].sum()))
             self._spent = float(s["cost"].sum())
+            # errors by class from the blocks' own counts: a worker's last report may predate
+            # its last block (Ray Data does not close its actors before the run returns)
+            errors: dict[str, int] = {}
+            for block in s["errors"]:
+                for name, count in json.loads(block).items():
+                    errors[name] = errors.get(name, 0) + count
+            if p.failed > sum(errors.values()):
+                errors["NotSentError"] = errors.get("NotSentError", 0) + int(s["not_sent"].sum())
+            p.errors = errors
         else:
             for name in ("done", "ok", "failed", "cached", "skipped", "input_tokens",
                          "output_tokens", "requests", "requests_done"):
