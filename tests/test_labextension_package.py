@@ -50,8 +50,10 @@ def test_the_wheel_ships_the_extensions_and_jupyter_finds_them(tmp_path):
     site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])",
                      env={}).strip())
     (site / "_outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # --ignore-installed: without it pip uninstalls this environment's own batchmagic (the
+    # editable install the rest of the suite runs) before installing under the prefix
     _run(sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q",
-         "--prefix", str(venv), str(wheel))
+         "--ignore-installed", "--prefix", str(venv), str(wheel))
     env = {k: v for k, v in os.environ.items()
            if k != "PYTHONPATH" and not k.startswith("JUPYTER")}
     env.update(JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_DATA_DIR=str(tmp_path / "d"))
@@ -72,3 +74,7 @@ def test_the_wheel_ships_the_extensions_and_jupyter_finds_them(tmp_path):
     where = _run(python, "-c", "import batchmagic; print(batchmagic.__file__)", env=env,
                  cwd=tmp_path)
     assert where.strip().startswith(str(site)), where
+    # and this environment still has its own
+    mine = _run(sys.executable, "-c", "import batchmagic; print(batchmagic.__file__)",
+                cwd=tmp_path)
+    assert mine.strip().startswith(str(ROOT)), mine
