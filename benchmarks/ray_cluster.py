@@ -70,16 +70,10 @@ def main() -> None:
     import pandas as pd
     import ray
 
+    from batchmagic.executors.ray import start_ray
     from batchmagic.simulator import SimulatorProcess
 
-    for attempt in range(3):  # Ray gives its raylet a fixed 30 s; a busy machine needs more
-        try:
-            ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception as exc:
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
+    start_ray(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     df = pd.DataFrame({"text": [f"w10 row {i}" for i in range(args.rows)]})
     contenders = [
         ("batchmagic executor='ray'", lambda s: _batchmagic(s, df, args.workers)),

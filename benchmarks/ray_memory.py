@@ -77,16 +77,10 @@ def main() -> None:
     import ray
 
     import batchmagic as bm
+    from batchmagic.executors.ray import start_ray
     from batchmagic.simulator import SimulatorProcess
 
-    for attempt in range(3):  # Ray gives its raylet a fixed 30 s; a busy machine needs more
-        try:
-            ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception as exc:
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
+    start_ray(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     opts = {"workers": args.workers, "block_rows": args.block_rows}
     print(f"driver memory, executor='ray' with output_path=: {args.workers} workers, "
           f"{args.cpus} CPUs, concurrency {args.concurrency}, {args.block_rows:,} rows a block\n")

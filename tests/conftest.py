@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -101,3 +102,14 @@ def run(inputs: Any, prompt: str | None = None, *, server: Server, **kw: Any):
 @pytest.fixture
 def server() -> Server:
     return Server(echo_chat)
+
+
+def wait_until(condition: Callable[[], Any], what: str = "the condition",
+               timeout: float = 120.0) -> Any:
+    """Wait for ``condition()`` to be truthy and return its value, checked every 20 ms. The
+    deadline only ends a test that would hang: on a loaded machine slow is not wrong."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value

@@ -21,6 +21,7 @@ import orjson
 import pandas as pd
 import pytest
 from aiohttp import web
+from conftest import wait_until
 
 import batchmagic as bm
 from batchmagic.batchapi._ark import ArkBatch
@@ -58,17 +59,6 @@ def created(sim) -> int:
 
 def sim_batches(sim) -> dict[str, dict]:
     return {b["id"]: b for b in sim._admin("GET", "/_sim/batches")["batches"]}
-
-
-def until(condition, what: str, timeout: float = 60.0):
-    """Wait for ``condition()`` to be truthy (checked often, for at most ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def chat_line(cid: str, text: str) -> dict:
@@ -352,13 +342,13 @@ def test_an_ark_job_made_elsewhere_is_adopted(sim):
 
 def test_the_providers_batches_are_listed_across_pages_with_a_status_filter(sim, capfd):
     done = [made_elsewhere(sim, [f"l{i}"]) for i in range(3)]
-    until(lambda: all(sim_batches(sim)[b]["status"] == "completed" for b in done),
+    wait_until(lambda: all(sim_batches(sim)[b]["status"] == "completed" for b in done),
           "the batches to complete")
     sim.configure(batch_seconds=30.0)
     try:
         stopped = made_elsewhere(sim, ["s1"])
         bm.job(stopped, provider="simulator", base_url=sim.base_url).cancel()
-        until(lambda: sim_batches(sim)[stopped]["status"] == "cancelled", "the cancel")
+        wait_until(lambda: sim_batches(sim)[stopped]["status"] == "cancelled", "the cancel")
     finally:
         sim.configure(batch_seconds=0.3)
     mine = [*done, stopped]
@@ -390,11 +380,11 @@ def test_the_providers_batches_are_listed_across_pages_with_a_status_filter(sim,
 
 def test_arks_jobs_are_listed_with_its_phase_filter(sim, capfd):
     finished = ark_made_elsewhere(sim, ["p1"])
-    until(lambda: sim_batches(sim)[finished]["status"] == "completed", "the Ark job")
+    wait_until(lambda: sim_batches(sim)[finished]["status"] == "completed", "the Ark job")
     sim.configure(batch_seconds=30.0)
     try:
         running = ark_made_elsewhere(sim, ["p2"])
-        until(lambda: sim_batches(sim)[running]["status"] == "in_progress", "the Ark job to run")
+        wait_until(lambda: sim_batches(sim)[running]["status"] == "in_progress", "the Ark job to run")
         options = ark_options(sim)
         listed = bm.jobs(provider="ark", batch_options=options, status="Running")
         assert [j.id for j in listed] == [running]
@@ -413,7 +403,7 @@ def test_arks_jobs_are_listed_with_its_phase_filter(sim, capfd):
 
 def test_the_simulators_ark_list_filters_by_phase(sim):
     job_id = ark_made_elsewhere(sim, ["z1"])
-    until(lambda: sim_batches(sim)[job_id]["status"] == "completed", "the Ark job")
+    wait_until(lambda: sim_batches(sim)[job_id]["status"] == "completed", "the Ark job")
 
     async def ask(phases):
         client = ArkBatch(name="ark", options=ark_options(sim), wire=make_wire("aiohttp", 2),

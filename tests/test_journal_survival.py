@@ -7,10 +7,10 @@ import logging
 import os
 import shutil
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 import batchmagic as bm
 from batchmagic._journal import decode_result, open_journal
@@ -37,13 +37,6 @@ def options(sim, **kw):
     kw.setdefault("model", "sim-chat")
     kw.setdefault("progress", False)
     return dict(provider="simulator", base_url=sim.base_url, **kw)
-
-
-def wait_until(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never came true"
-        time.sleep(0.01)
 
 
 def kept_answers(folder: Path) -> set:

@@ -9,28 +9,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 
 import pandas as pd
 import pytest
+from conftest import wait_until
 from lab_servers import jupyter
 
 import batchmagic as bm
 from batchmagic.simulator import SimulatorThread
 
 SENTINEL = "sk-sentinel-7c1e9a2b5d3f"
-
-
-def _wait_until(condition, what: str, timeout: float = 60.0):
-    """The condition's first truthy value, polled; fails after ``timeout`` s (a hang guard)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_running_run_is_in_the_journal_while_it_runs(tmp_path):
@@ -48,11 +37,11 @@ def test_a_running_run_is_in_the_journal_while_it_runs(tmp_path):
                 mine = runs[runs["run_id"] == task.run_id].to_dict("records")
                 return mine[0] if mine and mine[0]["state"] == "running" else None
 
-            live = _wait_until(running, "the run's live record")
+            live = wait_until(running, "the run's live record")
             assert live["rows"] == 40 and pd.isna(live["finished"])
             assert live["kind"] == "chat" and live["model"] == "qwen-plus"
             # the counts move while it runs (written every couple of seconds)
-            _wait_until(lambda: (r := running()) is not None and 0 < r["ok"] < 40,
+            wait_until(lambda: (r := running()) is not None and 0 < r["ok"] < 40,
                         "counts of a running run")
         finally:
             task.cancel()
@@ -191,7 +180,7 @@ def test_a_batch_api_job_is_refreshed_cancelled_and_downloaded_with_no_kernel(se
             answers.append(body)
             return status == 200 and json.loads(body)["state"] == "finished"
 
-        _wait_until(harvested, "the cancelled job harvested")
+        wait_until(harvested, "the cancelled job harvested")
         [job] = _runs(server, "jobs")["jobs"]
         assert not job["live"] and job["status"] == "cancelled" and job["pending"] == 0
         for fmt in ("csv", "parquet"):

@@ -11,6 +11,7 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import wait_until
 from IPython.core.error import UsageError
 from IPython.testing import globalipapp
 
@@ -226,14 +227,6 @@ def test_pause_resume_cancel_line_magics(ip, sim, capsys):
         sim.configure(latency=0.0)
 
 
-def _wait_for(cond, timeout: float = 60.0) -> None:
-    """Wait until ``cond()`` holds; the deadline only ends a test that would hang."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def test_line_magics_act_on_the_only_run_going_and_batch_runs_counts_as_the_panel(ip, sim):
     """No id needed when one run is going; %batch_runs lists a cancelled run's rows as its panel
     does: nothing failed, the rows in flight cancelled, the rest not started."""
@@ -245,7 +238,7 @@ def test_line_magics_act_on_the_only_run_going_and_batch_runs_counts_as_the_pane
         sim.reset()
         ip.user_ns["texts"] = [f"wait {i}" for i in range(20)]
         cell(ip, "--on texts -o out -m m -c 2 --bg --no-cache", "{}")
-        _wait_for(lambda: len(sim.calls()) >= 2)  # both slots hold a request
+        wait_until(lambda: len(sim.calls()) >= 2)  # both slots hold a request
         ip.run_line_magic("batch_pause", "")
         ip.run_line_magic("batch_resume", "")
         ip.run_line_magic("batch_cancel", "")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from jupyter_client.manager import start_new_kernel
 
 from batchmagic.simulator import SimulatorProcess
@@ -21,14 +22,6 @@ from batchmagic.simulator import SimulatorProcess
 SENTINEL = "sk-sentinel-8d3b6a1f5e7c"
 ROOT = Path(__file__).resolve().parents[1]
 HANG = 60.0  # an answer that takes this long comes only if the request is not cancelled
-
-
-def _wait_for(cond, timeout: float = 60.0) -> None:
-    """Wait until ``cond()`` holds; the deadline only ends a test that would hang."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 class Kernel:
@@ -245,10 +238,10 @@ def test_interrupting_a_foreground_cell_keeps_finished_rows(kernel, sim):
         msg_id = kernel.send("%%batch --on texts -o partial -c 4 --no-cache\n{}")
         # a few waves of 4 rows have been answered (the request 8 past the first wave goes only
         # once 8 answers are in); then later answers take a minute, and every slot holds one
-        _wait_for(lambda: sim.stats()["total"] - sent_before >= 12)
+        wait_until(lambda: sim.stats()["total"] - sent_before >= 12)
         sim.configure(latency=HANG)
         hanging_from = sim.stats()["total"]
-        _wait_for(lambda: sim.stats()["total"] - hanging_from >= 4)
+        wait_until(lambda: sim.stats()["total"] - hanging_from >= 4)
         kernel.km.interrupt_kernel()
         # in-flight requests cancelled: the cell ends long before they would have been answered
         out = kernel.collect(msg_id, timeout=HANG / 2)

@@ -10,14 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
 
 ray = pytest.importorskip("ray")
 
+from conftest import wait_until  # noqa: E402
+
 import batchmagic as bm  # noqa: E402
+from batchmagic.executors.ray import start_ray  # noqa: E402
 from batchmagic.simulator import SimulatorProcess  # noqa: E402
 
 SENTINEL = "sk-SENTINEL-DO-NOT-LEAK-ray-0123456789"
@@ -25,15 +27,8 @@ SENTINEL = "sk-SENTINEL-DO-NOT-LEAK-ray-0123456789"
 
 @pytest.fixture(scope="module")
 def cluster():
-    for attempt in range(3):
-        try:
-            ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
-                     log_to_driver=False)
-            break
-        except Exception as exc:  # Ray gives its raylet a fixed 30 s; a busy machine needs more
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
+    start_ray(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
+              log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -64,14 +59,6 @@ def run(sim, inputs, prompt="{text}", **kw):
 
 def texts(n: int, tag: str = "row") -> pd.DataFrame:
     return pd.DataFrame({"text": [f"{tag} {i}" for i in range(n)], "n": range(n)})
-
-
-def until(condition, what: str, timeout: float = 120.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def test_frame_in_input_order_with_row_errors(fresh, capfd):
@@ -195,7 +182,7 @@ def test_progress_shows_the_clusters_totals(fresh, tmp_path):
         seen = s.errors.get("ContextLengthError", 0) and "shared limit" in s.title
         return s if seen and s.done >= 100 else None
 
-    live = until(midway, "the cluster's counts, errors and limit on the panel")
+    live = wait_until(midway, "the cluster's counts, errors and limit on the panel")
     assert live.rows == n and live.done <= n
     assert live.done == live.ok + live.failed + live.skipped
     assert live.failed >= live.errors["ContextLengthError"] > 0
@@ -267,8 +254,8 @@ def test_a_killed_worker_costs_at_most_its_window(fresh):
                      api_key=SENTINEL, model="sim-chat", executor="ray", progress=False,
                      cache=False, concurrency=window, ray_options={"workers": 2})
     run_ = task._run
-    until(lambda: task.finished_count() >= 100, "the first answers")
-    workers = until(lambda: getattr(run_.executor, "_row_workers", None), "the workers")
+    wait_until(lambda: task.finished_count() >= 100, "the first answers")
+    workers = wait_until(lambda: getattr(run_.executor, "_row_workers", None), "the workers")
     pid = ray.get(workers[0].pid.remote())
     os.kill(pid, signal.SIGKILL)
     out = task.wait(timeout=240)
@@ -289,7 +276,7 @@ def test_cancel_stops_every_worker(fresh):
     task = bm.submit(texts(n), "{text}", provider="simulator", base_url=fresh.base_url,
                      api_key=SENTINEL, model="sim-chat", executor="ray", progress=False,
                      cache=False, concurrency=8, ray_options={"workers": 2})
-    until(lambda: task.finished_count() >= 50, "the first answers")
+    wait_until(lambda: task.finished_count() >= 50, "the first answers")
     task.cancel()
     out = task.wait(timeout=120)
     assert out.attrs["batchmagic"]["state"] == "cancelled"

@@ -153,7 +153,7 @@ class Pump:
         self._share: dict[int, float] = {}  # item -> its part of its unit's budget reservation
         self._settle = [0.0, 0.0]  # reserved, actual: sent with the next report
         self._waiting: list[Unit] = []  # units waiting for budget
-        self._reserving = False
+        self._reserver: asyncio.Task | None = None  # feeds waiting units in as budget allows
         self._next_id = 0
         self._opened: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
@@ -208,24 +208,14 @@ class Pump:
 
             backend = await asyncio.to_thread(engines.backend_for, spec.engine)
             return backend, Window(spec.window, spec.window, adaptive=False), None
-        from .._breaker import CircuitBreaker
-        from ..providers._openai import OpenAICompatible
         from ..providers._wire import make_wire
-        from .online import DEFAULT_TIMEOUT, INITIAL_WINDOW
+        from .online import http_side
 
-        backend = OpenAICompatible(
-            name=spec.name, base_url=spec.url, kind=spec.kind, api_key=sealed.key(),
-            dialect=spec.dialect, wire=make_wire(spec.http, spec.window),
-            timeout=spec.timeout or DEFAULT_TIMEOUT[spec.kind], headers=sealed.headers,
-            stream=spec.stream)
-        window = Window(spec.concurrency or INITIAL_WINDOW, spec.window, adaptive=True)
-        if spec.concurrency:
-            window.ssthresh = float(spec.concurrency)
-        breaker = None
-        if spec.breaker is not None:
-            breaker = CircuitBreaker(spec.breaker, provider=spec.name, url=backend.url,
-                                     deadline=backend.timeout)
-        return backend, window, breaker
+        return http_side(
+            name=spec.name, url=spec.url, kind=spec.kind, api_key=sealed.key(),
+            dialect=spec.dialect, wire=make_wire(spec.http, spec.window), timeout=spec.timeout,
+            headers=sealed.headers, stream=spec.stream, concurrency=spec.concurrency,
+            max_window=spec.window, breaker=spec.breaker)
 
     def _ended(self, task: asyncio.Task) -> None:
         """The dispatcher stopped (closed, cancelled, or a stop): nothing more goes in."""
@@ -254,9 +244,8 @@ class Pump:
             self._fail_units(units, self._not_sent(self.closed_by))
         elif self.spec.budget:
             self._waiting.extend(units)
-            if not self._reserving:
-                self._reserving = True
-                asyncio.ensure_future(self._reserve())
+            if self._reserver is None or self._reserver.done():
+                self._reserver = asyncio.ensure_future(self._reserve())
         else:
             self._send(units)
 
@@ -278,7 +267,6 @@ class Pump:
                 del self._waiting[:granted]
                 self._send(batch[:granted])
         finally:
-            self._reserving = False
             if self.closed_by is not None:
                 self._fail_waiting()
 
@@ -376,8 +364,8 @@ class Pump:
         d = self.dispatcher
         if d is None:
             return
-        while self._reserving:  # units waiting for budget go in (or fail) first
-            await asyncio.sleep(0.01)
+        if self._reserver is not None:  # units waiting for budget go in (or fail) first
+            await asyncio.wait({self._reserver})
         if self.closed_by is None:
             self.closed_by = NotSentError("not sent: the worker closed")
         d.release(1)

@@ -21,21 +21,30 @@ class OnlineExecutor(DispatchExecutor):
     async def connect(self) -> tuple[Any, Window, RateGate, Any]:
         run = self._run
         o, target = run.options, run.target
-        backend = OpenAICompatible(
-            name=target.name, base_url=run.send_url or target.base_url, kind=o.kind,
+        backend, window, breaker = http_side(
+            name=target.name, url=run.send_url or target.base_url, kind=o.kind,
             api_key=target.api_key, dialect=target.dialect,
-            wire=make_wire(o.http, run.max_window, o.transport),
-            timeout=o.timeout or DEFAULT_TIMEOUT[o.kind], headers=o.headers,
-            stream=_streams(o, target),
-        )
-        window = Window(o.concurrency or INITIAL_WINDOW, run.max_window, adaptive=True)
-        if o.concurrency:
-            window.ssthresh = float(o.concurrency)
-        breaker = None
-        if run.breaker is not None:
-            breaker = CircuitBreaker(run.breaker, provider=target.name, url=backend.url,
-                                     deadline=backend.timeout)
+            wire=make_wire(o.http, run.max_window, o.transport), timeout=o.timeout,
+            headers=o.headers, stream=_streams(o, target), concurrency=o.concurrency,
+            max_window=run.max_window, breaker=run.breaker)
         return backend, window, RateGate(o.rpm, o.tpm), breaker
+
+
+def http_side(*, name: str, url: str, kind: str, api_key: Any, dialect: Any, wire: Any,
+              timeout: float | None, headers: Any, stream: bool, concurrency: int | None,
+              max_window: int, breaker: Any) -> tuple[Any, Window, Any]:
+    """The backend, the adaptive window and the circuit breaker of an HTTP run: this process's
+    (``OnlineExecutor``) and each Ray worker's are made the same way."""
+    backend = OpenAICompatible(name=name, base_url=url, kind=kind, api_key=api_key,
+                               dialect=dialect, wire=wire, timeout=timeout or DEFAULT_TIMEOUT[kind],
+                               headers=headers, stream=stream)
+    window = Window(concurrency or INITIAL_WINDOW, max_window, adaptive=True)
+    if concurrency:
+        window.ssthresh = float(concurrency)
+    if breaker is not None:
+        breaker = CircuitBreaker(breaker, provider=name, url=backend.url,
+                                 deadline=backend.timeout)
+    return backend, window, breaker
 
 
 def _streams(o: Any, target: Any) -> bool:

@@ -579,11 +579,26 @@ def connect(options: dict) -> str:
                                       ignore_reinit_error=True)
         if address is None:
             kwargs["include_dashboard"] = False
-        ray.init(address=address, **kwargs)
+        start_ray(address=address, **kwargs)
     try:
         return ray.get_runtime_context().gcs_address
     except Exception:
         return "local"
+
+
+def start_ray(**init_kwargs: Any) -> None:
+    """``ray.init`` that tries again when a local node is slow to start: Ray gives its raylet a
+    fixed 30 s, which a busy machine can need more than."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as exc:
+            ray.shutdown()
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
 
 
 @contextlib.contextmanager
