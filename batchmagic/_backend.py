@@ -15,6 +15,7 @@ what to do with them (retry, slow down, stop the run).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -53,7 +54,7 @@ def error_type(category: str) -> type[RowError]:
 
 @dataclass(slots=True, eq=False)
 class Unit:
-    items: list[int]  # indexes into the plan's items
+    items: Sequence[int]  # indexes into the plan's items (a range when packed consecutive ones)
     body: Any  # the wire body (bytes for HTTP backends, request dicts for engines)
     tokens: int  # estimated prompt tokens + worst-case output, for TPM pacing and budgets
     attempts: int = 0

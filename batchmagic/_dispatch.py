@@ -43,6 +43,7 @@ from ._errors import (
     RowError,
     SchemaError,
 )
+from ._item_results import ItemResults
 from ._limits import RateGate, Window
 from ._progress import Progress
 from ._schema import InvalidAnswer
@@ -62,52 +63,6 @@ class RetryPolicy:
     rate_limit_base: float = 1.0  # first backoff of a 429 that gives no usable Retry-After
     backoff_max: float = 30.0
     max_wait: float = 120.0  # cap on any one Retry-After the provider asks for
-
-
-class ItemResults:
-    """Per unique request: parallel lists, cheap to fill and to turn into columns."""
-
-    __slots__ = ("output", "error", "finish_reason", "input_tokens", "output_tokens", "latency",
-                 "attempts", "reasoning", "cost", "cached", "done", "value", "tool_calls",
-                 "logprobs", "ttft")
-
-    def __init__(self, n: int):
-        self.output: list = [None] * n
-        self.error: list[RowError | None] = [None] * n
-        self.finish_reason: list = [None] * n
-        self.input_tokens: list = [None] * n
-        self.output_tokens: list = [None] * n
-        self.latency: list = [None] * n
-        self.attempts: list = [0] * n
-        self.reasoning: list = [None] * n
-        self.cost: list = [None] * n
-        self.cached = bytearray(n)  # answered from the journal, not by a request in this run
-        self.done = bytearray(n)
-        self.value: list = [None] * n  # with schema=: the validated answer (output is its text)
-        self.tool_calls: list = [None] * n
-        self.logprobs: list = [None] * n
-        self.ttft: list = [None] * n
-
-    def answer(self, i: int, output: Any, finish_reason: str | None, reasoning: str | None,
-               input_tokens: int | None, output_tokens: int | None, *, cost: float | None = None,
-               latency: float | None = None, attempts: int = 0, cached: bool = False,
-               value: Any = None, tool_calls: list | None = None, logprobs: Any = None,
-               ttft: float | None = None) -> None:
-        """Item ``i`` has its answer (from a request, a journal record or a job's output)."""
-        self.value[i] = value
-        self.tool_calls[i] = tool_calls
-        self.logprobs[i] = logprobs
-        self.ttft[i] = ttft
-        self.output[i] = output
-        self.finish_reason[i] = finish_reason
-        self.reasoning[i] = reasoning
-        self.input_tokens[i] = input_tokens
-        self.output_tokens[i] = output_tokens
-        self.cost[i] = cost
-        self.latency[i] = latency
-        self.attempts[i] = attempts
-        self.cached[i] = cached
-        self.done[i] = 1
 
 
 class Dispatcher:
@@ -397,7 +352,15 @@ class Dispatcher:
         r, progress = self.results, self.progress
         spent, costs = self._charge(unit, outcome)
         failed: list[tuple[int, RowError]] = []
-        for k, (item, parsed) in enumerate(zip(unit.items, outcome.results or ())):
+        answers = outcome.results or ()
+        if checks is None and len(unit.items) > 1 and all(
+                p.reasoning is None and p.tool_calls is None and p.logprobs is None
+                and p.ttft is None for p in answers):  # a packed request: one step per column
+            r.answer_many(unit.items, [p.output for p in answers],
+                          [p.finish_reason for p in answers], [p.input_tokens for p in answers],
+                          [p.output_tokens for p in answers], costs, latency, unit.attempts)
+            answers = ()
+        for k, (item, parsed) in enumerate(zip(unit.items, answers)):
             value, why = checks[k] if checks is not None else (None, None)
             r.answer(item, parsed.output, parsed.finish_reason, parsed.reasoning,
                      parsed.input_tokens, parsed.output_tokens, cost=costs[k], latency=latency,
@@ -513,11 +476,8 @@ class Dispatcher:
     def _fail(self, unit: Unit, err: RowError) -> None:
         r = self.results
         for item in unit.items:
-            if r.done[item]:
-                continue
-            r.error[item] = err
-            r.attempts[item] = unit.attempts
-            r.done[item] = 1
+            if not r.done[item]:
+                r.fail(item, err, unit.attempts)
         self.progress.finish(unit.items, err)
         self._finished(unit)
 
@@ -567,9 +527,7 @@ class Dispatcher:
         r = self.results
         for item in unit.items:
             if not r.done[item]:
-                r.error[item] = err
-                r.attempts[item] = unit.attempts
-                r.done[item] = 1
+                r.fail(item, err, unit.attempts)
         self._outstanding -= 1
         self.progress.finish(unit.items, err, sent=unit.attempts > 0)
         if self.on_item is not None:  # settle per-row futures and counts, as _finished does

@@ -97,8 +97,9 @@ class Durable:
         """Split ``units`` into those to send now and those another live run is answering."""
         loop = asyncio.get_running_loop()
         key = self.plan.key
-        keys = [key(i) for u in units for i in u.items]
-        if not keys:
+        keys = _keys_of(self.plan, np.concatenate(
+            [np.asarray(u.items, dtype=np.int64) for u in units] or [np.zeros(0, np.int64)]))
+        if not len(keys):
             return units, []
         held = await loop.run_in_executor(self._pool(), self.journal.claim, keys, self.run_id)
         if not held:
@@ -270,9 +271,8 @@ class Durable:
                        for i, out in zip(ok, outputs)]
         return AnswerBatch(
             self.plan.endpoint, self.plan.kind, self.model, self.run_id,
-            _keys_of(self.plan, ok), [r.input_tokens[i] for i in ok],
-            [r.output_tokens[i] for i in ok], [r.cost[i] for i in ok],
-            [r.latency[i] for i in ok], [r.attempts[i] for i in ok],
+            _keys_of(self.plan, ok), r.input_tokens.take(ok), r.output_tokens.take(ok),
+            r.cost.take(ok), r.latency.take(ok), r.attempts.take(ok),
             vectors=vectors, outputs=encoded)
 
     def _failure(self, i: int, err: BaseException) -> tuple:

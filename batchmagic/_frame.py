@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from ._errors import ColumnClashError, RowError, RunError, SchemaError
+from ._item_results import take_objects
 
 RESULT_COLUMNS = ("output", "error", "finish_reason", "input_tokens", "output_tokens", "cost",
                   "latency", "attempts")
@@ -68,61 +69,73 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
-def _result_values(plan, results, positions: list[int] | None = None, *,
-                   costs: list | None = None, cached: set[int] | None = None) -> dict[str, np.ndarray]:
-    """The result columns' values (object arrays) for the input rows at ``positions`` (all rows
-    when None): the one place that maps per-request results onto rows, for whole frames and for
-    live updates."""
-    row_item = plan.row_item
+def _whole(plan, results, cached: set[int] | None) -> dict[str, Any]:
+    """Every input row's result columns, each already in its frame dtype. Where each row has a
+    request of its own (the usual case) the number columns are the results' own arrays, not
+    copies; the object columns are copied because row errors, skips and cached rows are written
+    into them."""
+    n = plan.n_rows
+    take = None if plan.identity else np.asarray(plan.row_item, dtype=np.int64)
     index = plan.index
-    whole = positions is None
-    if whole:  # one pass per column over the unique requests, then a take (duplicates fan out)
-        n = plan.n_rows
-        take = np.asarray(row_item, dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
 
-        def column(values: list, fill: Any = None) -> np.ndarray:
-            return _objects(list(values) + [fill])[take] if n else np.empty(0, dtype=object)
-    else:  # a few rows that just finished: touch only those
-        items = [row_item[p] for p in positions]
-        n = len(items)
+    def optional(sparse) -> np.ndarray | None:  # None: no request has a value
+        return take_objects(sparse.column(results.n), take) if sparse else None
 
-        def column(values: list, fill: Any = None) -> np.ndarray:
-            arr = np.empty(n, dtype=object)
-            for j, i in enumerate(items):
-                arr[j] = values[i] if i >= 0 else fill
-            return arr
-
-    out = {
-        "output": column(results.output),
-        "error": np.empty(n, dtype=object),
-        "finish_reason": column(results.finish_reason),
-        "input_tokens": column(results.input_tokens),
-        "output_tokens": column(results.output_tokens),
-        "cost": column(costs if costs is not None else [None] * len(plan.items)),
-        "latency": column(results.latency),
-        "attempts": column(results.attempts, 0),
-        "reasoning": column(results.reasoning),
-        "value": column(results.value),
-        "tool_calls": column(results.tool_calls),
-        "logprobs": column(results.logprobs),
-        "ttft": column(results.ttft),
+    errors = np.full(n, None, dtype=object)
+    for item in np.flatnonzero(results.error != None).tolist():  # noqa: E711  (elementwise)
+        err = results.error[item]
+        for pos in plan.rows_of(item):
+            errors[pos] = err.for_row(index[pos])
+    for pos, err in plan.row_errors.items():
+        errors[pos] = err
+    finish = take_objects(results.finish_reason, take)
+    for pos in plan.skipped:
+        finish[pos] = "skipped"
+    latency = results.latency.values if take is None else results.latency.masked(take).to_numpy(
+        dtype=float, na_value=np.nan)
+    attempts = results.attempts.values if take is None else \
+        np.asarray(results.attempts.masked(take).fillna(0), dtype=np.int64)
+    if cached:  # answered from the journal: never sent in this run
+        at = plan.rows_for(np.fromiter(cached, dtype=np.int64, count=len(cached)))
+        latency, attempts = latency.copy(), attempts.copy()
+        latency[at] = np.nan
+        attempts[at] = 0
+    ttft = optional(results.ttft)
+    return {
+        "output": results.output if take is None else take_objects(results.output, take),
+        "error": errors,
+        "finish_reason": finish,
+        "input_tokens": results.input_tokens.masked(take),
+        "output_tokens": results.output_tokens.masked(take),
+        "cost": results.cost.masked(take),
+        "latency": latency,
+        "attempts": attempts,
+        "reasoning": optional(results.reasoning),
+        "value": optional(results.value),
+        "tool_calls": optional(results.tool_calls),
+        "logprobs": optional(results.logprobs),
+        "ttft": None if ttft is None else np.array([np.nan if v is None else v for v in ttft],
+                                                   dtype=float),
     }
-    errors, finish, attempts, latency = (out["error"], out["finish_reason"], out["attempts"],
-                                         out["latency"])
-    if whole:
-        for item, err in enumerate(results.error):
-            if err is not None:
-                for pos in plan.rows_of(item):
-                    errors[pos] = err.for_row(index[pos])
-        for pos, err in plan.row_errors.items():
-            errors[pos] = err
-        for pos in plan.skipped:
-            finish[pos] = "skipped"
-        if cached:
-            at = plan.rows_for(np.fromiter(cached, dtype=np.int64, count=len(cached)))
-            attempts[at] = 0
-            latency[at] = None
-        return out
+
+
+def _some(plan, results, positions: list[int]) -> dict[str, Any]:
+    """The result columns of a few input rows that just finished (live updates), typed."""
+    index = plan.index
+    items = [plan.row_item[p] for p in positions]
+    n = len(items)
+
+    def column(values, fill: Any = None) -> np.ndarray:
+        arr = np.empty(n, dtype=object)
+        for j, i in enumerate(items):
+            arr[j] = values[i] if i >= 0 else fill
+        return arr
+
+    def numbers(values, dtype: str) -> Any:
+        return pd.array(list(column(values)), dtype=dtype)
+
+    errors = np.empty(n, dtype=object)
+    finish = column(results.finish_reason)
     for j, (pos, item) in enumerate(zip(positions, items)):
         if pos in plan.row_errors:
             errors[j] = plan.row_errors[pos]
@@ -130,34 +143,41 @@ def _result_values(plan, results, positions: list[int] | None = None, *,
             errors[j] = results.error[item].for_row(index[pos])
         if pos in plan.skipped:
             finish[j] = "skipped"
-        if cached and item in cached:
-            attempts[j] = 0
-            latency[j] = None
-    return out
+    ttft = column(results.ttft) if results.ttft else None
+    return {
+        "output": column(results.output),
+        "error": errors,
+        "finish_reason": finish,
+        "input_tokens": numbers(results.input_tokens, "Int64"),
+        "output_tokens": numbers(results.output_tokens, "Int64"),
+        "cost": numbers(results.cost, "Float64"),
+        "latency": np.array([np.nan if v is None else v for v in column(results.latency)],
+                            dtype=float),
+        "attempts": np.array([v or 0 for v in column(results.attempts, 0)], dtype=np.int64),
+        "reasoning": column(results.reasoning) if results.reasoning else None,
+        "value": column(results.value) if results.value else None,
+        "tool_calls": column(results.tool_calls) if results.tool_calls else None,
+        "logprobs": column(results.logprobs) if results.logprobs else None,
+        "ttft": None if ttft is None else np.array([np.nan if v is None else v for v in ttft],
+                                                   dtype=float),
+    }
 
 
-def _typed(name: str, values: np.ndarray, index: pd.Index) -> pd.Series:
-    """One result column with its documented dtype."""
-    if name in ("input_tokens", "output_tokens"):
-        return pd.Series(pd.array(list(values), dtype="Int64"), index=index)
-    if name == "cost":
-        return pd.Series(pd.array(list(values), dtype="Float64"), index=index)
-    if name == "latency":
-        return pd.Series(np.array([np.nan if v is None else v for v in values], dtype=float),
-                         index=index)
-    if name == "attempts":
-        return pd.Series(np.asarray(list(values), dtype=np.int64), index=index)
-    if name == "ttft":
-        return pd.Series(np.array([np.nan if v is None else v for v in values], dtype=float),
-                         index=index)
-    return pd.Series(values, index=index, dtype=object)
+def _series(name: str, values: Any, index: pd.Index) -> pd.Series:
+    """One result column as a Series over the frame's rows, without copying ``values``."""
+    if values is None:  # an optional column no row has: all missing
+        values = np.full(len(index), np.nan, dtype=float) if name == "ttft" else \
+            np.full(len(index), None, dtype=object)
+    if isinstance(values, np.ndarray) and values.dtype == object:  # never inferred as strings
+        return pd.Series(values, index=index, dtype=object, copy=False)
+    return pd.Series(values, index=index, copy=False)
 
 
 #: optional columns that appear once any row has a value for them
 _WHEN_PRESENT = ("reasoning", "tool_calls", "logprobs", "ttft")
 
 
-def _with_schema(values: dict[str, np.ndarray], schema: Any) -> dict[str, np.ndarray]:
+def _with_schema(values: dict[str, Any], schema: Any) -> dict[str, Any]:
     """With schema=: ``output`` is the validated value, ``raw`` the answer's text (a
     SchemaError's own), and an object schema's fields are columns of their own."""
     if schema is None:
@@ -165,37 +185,40 @@ def _with_schema(values: dict[str, np.ndarray], schema: Any) -> dict[str, np.nda
     text, errors = values["output"], values["error"]
     raw = _objects([err.raw if isinstance(err, SchemaError) else t
                     for t, err in zip(text, errors)])
-    values = dict(values, output=values["value"], raw=raw)
+    value = values["value"] if values["value"] is not None else np.full(len(text), None,
+                                                                        dtype=object)
+    values = dict(values, output=value, raw=raw)
     if schema.fields:  # one column per field, each filled by one comprehension
-        rows = [schema.columns(v) if v is not None else {} for v in values["value"]]
+        rows = [schema.columns(v) if v is not None else {} for v in value]
         values.update({field: _objects([row.get(field) for row in rows])
                        for field in schema.fields})
     return values
 
 
-def _optional(values: dict[str, np.ndarray], schema: Any) -> list[str]:
+def _optional(values: dict[str, Any], schema: Any) -> list[str]:
     """The optional columns a frame has: the schema's always, the others once they have values."""
-    names = [n for n in _WHEN_PRESENT if any(v is not None for v in values[n])]
+    names = [n for n in _WHEN_PRESENT if values[n] is not None]
     if schema is not None:
         names = ["raw", *names, *schema.fields]
     return names
 
 
-def build_frame(plan, results, *, costs: list | None = None, attrs: dict | None = None,
-                cached: set[int] | None = None, schema: Any = None) -> pd.DataFrame:
+def build_frame(plan, results, *, attrs: dict | None = None, cached: set[int] | None = None,
+                schema: Any = None) -> pd.DataFrame:
     """``plan`` from ``_inputs.make_plan``; ``results`` an ``ItemResults`` over ``plan.items``;
     ``schema`` the run's ``_schema.Schema``, if any."""
     index = plan.index
-    values = _with_schema(_result_values(plan, results, costs=costs, cached=cached), schema)
+    values = _with_schema(_whole(plan, results, cached), schema)
     result = {}
     if plan.samples > 1:  # which answer of its input row each output row is
         result["sample"] = pd.Series(np.tile(np.arange(plan.samples, dtype=np.int64),
                                              plan.n_rows // plan.samples), index=index)
-    result.update({name: _typed(name, values[name], index) for name in RESULT_COLUMNS})
-    for name in _optional(values, schema):
-        result[name] = _typed(name, values[name], index)
-    out = pd.concat([plan.frame, pd.DataFrame(result, index=index)], axis=1) if len(plan.frame.columns) \
-        else pd.DataFrame(result, index=index)
+    for name in (*RESULT_COLUMNS, *_optional(values, schema)):
+        result[name] = _series(name, values[name], index)
+    # copy=False: no column is copied again, and same-typed columns are not joined into blocks
+    out = pd.DataFrame(result, index=index, copy=False)
+    if len(plan.frame.columns):
+        out = pd.concat([plan.frame, out], axis=1)
     out.attrs["batchmagic"] = dict(attrs or {})
     return out
 
@@ -211,16 +234,14 @@ class LiveFrame:
     writes while the user's thread may ask for the frame.
     """
 
-    def __init__(self, plan, results, *, costs: list | None = None, attrs: dict | None = None,
-                 schema: Any = None):
+    def __init__(self, plan, results, *, attrs: dict | None = None, schema: Any = None):
         self._plan = plan
         self._results = results
-        self._costs = costs
         self._schema = schema
         self._lock = threading.Lock()
         # what is done now is in the first build; anything finishing during it is re-applied
         self._applied = np.frombuffer(bytes(results.done), dtype=np.uint8).astype(bool)
-        self.frame = build_frame(plan, results, costs=costs, attrs=attrs, schema=schema)
+        self.frame = build_frame(plan, results, attrs=attrs, schema=schema)
         self._final = False
 
     def sync(self, attrs: dict | None = None) -> int:
@@ -244,16 +265,15 @@ class LiveFrame:
 
     def _write(self, positions: list[int]) -> None:
         df = self.frame
-        values = _with_schema(_result_values(self._plan, self._results, positions,
-                                             costs=self._costs), self._schema)
+        values = _with_schema(_some(self._plan, self._results, positions), self._schema)
         rows = pd.RangeIndex(len(positions))
         optional = _optional(values, self._schema)
         for name in optional:
             if name not in df.columns:
-                df[name] = _typed(name, np.full(len(df), None, dtype=object), df.index)
+                df[name] = _series(name, None, df.index)
         for name in (*RESULT_COLUMNS, *optional):
             if name in df.columns:
-                df.iloc[positions, df.columns.get_loc(name)] = _typed(name, values[name], rows).array
+                df.iloc[positions, df.columns.get_loc(name)] = _series(name, values[name], rows).array
 
     def finish(self, final: pd.DataFrame) -> None:
         """Make the frame hold exactly ``final``'s result columns and attrs (same rows)."""

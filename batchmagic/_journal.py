@@ -304,6 +304,23 @@ def _ints(values: Sequence[int | None]) -> bytes:
     return np.array([-1 if v is None else v for v in values], dtype="<i8").tobytes()
 
 
+def _key_strings(keys: Sequence[str] | np.ndarray) -> Sequence[str]:
+    return [k.decode() for k in keys.tolist()] if isinstance(keys, np.ndarray) else keys
+
+
+def _key_lines(keys: Sequence[str] | np.ndarray) -> bytes:
+    """Keys joined by line breaks, as the claims table keeps them; an ``S32`` key array in one
+    numpy step (a million keys as Python strings would take ~90 MB just to be joined)."""
+    if not isinstance(keys, np.ndarray):
+        return "\n".join(keys).encode()
+    if not len(keys):
+        return b""
+    lines = np.empty((len(keys), keys.itemsize + 1), dtype=np.uint8)
+    lines[:, :-1] = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), keys.itemsize)
+    lines[:, -1] = ord("\n")
+    return lines.reshape(-1)[:-1].tobytes()
+
+
 def _floats(values: Sequence[float | None]) -> bytes:
     if isinstance(values, np.ndarray):
         return values.astype("<f8").tobytes()
@@ -810,15 +827,16 @@ class Journal:
 
     # -- leases ------------------------------------------------------------------------------
 
-    def claim(self, keys: list[str], run_id: str) -> dict[str, tuple[str, int]]:
-        """Claim ``keys`` for ``run_id``. Returns the keys another live run holds: key -> (run, pid).
-        A run's claims add up; claims of runs whose process died or whose lease expired are void
-        (and removed)."""
+    def claim(self, keys: Sequence[str] | np.ndarray, run_id: str) -> dict[str, tuple[str, int]]:
+        """Claim ``keys`` (strings, or a table's ``S32`` key array) for ``run_id``. Returns the
+        keys another live run holds: key -> (run, pid). A run's claims add up; claims of runs
+        whose process died or whose lease expired are void (and removed)."""
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
 
         def work(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
             held: dict[str, tuple[str, int]] = {}
             mine: bytes = b""
+            names: Sequence[str] | None = None  # the keys as strings, made only if compared
             for other, other_host, other_pid, expires, blob in conn.execute(
                     "SELECT run_id, host, pid, expires, keys FROM claims").fetchall():
                 if other == run_id:
@@ -827,8 +845,11 @@ class Journal:
                     conn.execute("DELETE FROM claims WHERE run_id=?", (other,))
                 elif blob:
                     theirs = set(blob.decode().split("\n"))
-                    held.update((k, (other, other_pid)) for k in keys if k in theirs)
-            claimed = "\n".join(k for k in keys if k not in held).encode()
+                    if names is None:
+                        names = _key_strings(keys)
+                    held.update((k, (other, other_pid)) for k in names if k in theirs)
+            claimed = _key_lines(keys) if not held else \
+                "\n".join(k for k in _key_strings(keys) if k not in held).encode()
             if mine and claimed:
                 claimed = mine + b"\n" + claimed
             conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",

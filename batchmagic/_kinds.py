@@ -284,16 +284,42 @@ def parse_embeddings(payload: Any, n: int) -> tuple[list[np.ndarray], int | None
     data = payload["data"]
     if len(data) != n:
         raise ShapeError(f"asked for {n} embeddings, got {len(data)}")
-    out: list[np.ndarray | None] = [None] * n
+    raw: list[Any] = [None] * n
+    seen = bytearray(n)
     for pos, item in enumerate(data):
         if not isinstance(item, dict):
             raise ShapeError("an embedding entry is not an object")
         idx = item.get("index", pos)
-        if not isinstance(idx, int) or not 0 <= idx < n or out[idx] is not None:
+        if not isinstance(idx, int) or not 0 <= idx < n or seen[idx]:
             raise ShapeError(f"embedding index {idx!r} is out of range or repeated")
-        out[idx] = _vector(item)
+        seen[idx] = 1
+        raw[idx] = item.get("embedding")
+    block = _block(raw)
     inp, _ = _usage(payload)
-    return out, inp  # type: ignore[return-value]
+    if block is not None:  # rows of one array: no allocation of its own per vector
+        return list(block), inp
+    return [_vector({"embedding": e}) for e in raw], inp
+
+
+def _block(raw: list[Any]) -> np.ndarray | None:
+    """The vectors of a packed answer as one (n, dim) float32 array, when all are base64 or all
+    lists of numbers, of one length; None otherwise (each is then read, and refused, alone)."""
+    try:
+        if all(isinstance(e, str) for e in raw):
+            decoded = [base64.b64decode(e, validate=True) for e in raw]
+            sizes = set(map(len, decoded))
+            if len(sizes) != 1 or sizes == {0} or sizes.pop() % 4:
+                return None
+            return np.frombuffer(b"".join(decoded), dtype="<f4").astype(np.float32) \
+                .reshape(len(raw), -1)
+        if all(isinstance(e, list) for e in raw):
+            arr = np.array(raw)
+            if arr.ndim != 2 or not arr.shape[1] or arr.dtype.kind not in "iuf":
+                return None
+            return arr.astype(np.float32)
+    except (TypeError, ValueError):  # not base64, ragged: read one by one
+        return None
+    return None
 
 
 def parse_image(payload: Any) -> Parsed:

@@ -304,15 +304,13 @@ class Run:
             if getattr(self.executor, "frame", None) is not None:
                 return self.executor.frame(self.attrs(None))  # its rows are not here
             if self.live is None:
-                self.live = LiveFrame(self.plan, self.results, costs=self.results.cost,
-                                      attrs=self.attrs(None), schema=self.schema)
+                self.live = LiveFrame(self.plan, self.results, attrs=self.attrs(None), schema=self.schema)
             return self.live.frame
 
     def _frame(self, wall: float | None = None) -> pd.DataFrame:
         if getattr(self.executor, "frame", None) is not None:
             return self.executor.frame(self.attrs(wall))  # its rows are not here
-        return build_frame(self.plan, self.results, costs=self.results.cost,
-                           attrs=self.attrs(wall), schema=self.schema)
+        return build_frame(self.plan, self.results, attrs=self.attrs(wall), schema=self.schema)
 
     def attrs(self, wall: float | None) -> dict:
         """``df.attrs["batchmagic"]``: counts in rows, then what the executor adds."""

@@ -78,7 +78,11 @@ def table_embedding_units(table: RequestTable, todo: list[int], *, max_items: in
     per-request estimates are only made when a character count says the cap may bind."""
     if max_items < 1:
         raise ValueError(f"max_items must be at least 1, got {max_items}")
-    chunks = [todo[s:s + max_items] for s in range(0, len(todo), max_items)]
+    if todo and todo[-1] - todo[0] + 1 == len(todo):  # consecutive (the usual case): ranges,
+        chunks: list = [range(s, min(s + max_items, todo[-1] + 1))  # no list of a million ints
+                        for s in range(todo[0], todo[-1] + 1, max_items)]
+    else:
+        chunks = [todo[s:s + max_items] for s in range(0, len(todo), max_items)]
     if max_tokens is not None and chunks:
         bound = table.most_tokens()
         if any(int(bound[chunk].sum()) > max_tokens for chunk in chunks):

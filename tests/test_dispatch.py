@@ -333,7 +333,7 @@ def test_results_land_on_their_items_whatever_the_completion_order():
         return await d.run()
 
     results = run_virtual(main)
-    assert results.output == [f"out{i}" for i in range(60)]
+    assert list(results.output) == [f"out{i}" for i in range(60)]
     assert all(results.done)
     assert all(e is None for e in results.error)
     assert sorted(done_order) == list(range(60))
@@ -350,7 +350,7 @@ def test_packed_units_map_each_item():
                        clock=clock)
         return await d.run()
 
-    assert run_virtual(main).output == [f"out{i}" for i in range(5)]
+    assert list(run_virtual(main).output) == [f"out{i}" for i in range(5)]
 
 
 @pytest.mark.parametrize("limit", [1, 3, 8])
@@ -508,7 +508,7 @@ def test_pause_and_resume():
 
     r, backend = run_virtual(main)
     assert all(e is None for e in r.error)
-    assert r.output == [f"out{i}" for i in range(40)]
+    assert list(r.output) == [f"out{i}" for i in range(40)]
     assert len(backend.calls) == 40
 
 
@@ -628,7 +628,7 @@ def test_a_transient_retry_after_is_honoured_when_longer_than_the_backoff():
         return r, [t - clock.start for t, _ in backend.calls]
 
     r, starts = run_virtual(main)
-    assert r.output == ["out0"]
+    assert list(r.output) == ["out0"]
     assert starts == pytest.approx([0.0, 2.0], abs=1e-6)
 
 
@@ -739,7 +739,7 @@ def test_fatal_outcome_stops_the_dispatcher():
     d, backend = run_virtual(main)
     r = d.results
     assert isinstance(d.aborted, bm.FatalProviderError)
-    assert r.output[:2] == ["out0", "out1"]
+    assert list(r.output[:2]) == ["out0", "out1"]
     assert isinstance(r.error[2], bm.FatalProviderError)
     assert all(isinstance(e, bm.NotSentError) for e in r.error[3:])
     assert len(backend.calls) == 3

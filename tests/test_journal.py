@@ -14,11 +14,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import batchmagic as bm
-from batchmagic._journal import open_journal
+from batchmagic._journal import _key_lines, open_journal
 from batchmagic.simulator import SimulatorProcess
 
 SENTINEL = "sk-SENTINEL-DO-NOT-LEAK-0123456789"
@@ -303,6 +304,22 @@ def test_claims_hold_keys_for_live_runs_only(tmp_path):
     assert journal.claim(["a", "b", "d"], "run-4") == {"d": ("run-2", os.getpid())}
     assert [r[0] for r in journal._conn.execute("SELECT run_id FROM claims ORDER BY run_id")] \
         == ["run-2", "run-4"]
+
+
+def test_a_key_array_is_claimed_as_its_strings_would_be(tmp_path):
+    """A table's S32 key array is claimed without a Python string per key, and what is stored
+    and answered is the same as for the strings."""
+    journal = open_journal(tmp_path / "array")
+    keys = [f"{i:032x}" for i in range(1_000)]
+    assert _key_lines(np.array(keys, dtype="S32")) == "\n".join(keys).encode()
+    assert _key_lines(np.array([], dtype="S32")) == b""
+    assert journal.claim(np.array(keys[:600], dtype="S32"), "run-1") == {}
+    held = journal.claim(np.array(keys[500:], dtype="S32"), "run-2")
+    assert held == {k: ("run-1", os.getpid()) for k in keys[500:600]}
+    # run-2 claimed only what run-1 did not hold
+    assert journal.claim(keys[590:610], "run-3") == {
+        **{k: ("run-1", os.getpid()) for k in keys[590:600]},
+        **{k: ("run-2", os.getpid()) for k in keys[600:610]}}
 
 
 def test_a_million_keys_are_one_claim_row(tmp_path):

@@ -18,6 +18,7 @@ from batchmagic._kinds import (
     parse_chat,
     parse_choices,
     parse_completion,
+    parse_embeddings,
 )
 
 # -- chat -----------------------------------------------------------------------------------------------
@@ -285,6 +286,32 @@ def test_embeddings_request_base64_and_decode_float32(provider):
     df = run(texts, server=s, kind="embedding", provider=provider, api_key="k")
     assert s.formats == ["base64"]
     _check_vectors(df, texts)
+
+
+@pytest.mark.parametrize("encoded", [True, False])
+def test_packed_vectors_are_rows_of_one_block(encoded):
+    """A packed answer's vectors are rows of one float32 array (no allocation of their own per
+    vector: a million rows keep ~46 MB less); values, order and errors as one by one."""
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+
+    def entry(i):
+        v = vectors[i]
+        return base64.b64encode(v.astype("<f4").tobytes()).decode() if encoded else v.tolist()
+
+    payload = {"data": [{"index": i, "embedding": entry(i)} for i in (2, 0, 1)],
+               "usage": {"prompt_tokens": 9}}
+    got, tokens = parse_embeddings(payload, 3)
+    assert tokens == 9
+    assert all(g.dtype == np.float32 and g.base is not None for g in got)
+    assert all(g.base is got[0].base for g in got[1:])  # rows of one array
+    np.testing.assert_array_equal(np.stack(got), vectors)
+    # one vector of another length, or one that is not numbers: each read alone, as before
+    ragged = {"data": [{"embedding": [1.0, 2.0]}, {"embedding": [3.0]}]}
+    assert [len(v) for v in parse_embeddings(ragged, 2)[0]] == [2, 1]
+    with pytest.raises(ShapeError, match="missing or empty"):
+        parse_embeddings({"data": [{"embedding": ["1.0"]}, {"embedding": [2.0]}]}, 2)
+    with pytest.raises(ShapeError, match="missing or empty"):
+        parse_embeddings({"data": [{"embedding": []}, {"embedding": []}]}, 2)
 
 
 def test_embeddings_plain_json_floats_for_other_servers():

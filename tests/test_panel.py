@@ -428,7 +428,7 @@ def test_live_frame_is_one_object_that_ends_exactly_as_the_result():
     final = task.wait(10)
     assert final is live
     run = task._run
-    expected = _frame.build_frame(run.plan, run.results, costs=run.results.cost)
+    expected = _frame.build_frame(run.plan, run.results)
     pd.testing.assert_frame_equal(final.drop(columns="error"), expected.drop(columns="error"))
     as_text = [None if e is None else (type(e), str(e)) for e in expected["error"]]
     assert [None if e is None else (type(e), str(e)) for e in final["error"]] == as_text

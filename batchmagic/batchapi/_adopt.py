@@ -254,7 +254,7 @@ class AdoptedBatch:
                  "kind": kind, "provider": self.provider, "state": rb.state,
                  "status": rb.status, "rows": n, "requests": n, "ok": n - failed,
                  "failed": failed, "unreadable": report.unreadable, "cost": None}
-        return build_frame(plan, results, costs=results.cost, attrs=attrs)
+        return build_frame(plan, results, attrs=attrs)
 
 
 def _fill(results: ItemResults, i: int, outcome: Any, rb: RemoteBatch, provider: Any) -> None:

@@ -336,7 +336,7 @@ def journal_frame(journal: Journal, engine: JobEngine, pending: str | None,
         else None,
     }
     attrs.update(extra or {})
-    return build_frame(plan, results, costs=results.cost, attrs=attrs)
+    return build_frame(plan, results, attrs=attrs)
 
 
 class BatchJob:

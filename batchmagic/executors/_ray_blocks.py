@@ -288,7 +288,7 @@ class _Block:
     def frame_of(self, positions: np.ndarray, schema: Any) -> pd.DataFrame:
         from .._frame import build_frame
 
-        frame = build_frame(self.plan, self.results, costs=self.results.cost, schema=schema)
+        frame = build_frame(self.plan, self.results, schema=schema)
         part = frame.iloc[positions].reset_index(drop=True)
         part[KEY_COLUMN] = self.keys[positions].astype(str)
         return arrow_safe(part)

@@ -102,6 +102,17 @@ class SparseResults:
             getattr(self, name)[i] = v
         self.done[i] = 1
 
+    def answer_many(self, items: Any, outputs: list, finish_reasons: list, input_tokens: list,
+                    output_tokens: list, costs: list, latency: float, attempts: int) -> None:
+        for k, i in enumerate(items):
+            self.answer(i, outputs[k], finish_reasons[k], None, input_tokens[k], output_tokens[k],
+                        cost=costs[k], latency=latency, attempts=attempts)
+
+    def fail(self, i: int, err: RowError, attempts: int) -> None:
+        self.error[i] = err
+        self.attempts[i] = attempts
+        self.done[i] = 1
+
     def take(self, i: int) -> tuple:
         """Item ``i``'s answer (``ANSWER_FIELDS``), forgotten here."""
         answer = tuple(getattr(self, name).pop(i, getattr(self, name).default)
