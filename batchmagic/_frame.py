@@ -71,9 +71,9 @@ def _objects(values: list) -> np.ndarray:
 
 def _whole(plan, results, cached: set[int] | None) -> dict[str, Any]:
     """Every input row's result columns, each already in its frame dtype. Where each row has a
-    request of its own (the usual case) the number columns are the results' own arrays, not
-    copies; the object columns are copied because row errors, skips and cached rows are written
-    into them."""
+    request of its own (the usual case) the answers and the number columns are the results' own
+    arrays, not copies (the run hands its results over to the frame); errors and finish reasons
+    are new arrays, as row errors and skips are written into them."""
     n = plan.n_rows
     take = None if plan.identity else np.asarray(plan.row_item, dtype=np.int64)
     index = plan.index
