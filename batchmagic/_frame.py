@@ -69,6 +69,11 @@ def _objects(values: list) -> np.ndarray:
     return arr
 
 
+def _floats(values: Any) -> np.ndarray:
+    """Numbers or None as a float column (NaN where None)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
 def _whole(plan, results, cached: set[int] | None) -> dict[str, Any]:
     """Every input row's result columns, each already in its frame dtype. Where each row has a
     request of its own (the usual case) the answers and the number columns are the results' own
@@ -91,10 +96,7 @@ def _whole(plan, results, cached: set[int] | None) -> dict[str, Any]:
     finish = take_objects(results.finish_reason, take)
     for pos in plan.skipped:
         finish[pos] = "skipped"
-    latency = results.latency.values if take is None else results.latency.masked(take).to_numpy(
-        dtype=float, na_value=np.nan)
-    attempts = results.attempts.values if take is None else \
-        np.asarray(results.attempts.masked(take).fillna(0), dtype=np.int64)
+    latency, attempts = results.latency.plain(take), results.attempts.plain(take)
     if cached:  # answered from the journal: never sent in this run
         at = plan.rows_for(np.fromiter(cached, dtype=np.int64, count=len(cached)))
         latency, attempts = latency.copy(), attempts.copy()
@@ -114,8 +116,7 @@ def _whole(plan, results, cached: set[int] | None) -> dict[str, Any]:
         "value": optional(results.value),
         "tool_calls": optional(results.tool_calls),
         "logprobs": optional(results.logprobs),
-        "ttft": None if ttft is None else np.array([np.nan if v is None else v for v in ttft],
-                                                   dtype=float),
+        "ttft": None if ttft is None else _floats(ttft),
     }
 
 
@@ -151,15 +152,13 @@ def _some(plan, results, positions: list[int]) -> dict[str, Any]:
         "input_tokens": numbers(results.input_tokens, "Int64"),
         "output_tokens": numbers(results.output_tokens, "Int64"),
         "cost": numbers(results.cost, "Float64"),
-        "latency": np.array([np.nan if v is None else v for v in column(results.latency)],
-                            dtype=float),
+        "latency": _floats(column(results.latency)),
         "attempts": np.array([v or 0 for v in column(results.attempts, 0)], dtype=np.int64),
         "reasoning": column(results.reasoning) if results.reasoning else None,
         "value": column(results.value) if results.value else None,
         "tool_calls": column(results.tool_calls) if results.tool_calls else None,
         "logprobs": column(results.logprobs) if results.logprobs else None,
-        "ttft": None if ttft is None else np.array([np.nan if v is None else v for v in ttft],
-                                                   dtype=float),
+        "ttft": None if ttft is None else _floats(ttft),
     }
 
 

@@ -40,9 +40,6 @@ class Numbers:
             self.values = np.full(n, default, dtype=dtype)
             self.missing = np.zeros(n, dtype=bool)
 
-    def __len__(self) -> int:
-        return len(self.values)
-
     def __getitem__(self, i: int) -> Any:
         return None if self.missing[i] else self.values[i].item()
 
@@ -67,6 +64,11 @@ class Numbers:
         at = np.fromiter(items, dtype=np.int64) if not isinstance(items, np.ndarray) else items
         return [None if m else v for v, m in zip(self.values[at].tolist(),
                                                   self.missing[at].tolist())]
+
+    def plain(self, take: np.ndarray | None = None) -> np.ndarray:
+        """The values as a plain numpy column (NaN, or 0 for integers, where missing), or those
+        of rows ``take`` (-1: no request). Without ``take`` it is this column's own array."""
+        return self.values if take is None else _take(self.values, take, self._gap)
 
     def masked(self, take: np.ndarray | None = None) -> Any:
         """A pandas nullable array (Int64 / Float64) of the column, or of rows ``take`` (-1 for
@@ -144,9 +146,6 @@ class ItemResults:
         self.tool_calls = Sparse()
         self.logprobs = Sparse()
         self.ttft = Sparse()
-
-    def __len__(self) -> int:
-        return self.n
 
     def answer(self, i: int, output: Any, finish_reason: str | None, reasoning: str | None,
                input_tokens: int | None, output_tokens: int | None, *, cost: float | None = None,

@@ -304,7 +304,8 @@ class Run:
             if getattr(self.executor, "frame", None) is not None:
                 return self.executor.frame(self.attrs(None))  # its rows are not here
             if self.live is None:
-                self.live = LiveFrame(self.plan, self.results, attrs=self.attrs(None), schema=self.schema)
+                self.live = LiveFrame(self.plan, self.results, attrs=self.attrs(None),
+                                      schema=self.schema)
             return self.live.frame
 
     def _frame(self, wall: float | None = None) -> pd.DataFrame:
