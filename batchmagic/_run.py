@@ -208,6 +208,10 @@ class Run:
     async def execute(self) -> pd.DataFrame:
         try:
             return await self._execute()
+        except BaseException:
+            if self.state == "planned":  # stopped before it ran (a refused Batch API file):
+                self.state = self.progress.state = "aborted"  # not a run still to come
+            raise
         finally:
             _retire(self)
 

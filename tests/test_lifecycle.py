@@ -63,6 +63,24 @@ def test_a_toy_executor_runs_through_the_unchanged_lifecycle(monkeypatch):
     assert task.wait(30)["output"].tolist() == ["QUIET"]
 
 
+def test_a_run_stopped_before_it_ran_is_not_left_planned(monkeypatch):
+    """An executor that refuses the run in prepare (as the Batch API's local check of its file
+    does): the error reaches the caller and the run is recorded as aborted, so the line magics
+    do not count it among the runs still going."""
+
+    class RefusingExecutor(ShoutExecutor):
+        def prepare(self) -> None:
+            raise bm.ConfigError("refused before anything was sent")
+
+    monkeypatch.setitem(EXECUTORS, "refuse", RefusingExecutor)
+    with pytest.raises(bm.ConfigError, match="refused"):
+        bm.batch(["a"], base_url="http://127.0.0.1:9/v1", model="m", progress=False,
+                 cache=False, executor="refuse")
+    last = bm._api.recent_runs()[-1]
+    assert last.state == "aborted"
+    assert all(r.state not in ("planned", "running") for r in bm._api.recent_runs())
+
+
 def test_executor_must_fit_the_call():
     with pytest.raises(bm.ConfigError, match="executor='engine' does not fit"):
         bm.estimate(["a"], base_url="http://127.0.0.1:9/v1", model="m", executor="engine")
