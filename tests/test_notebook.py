@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import statistics
 import textwrap
 import time
@@ -219,8 +220,17 @@ def test_background_run_survives_a_kernel_interrupt(kernel, sim):
                              "print('run', kept.attrs['batchmagic'].get('state'), flush=True)\n"
                              "time.sleep(120)")
         line = kernel.wait_printed(msg_id, "run ")
-        kernel.km.interrupt_kernel()  # the cell is in its sleep, the run in flight
-        out = kernel.collect(msg_id, timeout=30)
+        # the cell is in its sleep, the run in flight; on a loaded machine one interrupt was
+        # once not acted on within 30 s, so it is sent again until the cell ends (the run's
+        # loop is on its own thread, which SIGINT never reaches)
+        for attempt in range(3):
+            kernel.km.interrupt_kernel()
+            try:
+                out = kernel.collect(msg_id, timeout=30)
+                break
+            except queue.Empty:
+                if attempt == 2:
+                    raise
         assert out["error"] and "KeyboardInterrupt" in out["error"]
         assert line != "run done", line
         kernel.ok("%batch_wait --timeout 30")
