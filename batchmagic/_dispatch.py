@@ -105,6 +105,7 @@ class Dispatcher:
         self._rng = random.Random()
         self._recent: collections.deque[bool] = collections.deque(maxlen=32)  # throttled or not
         self._feeder: asyncio.Task | None = None
+        self._not_added: Callable[[], list[Unit]] | None = None  # see expect()
 
     # -- control (call on the loop thread) ----------------------------------------------------
 
@@ -147,9 +148,16 @@ class Dispatcher:
             self._wake.set()
 
     def add(self, units: list[Unit]) -> None:
-        """Send more units in this run (previously held ones)."""
+        """Send more units in this run (previously held or expected ones)."""
         self._ready.extend(units)
         self._wake.set()
+
+    def expect(self, n: int, not_added: Callable[[], list[Unit]]) -> None:
+        """Count ``n`` units that will be ``add``-ed while the run goes (claimed a stage at a
+        time); if the run stops first, ``not_added()`` hands over those never added, and they
+        are settled as not sent with the rest."""
+        self._outstanding += n
+        self._not_added = not_added
 
     def _halt(self) -> None:
         self._stop = True
@@ -483,6 +491,7 @@ class Dispatcher:
 
     def _finished(self, unit: Unit) -> None:
         self._outstanding -= 1
+        unit.body = None  # settled, never sent again: a million chat requests hold ~200 MB
         if self.on_item is not None:
             for item in unit.items:
                 self.on_item(item)
@@ -508,6 +517,8 @@ class Dispatcher:
             handle.cancel()
         self._parked.clear()
         pending = list(self._parked_units) + list(self._retry_ready) + list(self._ready)
+        if self._not_added is not None:
+            pending += self._not_added()
         self.progress.retrying = 0
         self._parked_units.clear()
         self._retry_ready.clear()
@@ -529,6 +540,7 @@ class Dispatcher:
             if not r.done[item]:
                 r.fail(item, err, unit.attempts)
         self._outstanding -= 1
+        unit.body = None
         self.progress.finish(unit.items, err, sent=unit.attempts > 0)
         if self.on_item is not None:  # settle per-row futures and counts, as _finished does
             for item in unit.items:

@@ -11,6 +11,7 @@ because batches grow with the load.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import os
@@ -26,6 +27,9 @@ from ._journal import AnswerBatch, Journal, JournalError, encode_result
 
 HELD_POLL_SECONDS = 1.0
 RENEW_SECONDS = 20.0
+#: requests claimed before the first is sent; later stages grow fourfold up to STAGE_ITEMS
+FIRST_STAGE_ITEMS = 4096
+STAGE_ITEMS = 1 << 16
 
 
 class Durable:
@@ -47,10 +51,11 @@ class Durable:
         self._on_error: Callable[[BaseException], None] | None = None
         self._held: list[Unit] = []
         self._watcher: asyncio.Task | None = None
+        self._claimer: asyncio.Task | None = None  # claim_later's stages
         self.write_error: BaseException | None = None
         # the items this run has committed, and the journal file (generation) they are in: if
         # the file is replaced (deleted, or damaged and moved aside) they are written again
-        self._saved: list[int] = []
+        self._saved: list[np.ndarray] = []  # per write (a Python int per row is ~36 bytes)
         self._generation = journal.generation
 
     # -- before: the cache --------------------------------------------------------------------
@@ -58,6 +63,8 @@ class Durable:
     def fill_from_journal(self) -> int:
         """Answer every item the journal already has. Returns the number of rows answered."""
         plan = self.plan
+        if not self.journal.has_answers(plan.endpoint):  # then no key needs hashing yet
+            return 0
         found = self.journal.find(plan.keys, scope=plan.endpoint)
         if not len(found):
             return 0
@@ -95,19 +102,72 @@ class Durable:
 
     async def claim(self, units: list[Unit]) -> tuple[list[Unit], list[Unit]]:
         """Split ``units`` into those to send now and those another live run is answering."""
-        loop = asyncio.get_running_loop()
-        key = self.plan.key
-        keys = _keys_of(self.plan, np.concatenate(
-            [np.asarray(u.items, dtype=np.int64) for u in units] or [np.zeros(0, np.int64)]))
-        if not len(keys):
+        if not units:
             return units, []
-        held = await loop.run_in_executor(self._pool(), self.journal.claim, keys, self.run_id)
+        plan, run_id = self.plan, self.run_id
+        items = np.concatenate([np.asarray(u.items, dtype=np.int64) for u in units])
+        # the keys are hashed on the journal's thread, as far as these units go (a table's
+        # keys are made when first asked for)
+        held = await asyncio.get_running_loop().run_in_executor(
+            self._pool(), lambda: self.journal.claim(_keys_of(plan, items), run_id))
         if not held:
             return units, []
         now, later = [], []
+        key = plan.key
         for u in units:
             (later if any(key(i) in held for i in u.items) else now).append(u)
         return now, later
+
+    async def claim_first(self, units: list[Unit]) -> tuple[list[Unit], list[Unit], list[Unit]]:
+        """(to send now, held by another run, to claim later with ``claim_later``): the first
+        ``FIRST_STAGE_ITEMS`` requests are claimed before anything is sent, the rest while
+        those are."""
+        cut = n = 0
+        while cut < len(units) and n < FIRST_STAGE_ITEMS:
+            n += len(units[cut].items)
+            cut += 1
+        now, held = await self.claim(units[:cut])
+        return now, held, units[cut:]
+
+    def claim_later(self, units: list[Unit], dispatcher, progress) -> None:
+        """Claim ``units`` a stage at a time while the first ones are sent, handing each
+        stage's to ``dispatcher`` as it is claimed (those another run is answering are
+        waited for as ``watch_held`` waits). Claiming a million keys (and hashing them) takes
+        a second or more; the first requests need not wait for it."""
+        rest = collections.deque(units)
+
+        def not_added() -> list[Unit]:  # the run stopped: these are settled as not sent
+            left = list(rest)
+            rest.clear()
+            return left
+
+        dispatcher.expect(len(units), not_added)
+        self._claimer = asyncio.ensure_future(self._claim_stages(rest, dispatcher, progress))
+
+    async def _claim_stages(self, rest: collections.deque, dispatcher, progress) -> None:
+        size = FIRST_STAGE_ITEMS
+        while rest and not dispatcher._stop:
+            size = min(size * 4, STAGE_ITEMS)
+            stage, n = [], 0
+            for u in rest:  # left in ``rest`` until claimed
+                if n >= size:
+                    break
+                stage.append(u)
+                n += len(u.items)
+            try:
+                now, held = await self.claim(stage)
+            except Exception as exc:  # an unwritable journal stops the run as a write would
+                self._failed(exc)
+                return
+            if dispatcher._stop or not rest:  # stopped meanwhile: left to be settled unsent
+                return
+            for _ in stage:
+                rest.popleft()
+            dispatcher.add(now)
+            if held:
+                self._held.extend(held)
+                progress.message = f"waiting for {sum(len(u.items) for u in self._held)} " \
+                                   "requests another run is answering"
 
     def watch_held(self, held: list[Unit], dispatcher, progress, on_cached: Callable) -> None:
         """Wait for units another run is answering: take their answers from the journal, or send
@@ -206,14 +266,15 @@ class Durable:
 
     def _write(self, batch: list[int]) -> None:
         self._commit(batch)
-        self._saved.extend(batch)
+        self._saved.append(np.array(batch, dtype=np.int64))
 
     def _commit(self, batch: list[int]) -> None:
         """Write ``batch``. If the journal file was replaced since this run's last write, the
         answers this run wrote before went with the old file: write them again with it."""
         for _ in range(3):
             generation = self.journal.generation
-            items = batch if generation == self._generation else self._saved + batch
+            items = batch if generation == self._generation else \
+                np.concatenate([*self._saved, np.zeros(0, np.int64)]).tolist() + batch
             answers, failed = self._records(items)
             if answers is not None or failed:
                 self.journal.write_answers(answers, failed)
@@ -303,8 +364,9 @@ class Durable:
     # -- after --------------------------------------------------------------------------------
 
     async def finish(self, run_fields: dict) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._claimer):
+            if task is not None:
+                task.cancel()
         try:
             await self.drain()
         except Exception:  # already reported through on_error
@@ -324,7 +386,7 @@ class Durable:
 def _keys_of(plan: Any, items: list[int]) -> Any:
     """The keys of ``items``: a slice of a table's key array, else from the items."""
     if plan.table is not None:
-        return plan.table.keys[np.asarray(items, dtype=np.int64)]
+        return plan.table.keys_of(np.asarray(items, dtype=np.int64))
     return [plan.key(i) for i in items]
 
 

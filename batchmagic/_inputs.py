@@ -37,7 +37,17 @@ import pandas as pd
 from . import _kinds, _tokens
 from ._errors import ConfigError, InputError, TemplateError
 from ._media import MediaError, image_url
-from ._requests import NoSlot, RequestTable, Slot, encode_texts, hash_keys, hex_keys, make_slot
+from ._requests import (
+    Encoded,
+    NoSlot,
+    RequestTable,
+    Slot,
+    encode_texts,
+    hash_keys,
+    hex_keys,
+    make_slot,
+    text_parts,
+)
 from ._template import Template, parse_template
 
 ON_MISSING = ("error", "skip", "empty")
@@ -725,13 +735,11 @@ class _SlotPlanner:
         else:
             rows, texts = self._texts(drafts)
         encoded, rows, texts = self._encoded(rows, texts)
-        digests = hash_keys(self.slot, encoded.parts)
-        encoded.parts = []
-        item_of, first, keys, base, draw = self._unique(digests)
+        item_of, first, keys, base, draw = self._unique(texts, encoded)
         row_item = np.full(n_rows, -1, dtype=np.int64)
         row_item[rows] = item_of
         unique_texts = texts if len(first) == len(texts) else [texts[j] for j in first.tolist()]
-        return RequestTable(self.slot, keys, unique_texts, encoded, first, base, draw), row_item
+        return RequestTable(self.slot, unique_texts, encoded, first, keys, base, draw), row_item
 
     def _texts(self, drafts: Iterable[Draft]) -> tuple[np.ndarray, list[str]]:
         """The rows with a text to send, and their texts; the others get their InputError or
@@ -773,20 +781,23 @@ class _SlotPlanner:
         texts = [texts[j] for j in keep]
         return encode_texts(texts), rows[keep], texts
 
-    def _unique(self, digests: list[bytes]):  # noqa: ANN202
-        """(each text's request, the first text of each request, the keys, base, draw).
-        Identical texts share a request when the answer is the same for all (``shared``);
-        otherwise each is another draw of it, with a key of its own (``draw_key``)."""
-        n = len(digests)
-        if len(set(digests)) == n:
+    def _unique(self, texts: list[str], encoded: Encoded):  # noqa: ANN202
+        """(each text's request, the first text of each request, the keys or None, base,
+        draw). Identical texts (identical keys: the rest of the body is the same) share a
+        request when the answer is the same for all (``shared``); otherwise each is another
+        draw of it, with a key of its own (``draw_key``). Keys are left to the table to hash
+        when asked for, but for draws: theirs are made here."""
+        n = len(texts)
+        if len(set(texts)) == n:
             every = np.arange(n, dtype=np.int64)
-            return every, every, hex_keys(digests), None, None
+            return every, every, None, None, None
         if self.shared:
-            first: dict[bytes, int] = {}
-            item_of = np.fromiter((first.setdefault(d, len(first)) for d in digests),
+            first: dict[str, int] = {}
+            item_of = np.fromiter((first.setdefault(t, len(first)) for t in texts),
                                   dtype=np.int64, count=n)
             _, firsts = np.unique(item_of, return_index=True)  # each request's first text
-            return item_of, firsts, hex_keys(list(first)), None, None
+            return item_of, firsts, None, None, None
+        digests = hash_keys(self.slot, text_parts(encoded, 0, n))
         seen: dict[bytes, int] = {}
         keys, draws = [], np.zeros(n, dtype=np.int64)
         bases = hex_keys(digests)

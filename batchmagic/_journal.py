@@ -23,7 +23,7 @@ match) is moved aside as ``journal.corrupt-*.sqlite3`` and a new one started; a 
 replaced during a run is started again at its path and each run writes its answers into it again.
 
 Two processes can share a journal: SQLite serialises writers, and *leases* stop two runs paying
-for the same row at once: a run claims the keys it is about to send (one row per run, the keys in
+for the same row at once: a run claims the keys it is about to send (a row per claim, the keys in
 one blob); a key claimed by another live run (same host, process alive, lease fresh) is not sent
 but waited for.
 """
@@ -94,8 +94,9 @@ CREATE TABLE IF NOT EXISTS runs (
     cost REAL,
     pid INTEGER
 );
--- one claim per live run: the keys it is sending, newline-joined in one blob (a million
--- keys cost one write, not a million index inserts)
+-- the claims of live runs: the keys each is sending, newline-joined in one blob per claim
+-- (a million keys cost a few writes, not a million index inserts); a run's first claim is the
+-- row run_id, its later ones run_id#1, run_id#2, ...
 CREATE TABLE IF NOT EXISTS claims (
     run_id TEXT PRIMARY KEY,
     host TEXT,
@@ -800,6 +801,17 @@ class Journal:
         float32 block when every answer found is a vector of one length."""
         return self._use(lambda conn: find_in(conn, keys, include_errors, scope))
 
+    def has_answers(self, scope: str | None = None) -> bool:
+        """Whether any answer could be found (``find``) for some key asked at ``scope``: a new
+        journal's run hashes no key to look them up."""
+        def read(conn: sqlite3.Connection) -> bool:
+            where, args = ("WHERE scope = ?", (scope,)) if scope is not None else ("", ())
+            return bool(
+                conn.execute(f"SELECT 1 FROM answers {where} LIMIT 1", args).fetchone()
+                or conn.execute("SELECT 1 FROM rows WHERE status = 'ok' LIMIT 1").fetchone())
+
+        return self._use(read)
+
     def write_answers(self, batch: AnswerBatch | None, records: list[tuple] = ()) -> None:
         """One transaction: answers, one statement for all (a row of the answers table), and
         ``records`` as ``write_rows`` takes them (failed rows)."""
@@ -829,42 +841,50 @@ class Journal:
 
     def claim(self, keys: Sequence[str] | np.ndarray, run_id: str) -> dict[str, tuple[str, int]]:
         """Claim ``keys`` (strings, or a table's ``S32`` key array) for ``run_id``. Returns the
-        keys another live run holds: key -> (run, pid). A run's claims add up; claims of runs
-        whose process died or whose lease expired are void (and removed)."""
+        keys another live run holds: key -> (run, pid). A run's claims add up: its first is the
+        row ``run_id``, each later one a row ``run_id#n`` of its own (a run claiming a million
+        keys a stage at a time writes each key once, never the whole blob again); claims of
+        runs whose process died or whose lease expired are void (and removed)."""
         host, pid, now = socket.gethostname(), os.getpid(), time.time()
+        own = (run_id, _parts_of(run_id))
 
         def work(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
             held: dict[str, tuple[str, int]] = {}
-            mine: bytes = b""
             names: Sequence[str] | None = None  # the keys as strings, made only if compared
             for other, other_host, other_pid, expires, blob in conn.execute(
-                    "SELECT run_id, host, pid, expires, keys FROM claims").fetchall():
-                if other == run_id:
-                    mine = blob or b""
-                elif not _alive(other_host, other_pid, expires, now):
+                    "SELECT run_id, host, pid, expires, keys FROM claims "
+                    "WHERE run_id != ? AND run_id NOT GLOB ?", own).fetchall():
+                if not _alive(other_host, other_pid, expires, now):
                     conn.execute("DELETE FROM claims WHERE run_id=?", (other,))
                 elif blob:
                     theirs = set(blob.decode().split("\n"))
                     if names is None:
                         names = _key_strings(keys)
-                    held.update((k, (other, other_pid)) for k in names if k in theirs)
+                    run = other.partition("#")[0]  # a later claim's row: its run
+                    held.update((k, (run, other_pid)) for k in names if k in theirs)
             claimed = _key_lines(keys) if not held else \
                 "\n".join(k for k in _key_strings(keys) if k not in held).encode()
-            if mine and claimed:
-                claimed = mine + b"\n" + claimed
-            conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
-                         (run_id, host, pid, now + LEASE_SECONDS, claimed or mine))
+            parts = conn.execute("SELECT COUNT(*) FROM claims WHERE run_id = ? OR run_id GLOB ?",
+                                 own).fetchone()[0]
+            conn.execute("UPDATE claims SET expires=? WHERE run_id = ? OR run_id GLOB ?",
+                         (now + LEASE_SECONDS, *own))
+            if claimed or not parts:
+                conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
+                             (f"{run_id}#{parts}" if parts else run_id, host, pid,
+                              now + LEASE_SECONDS, claimed))
             return held
 
         return self._use(work, write=True)
 
     def renew(self, run_id: str) -> None:
-        self._use(lambda conn: conn.execute("UPDATE claims SET expires=? WHERE run_id=?",
-                                            (time.time() + LEASE_SECONDS, run_id)), write=True)
+        self._use(lambda conn: conn.execute(
+            "UPDATE claims SET expires=? WHERE run_id = ? OR run_id GLOB ?",
+            (time.time() + LEASE_SECONDS, run_id, _parts_of(run_id))), write=True)
 
     def release(self, run_id: str) -> None:
-        self._use(lambda conn: conn.execute("DELETE FROM claims WHERE run_id=?", (run_id,)),
-                  write=True)
+        self._use(lambda conn: conn.execute(
+            "DELETE FROM claims WHERE run_id = ? OR run_id GLOB ?", (run_id, _parts_of(run_id))),
+            write=True)
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -1059,6 +1079,11 @@ def _is_damage(exc: sqlite3.Error) -> bool:
         return code & 0xFF in (11, 26)
     text = str(exc)
     return "malformed" in text or "not a database" in text
+
+
+def _parts_of(run_id: str) -> str:
+    """The GLOB pattern of a run's later claims (``run_id#1``, ...); ids have no GLOB marks."""
+    return f"{run_id}#*"
 
 
 def _alive(host: str, pid: int, expires: float, now: float) -> bool:

@@ -9,7 +9,9 @@ those, planning works on all rows at once instead of one Python object per row:
 * every text is JSON-encoded in one call (``orjson.dumps`` of the list), and each row's key is
   the hash of the bytes around its slot, the same key a body built per row gets
   (``_inputs.row_key``), so journals and Batch API ids carry over;
-* the keys are held as one array, the encoded texts as one buffer with offsets, token estimates
+* the keys are held as one array, hashed when first asked for and then only as far as asked
+  (a run's first requests are claimed and sent while the rest are still to be hashed: a million
+  keys take about a second); the encoded texts are one buffer with offsets; token estimates
   are made per request when the units are cut (an embedding unit estimates its texts joined);
 * a request body is the bytes around the slot with the row's text in between; packed embedding
   requests of consecutive rows are one slice of the buffer.
@@ -21,6 +23,7 @@ from it when a reader needs them (engines, Batch API jobs), and the plan then ke
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +135,6 @@ class Encoded:
     buffer: bytes
     start: np.ndarray
     end: np.ndarray
-    parts: list[bytes]  # the texts' encodings without their quotes (for hashing; then dropped)
 
 
 def encode_texts(texts: list[str]) -> Encoded:
@@ -141,15 +143,20 @@ def encode_texts(texts: list[str]) -> Encoded:
     # a copy sized to its bytes: orjson's own buffer keeps its spare capacity (~10x the text)
     buffer = bytes(memoryview(orjson.dumps(texts)))
     if not texts:
-        return Encoded(buffer, np.zeros(0, np.int64), np.zeros(0, np.int64), [])
-    # inside a JSON string every quote is escaped, so '","' only ever separates two strings
-    parts = buffer[2:-2].split(b'","')
-    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)) + 2
-    start = np.empty(len(parts), dtype=np.int64)
+        return Encoded(buffer, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    lengths = np.fromiter(map(len, _parts(buffer[2:-2])), dtype=np.int64,
+                          count=len(texts)) + 2
+    start = np.empty(len(texts), dtype=np.int64)
     start[0] = 1
     np.cumsum(lengths[:-1] + 1, out=start[1:])
     start[1:] += 1
-    return Encoded(buffer, start, start + lengths, parts)
+    return Encoded(buffer, start, start + lengths)
+
+
+def _parts(joined: bytes) -> list[bytes]:
+    """The encodings, without their quotes, of consecutive texts of a buffer (``a","b``):
+    inside a JSON string every quote is escaped, so '","' only ever separates two strings."""
+    return joined.split(b'","')
 
 
 def hash_keys(slot: Slot, parts: list[bytes]) -> list[bytes]:
@@ -158,6 +165,18 @@ def hash_keys(slot: Slot, parts: list[bytes]) -> list[bytes]:
     head, tail = slot.key_head + b'"', b'"' + slot.key_tail
     sha = hashlib.sha256
     return [sha(head + part + tail).digest()[:16] for part in parts]
+
+
+def text_parts(encoded: Encoded, first: int, stop: int, picks: np.ndarray | None = None
+               ) -> list[bytes]:
+    """The encodings without quotes of texts ``first:stop`` (or of texts ``picks``): one split
+    of the buffer when they are consecutive there, as a list's texts are."""
+    buffer, start, end = encoded.buffer, encoded.start, encoded.end
+    if picks is None and stop > first and \
+            np.array_equal(start[first + 1:stop], end[first:stop - 1] + 1):
+        return _parts(buffer[start[first] + 1:end[stop - 1] - 1])
+    at = range(first, stop) if picks is None else picks.tolist()
+    return [buffer[start[j] + 1:end[j] - 1] for j in at]
 
 
 def hex_keys(digests: list[bytes]) -> np.ndarray:
@@ -170,32 +189,67 @@ def hex_keys(digests: list[bytes]) -> np.ndarray:
 # -- the table ------------------------------------------------------------------------------------
 
 
+#: keys hashed at a time when a few are asked for (a few ms of hashing)
+HASH_CHUNK = 4096
+
+
 class RequestTable:
     """The unique requests of rows planned with a slot, as columns over the requests.
 
     ``keys`` (``S32``), each request's text and where its encoding is in the buffer; ``base``
     and ``draw`` only when some request is another draw of an identical one (rows that are not
-    de-duplicated), else each request is its own first draw."""
+    de-duplicated), else each request is its own first draw. Keys not given are hashed when
+    first asked for, from the first request on, as far as asked (``keys_of``)."""
 
-    def __init__(self, slot: Slot, keys: np.ndarray, texts: list[str], encoded: Encoded,
-                 first_text: np.ndarray, base: np.ndarray | None = None,
+    def __init__(self, slot: Slot, texts: list[str], encoded: Encoded, first_text: np.ndarray,
+                 keys: np.ndarray | None = None, base: np.ndarray | None = None,
                  draw: np.ndarray | None = None):
         self.slot = slot
-        self.keys = keys
         self.texts = texts  # per request
         self.buffer = encoded.buffer
-        self.start = encoded.start[first_text]  # per request: its text's encoding
-        self.end = encoded.end[first_text]
+        identity = len(first_text) == len(encoded.start)
+        self.start = encoded.start if identity else encoded.start[first_text]  # per request
+        self.end = encoded.end if identity else encoded.end[first_text]
         self.base = base
         self.draw = draw
         self._tokens: np.ndarray | None = None
         self.extra_tokens = 0  # added to every request's estimate (a schema's own tokens)
+        self._keys = keys if keys is not None else np.empty(len(texts), dtype="S32")
+        self._hashed = len(texts) if keys is not None else 0  # keys[:_hashed] are made
+        self._hashing = threading.Lock()  # the loop and the journal's thread both ask
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.texts)
+
+    @property
+    def keys(self) -> np.ndarray:
+        """Every request's key (``S32``), hashing those not made yet."""
+        self._hash_to(len(self.texts))
+        return self._keys
+
+    def keys_of(self, items: np.ndarray) -> np.ndarray:
+        """The keys of requests ``items``, hashing only as far as the last of them."""
+        if len(items):
+            self._hash_to(int(items.max()) + 1)
+        return self._keys[items]
 
     def key(self, i: int) -> str:
-        return self.keys[i].decode()
+        self._hash_to(i + 1)
+        return self._keys[i].decode()
+
+    def _hash_to(self, stop: int) -> None:
+        if self._hashed >= stop:
+            return
+        with self._hashing:
+            n = len(self.texts)
+            while self._hashed < stop:
+                first = self._hashed
+                # at least a chunk, and at most four at once (each text's bytes are copied)
+                last = min(n, max(first + HASH_CHUNK, min(stop, first + 4 * HASH_CHUNK)))
+                self._keys[first:last] = hex_keys(hash_keys(
+                    self.slot, text_parts(Encoded(self.buffer, self.start, self.end), first,
+                                          last)))
+                self._hashed = last
 
     def body(self, i: int) -> dict:
         return self.slot.body_of(self.texts[i])
@@ -223,11 +277,20 @@ class RequestTable:
     def tokens_of(self, items: list[int]) -> int:
         """The estimated prompt tokens of requests ``items`` together."""
         if self._tokens is not None:
-            return int(self._tokens[items].sum()) + self.extra_tokens * len(items)
-        return self.slot.tokens_of([self.texts[i] for i in items]) + self.extra_tokens * len(items)
+            return int(self._tokens[as_index(items)].sum()) + self.extra_tokens * len(items)
+        texts = self.texts[items.start:items.stop] if isinstance(items, range) and \
+            items.step == 1 else [self.texts[i] for i in items]
+        return self.slot.tokens_of(texts) + self.extra_tokens * len(items)
 
     def most_tokens(self) -> np.ndarray:
         """A bound no request's estimate exceeds, per request: one token per character (a
-        word of L characters counts at most L, a mark or ideograph one)."""
-        lengths = np.fromiter(map(len, self.texts), dtype=np.int64, count=len(self.texts))
-        return lengths + self.slot.base_tokens + self.extra_tokens
+        word of L characters counts at most L, a mark or ideograph one), and a text's JSON
+        encoding has at least a byte per character (no Python step per text)."""
+        return self.end - self.start - 2 + self.slot.base_tokens + self.extra_tokens
+
+
+def as_index(items: Any) -> Any:
+    """A slice for a range of consecutive requests (numpy makes an array of a range)."""
+    if isinstance(items, range) and items.step == 1:
+        return slice(items.start, items.stop)
+    return items

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._backend import Unit
 from ._kinds import pack_signature
-from ._requests import RequestTable
+from ._requests import RequestTable, as_index
 
 
 def pack_indexes(indexes: Iterable[int], key_of: Callable[[int], Hashable],
@@ -85,7 +85,7 @@ def table_embedding_units(table: RequestTable, todo: list[int], *, max_items: in
         chunks = [todo[s:s + max_items] for s in range(0, len(todo), max_items)]
     if max_tokens is not None and chunks:
         bound = table.most_tokens()
-        if any(int(bound[chunk].sum()) > max_tokens for chunk in chunks):
+        if any(int(bound[as_index(chunk)].sum()) > max_tokens for chunk in chunks):
             tokens = table.prompt_tokens
             chunks = pack_indexes(todo, lambda i: 0, tokens.__getitem__, max_items, max_tokens)
     head, tail = around

@@ -11,15 +11,19 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import BASE_URL, Server, echo_chat
 
 import batchmagic as bm
-from batchmagic._journal import _key_lines, open_journal
+from batchmagic import _durable
+from batchmagic._journal import Journal, _key_lines, open_journal
 from batchmagic.simulator import SimulatorProcess
 
 SENTINEL = "sk-SENTINEL-DO-NOT-LEAK-0123456789"
@@ -292,18 +296,105 @@ def test_claims_hold_keys_for_live_runs_only(tmp_path):
     # another run in this process (alive) is told which keys run-1 is sending
     assert journal.claim(["b", "c", "d"], "run-2") == {"b": ("run-1", os.getpid()),
                                                       "c": ("run-1", os.getpid())}
-    # claims add up: run-1 claiming more keeps the first ones
+    # claims add up: run-1 claiming more keeps the first ones (in a row of their own, named
+    # after the run; what holds them is the run)
     assert journal.claim(["e"], "run-1") == {}
-    assert set(journal.claim(["a", "e", "d"], "run-3")) == {"a", "e", "d"}
-    journal.release("run-1")
+    assert journal.claim(["a", "e", "d"], "run-3") == {
+        "a": ("run-1", os.getpid()), "e": ("run-1", os.getpid()), "d": ("run-2", os.getpid())}
+    journal.release("run-1")  # all of its claims
     assert journal.claim(["a", "b"], "run-3") == {}
-    # a dead process's claim is void, and removed
+    assert journal.claim(["e"], "run-5") == {}
+    # a dead process's claims are void, and removed
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    journal._conn.execute("UPDATE claims SET pid=? WHERE run_id='run-3'", (int(dead.stdout),))
+    journal._conn.execute("UPDATE claims SET pid=? WHERE run_id='run-3' OR run_id GLOB 'run-3#*'",
+                          (int(dead.stdout),))
     assert journal.claim(["a", "b", "d"], "run-4") == {"d": ("run-2", os.getpid())}
     assert [r[0] for r in journal._conn.execute("SELECT run_id FROM claims ORDER BY run_id")] \
-        == ["run-2", "run-4"]
+        == ["run-2", "run-4", "run-5"]
+
+
+def test_a_run_claiming_in_stages_writes_each_key_once(tmp_path):
+    """A run claims a million keys a stage at a time: each stage is a row of its own, written
+    once (never the whole blob again); renew and release reach every stage."""
+    journal = open_journal(tmp_path / "stages")
+    stages = [[f"{s}-{i}" for i in range(3)] for s in range(4)]
+    for keys in stages:
+        assert journal.claim(keys, "big") == {}
+    rows = dict(journal._conn.execute("SELECT run_id, keys FROM claims"))
+    assert sorted(rows) == ["big", "big#1", "big#2", "big#3"]
+    assert [rows[name].decode().split("\n") for name in ["big", "big#1", "big#2", "big#3"]] \
+        == stages
+    assert journal.claim(stages[2][1:], "other") == {k: ("big", os.getpid())
+                                                    for k in stages[2][1:]}
+    journal._conn.execute("UPDATE claims SET expires=0")
+    journal.renew("big")
+    assert sorted(r[0] for r in journal._conn.execute(
+        "SELECT run_id FROM claims WHERE expires > 0")) == ["big", "big#1", "big#2", "big#3"]
+    journal.release("big")
+    assert [r[0] for r in journal._conn.execute("SELECT run_id FROM claims")] == ["other"]
+
+
+def _later_claims_wait_for(gate, monkeypatch) -> list[int]:
+    """Every claim after a run's first waits (on the journal's thread) until ``gate`` is set;
+    returns the number of keys of each claim, as they come."""
+    sizes: list[int] = []
+    real = Journal.claim
+
+    def claim(self, keys, run_id):
+        sizes.append(len(keys))
+        if len(sizes) > 1:
+            assert gate.wait(60), "the first request waited for every key to be claimed"
+        return real(self, keys, run_id)
+
+    monkeypatch.setattr(Journal, "claim", claim)
+    monkeypatch.setattr(_durable, "FIRST_STAGE_ITEMS", 8)
+    monkeypatch.setattr(_durable, "STAGE_ITEMS", 64)
+    return sizes
+
+
+def test_the_first_requests_go_before_every_key_is_claimed(tmp_path, monkeypatch):
+    """A big run claims (and hashes) its keys a stage at a time while the first ones are sent:
+    the first request leaves while the second stage's claim is still waiting. Every row is
+    still claimed before it is sent, sent once, journaled, and found by the next run."""
+    gate = threading.Event()
+    sizes = _later_claims_wait_for(gate, monkeypatch)
+
+    def answer(request, body):
+        gate.set()  # a request went out: the later claims may go on
+        return echo_chat(request, body)
+
+    server = Server(answer)
+    folder = tmp_path / "staged"
+    inputs = [f"staged {i}" for i in range(300)]
+    df = bm.batch(inputs, base_url=BASE_URL, model="m", progress=False, concurrency=4,
+                  transport=server.transport, cache=str(folder))
+    assert list(df["output"]) == [f"echo:{t}" for t in inputs] and df["error"].isna().all()
+    assert sizes[0] == 8 and sum(sizes) == 300 and len(sizes) > 3  # 8, 32, 64, ...
+    assert server.count == 300 and len({b["messages"][-1]["content"] for b in server.bodies}) \
+        == 300  # each row sent once
+    assert open_journal(folder)._conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+    again = Server(answer)
+    df2 = bm.batch(inputs, base_url=BASE_URL, model="m", progress=False,
+                   transport=again.transport, cache=str(folder))
+    assert again.count == 0 and list(df2["output"]) == list(df["output"])
+
+
+def test_rows_not_claimed_when_a_run_stops_are_not_sent_errors(tmp_path, monkeypatch):
+    gate = threading.Event()
+    _later_claims_wait_for(gate, monkeypatch)
+
+    def refuse(request, body):
+        gate.set()
+        return httpx.Response(401, json={"error": {"message": "bad key"}})
+
+    server = Server(refuse)
+    df = bm.batch([f"stop {i}" for i in range(300)], base_url=BASE_URL, model="m",
+                  progress=False, concurrency=4, transport=server.transport,
+                  cache=str(tmp_path / "stopped"))
+    assert len(df) == 300 and df["error"].notna().all()  # no row left without its outcome
+    kinds = collections.Counter(type(e).__name__ for e in df["error"])
+    assert kinds["NotSentError"] >= 300 - 8 and server.count <= 8
 
 
 def test_a_key_array_is_claimed_as_its_strings_would_be(tmp_path):

@@ -8,7 +8,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from batchmagic import _inputs, _kinds, _tokens
+from batchmagic import _inputs, _kinds, _requests, _tokens
 from batchmagic._inputs import Item, make_plan
 from batchmagic._requests import packed_around
 from batchmagic._units import (
@@ -149,6 +149,27 @@ def test_a_table_packs_embeddings_as_items_are_packed(monkeypatch):
             [(u.items, u.body, u.tokens) for u in want]
         if max_tokens is None:  # consecutive items are packed as ranges (no list of ints)
             assert all(isinstance(u.items, range) for u in got)
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0}, {"temperature": 0.7}])
+def test_a_tables_keys_are_hashed_when_asked_and_as_far_as_asked(monkeypatch, params):
+    """Planning hashes no key (a run sends its first requests while the rest are hashed); keys
+    asked for a few at a time, in any order, are the keys rows planned one by one get."""
+    monkeypatch.setattr(_requests, "HASH_CHUNK", 4)
+    texts = [f"text {i}" for i in range(40)] + ["again", "text 3", "again", "ü \"q\""]
+    kw = dict(kind="chat", endpoint=URL + "/chat/completions", model="m", params=params,
+              system=None)
+    plan = make_plan(texts, None, **kw)
+    _, rows = _both(monkeypatch, texts, **kw)
+    want = [it.key for it in rows.items]
+    table = plan.table
+    drawn = table.draw is not None  # identical rows at a temperature: keys of their own
+    assert table._hashed == (len(table) if drawn else 0)
+    assert table.key(5) == want[5]
+    assert [k.decode() for k in table.keys_of(np.array([20, 3, 21]))] == \
+        [want[20], want[3], want[21]]
+    assert drawn or 22 <= table._hashed < len(table)  # a chunk at a time, not all of them
+    assert [k.decode() for k in table.keys] == want
 
 
 def test_texts_counted_together_count_as_each_counted_alone():

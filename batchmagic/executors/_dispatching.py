@@ -33,9 +33,9 @@ class DispatchExecutor(abc.ABC):
         run = self._run
         self.backend, window, gate, breaker = await self.connect()
         o = run.options
-        units, held = run.units, []
+        units, held, later = run.units, [], []
         if run.durable is not None:
-            units, held = await run.durable.claim(units)
+            units, held, later = await run.durable.claim_first(units)
         budget = None
         if o.budget is not None:
             budget = BudgetGuard(o.budget, run.price, assumed_output=_assumed_output(o))
@@ -47,6 +47,8 @@ class DispatchExecutor(abc.ABC):
         if run.durable is not None:
             run.durable.start_writes(run.items_saved, d.stop)
             run.durable.watch_held(held, d, run.progress, run.items_cached)
+            if later:
+                run.durable.claim_later(later, d, run.progress)
         for action in self._pending:
             getattr(d, action)()
         await d.run()
