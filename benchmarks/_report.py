@@ -104,6 +104,10 @@ def verdicts(workloads: dict[str, Workload]) -> list[dict]:
         add("W8", "1M rows: peak RSS ≤ 1.5× the final DataFrame",
             f"{x:.2f}× ({c.median('rss_mb'):,.0f} MB / {c.median('df_mb'):,.0f} MB)" if x
             else "not measured", None if x is None else x <= 1.5)
+        first = c.median("first_s") if c else None
+        add("W8", "1M rows: first request < 2 s after the call",
+            "not measured" if first is None else f"{first:.2f} s",
+            None if first is None else first < 2.0)
     w = workloads.get("W9")
     if w:
         c = _bm(w, "bm.submit in a kernel")

@@ -822,7 +822,7 @@ class Embeddings(Workload):
 class Scale(Workload):
     key = "W8"
     title = "Scale: a million embedding rows"
-    target = "peak RSS ≤ 1.5× the final DataFrame's memory."
+    target = "peak RSS ≤ 1.5× the final DataFrame's memory; the first request < 2 s after the call."
     repeats = 1
     timeout = 1500.0
 
@@ -846,7 +846,8 @@ class Scale(Workload):
                 "with default concurrency, once with the journal on (a fresh folder) and once "
                 "with cache=False. Peak RSS is the child process's ru_maxrss (it includes the "
                 "interpreter, pandas and the input list); frame memory is "
-                "df.memory_usage(deep=True).sum()."]
+                "df.memory_usage(deep=True).sum(); first request is the time from the bm.batch "
+                "call to the simulator's first request (wall clocks of one machine)."]
 
     def measure(self, case: Case, rr: RunResult) -> dict:
         m = super().measure(case, rr)
@@ -855,6 +856,8 @@ class Scale(Workload):
         m["rss_x_df"] = m["rss_mb"] / m["df_mb"] if m["df_mb"] else None
         m["journal_mb"] = (rr.data.get("journal_bytes") or 0) / 2**20
         m["rows_s"] = m["ok"] / m["wall"]
+        first, started = (rr.server or {}).get("first_request_at"), rr.data.get("started_at")
+        m["first_s"] = first - started if first and started else None
         return m
 
     def progress_line(self, m: dict) -> str:
@@ -863,16 +866,19 @@ class Scale(Workload):
 
     def table(self) -> list[str]:
         on, off = self.case("batchmagic", "journal on"), self.case("batchmagic", "cache=False")
-        lines = ["| mode | wall | rows/s | peak RSS | frame memory | RSS ÷ frame | journal on disk |"
-                 " rows failed |", "|---|---|---|---|---|---|---|---|"]
+        lines = ["| mode | wall | rows/s | first request | peak RSS | frame memory | RSS ÷ frame |"
+                 " journal on disk | rows failed |", "|---|---|---|---|---|---|---|---|---|"]
         for c in (on, off):
             if c is None:
                 continue
             if c.error and not c.runs:
-                lines.append(f"| {c.mode} | {self.failed_cell(c)} | | | | | | |")
+                lines.append(f"| {c.mode} | {self.failed_cell(c)} | | | | | | | |")
                 continue
+            first = c.median("first_s")
             lines.append(f"| {c.mode} | {fmt_spread(c.spread('wall'), '{:.1f}', ' s')} | "
-                         f"{c.median('rows_s'):,.0f} | {c.median('rss_mb'):,.0f} MB | "
+                         f"{c.median('rows_s'):,.0f} | "
+                         f"{'-' if first is None else f'{first:.2f} s'} | "
+                         f"{c.median('rss_mb'):,.0f} MB | "
                          f"{c.median('df_mb'):,.0f} MB | {c.median('rss_x_df'):.2f} | "
                          f"{c.median('journal_mb'):,.0f} MB | {_failed(c)} |")
         if on and off and on.runs and off.runs:

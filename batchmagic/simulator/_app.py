@@ -83,6 +83,7 @@ class SimState:
         self.by_fault: dict[str, int] = {}
         self.by_path: dict[str, int] = {}
         self.total = 0
+        self.first_at: float | None = None  # wall clock of the first request since a reset
         self.in_flight = 0
         self.max_in_flight = 0
         self._rps_stamps = [-1] * 20
@@ -159,6 +160,7 @@ class SimState:
         self.by_fault.clear()
         self.by_path.clear()
         self.total = 0
+        self.first_at = None
         self.max_in_flight = self.in_flight
         self._rps_stamps = [-1] * 20
         self._rps_counts = [0] * 20
@@ -190,6 +192,7 @@ class SimState:
             "rps_last_second": rps,
             "uptime_s": round(time.monotonic() - self.t0, 3),
             "calls_logged": len(self.calls),
+            "first_request_at": self.first_at,
         }
 
     def _record(self, now: float, path: str, model: str | None, digest: bytes, tag: str | None,
@@ -240,6 +243,8 @@ class SimState:
         if inflight > self.max_in_flight:
             self.max_in_flight = inflight
         self.total += 1
+        if self.first_at is None:  # for a client's time to its first request (benchmarks)
+            self.first_at = time.time()
         slot = int(now * 10)
         i = slot % 20
         if self._rps_stamps[i] != slot:
