@@ -63,6 +63,7 @@ class Unit:
     worst_cost: float = 0.0  # USD if every token of max_tokens is used (budget reservations)
     last: Any = None  # the Outcome of its last failed attempt: what a stopped run reports
     reasks: int = 0  # answers that did not fit schema= and were asked again
+    settled: bool = False  # its items have their outcome (answered, failed or not sent)
 
 
 @dataclass(slots=True)

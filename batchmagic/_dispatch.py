@@ -288,6 +288,20 @@ class Dispatcher:
         latency = self.clock() - sent_at
         self.window.release()
         progress.in_flight -= 1
+        try:
+            self._handle(unit, outcome, latency, sent_at)
+        except Exception as exc:  # a bug handling an answer: the row's error, not a run that
+            log.debug("handling an answer raised", exc_info=True)  # waits for it forever
+            if not unit.settled and unit not in self._parked_units:
+                self._fail(unit, RowError(
+                    f"internal error handling the answer from {self.backend.name}: "
+                    f"{type(exc).__name__}: {exc}", attempts=unit.attempts,
+                    provider=self.backend.name))
+
+    def _handle(self, unit: Unit, outcome: Outcome, latency: float, sent_at: float) -> None:
+        """What an attempt's outcome does: the answer kept or asked again, or the failure
+        retried or kept, and what the limits learn from it."""
+        progress = self.progress
         if outcome.rate_info is not None:
             self.gate.learn(outcome.rate_info)
         self._recent.append(outcome.category == RATE_LIMIT)
@@ -490,6 +504,7 @@ class Dispatcher:
         self._finished(unit)
 
     def _finished(self, unit: Unit) -> None:
+        unit.settled = True
         self._outstanding -= 1
         unit.body = None  # settled, never sent again: a million chat requests hold ~200 MB
         if self.on_item is not None:
@@ -539,6 +554,7 @@ class Dispatcher:
         for item in unit.items:
             if not r.done[item]:
                 r.fail(item, err, unit.attempts)
+        unit.settled = True
         self._outstanding -= 1
         unit.body = None
         self.progress.finish(unit.items, err, sent=unit.attempts > 0)

@@ -15,7 +15,7 @@ from virtual_time import run_virtual
 import batchmagic as bm
 from batchmagic._backend import OK, RATE_LIMIT, TRANSIENT, Outcome, Unit
 from batchmagic._dispatch import Dispatcher, RetryPolicy
-from batchmagic._errors import RateLimitError, ServerError
+from batchmagic._errors import RateLimitError, RowError, ServerError
 from batchmagic._kinds import Parsed
 from batchmagic._limits import RateGate, Window
 from batchmagic._progress import Progress
@@ -338,6 +338,28 @@ def test_results_land_on_their_items_whatever_the_completion_order():
     assert all(e is None for e in results.error)
     assert sorted(done_order) == list(range(60))
     assert done_order != list(range(60))  # they really did finish out of order
+
+
+def test_a_bug_handling_one_answer_is_that_rows_error_not_a_run_that_never_ends():
+    """An answer the dispatcher's own handling fails on (here a validator with a bug, raising
+    what no validator should) settles its row as an error; the run goes on and ends."""
+    def check(text):
+        if text == "out3":
+            raise TypeError("validator bug")
+        return text
+
+    async def main(clock):
+        d = make_dispatcher(8, FakeBackend(clock=clock), clock=clock)
+        d.check = check
+        return await d.run()
+
+    results = run_virtual(main)
+    assert all(results.done)
+    assert type(results.error[3]) is RowError
+    assert "TypeError: validator bug" in str(results.error[3])
+    assert [results.output[i] for i in range(8) if i != 3] == \
+        [f"out{i}" for i in range(8) if i != 3]
+    assert all(results.error[i] is None for i in range(8) if i != 3)
 
 
 def test_packed_units_map_each_item():
