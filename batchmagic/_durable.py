@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import os
 import time
@@ -52,6 +53,7 @@ class Durable:
         self._held: list[Unit] = []
         self._watcher: asyncio.Task | None = None
         self._claimer: asyncio.Task | None = None  # claim_later's stages
+        self._more_held = asyncio.Event()  # a stage found keys another run holds
         self.write_error: BaseException | None = None
         # the items this run has committed, and the journal file (generation) they are in: if
         # the file is replaced (deleted, or damaged and moved aside) they are written again
@@ -166,6 +168,7 @@ class Durable:
             dispatcher.add(now)
             if held:
                 self._held.extend(held)
+                self._more_held.set()
                 progress.message = f"waiting for {sum(len(u.items) for u in self._held)} " \
                                    "requests another run is answering"
 
@@ -183,20 +186,24 @@ class Durable:
         loop = asyncio.get_running_loop()
         last_renew = time.monotonic()
         while True:
-            await asyncio.sleep(HELD_POLL_SECONDS if self._held else RENEW_SECONDS)
+            with contextlib.suppress(asyncio.TimeoutError):  # a later stage's held units wake it
+                await asyncio.wait_for(self._more_held.wait(),
+                                       HELD_POLL_SECONDS if self._held else RENEW_SECONDS)
+            self._more_held.clear()
             if time.monotonic() - last_renew >= RENEW_SECONDS:
                 await loop.run_in_executor(self._pool(), self.journal.renew, self.run_id)
                 last_renew = time.monotonic()
             if not self._held or dispatcher._stop:
                 continue
             key = self.plan.key
-            keys = [key(i) for u in self._held for i in u.items]
+            watching = list(self._held)  # a claim stage may add more while this one waits
+            keys = [key(i) for u in watching for i in u.items]
             found = await loop.run_in_executor(
                 self._pool(), functools.partial(self.journal.lookup, keys,
                                                 scope=self.plan.endpoint))
             still: list[Unit] = []
             retry: list[Unit] = []
-            for u in self._held:
+            for u in watching:
                 if all(key(i) in found for i in u.items):
                     for i in u.items:
                         self._fill(i, found[key(i)])
@@ -213,8 +220,9 @@ class Durable:
                         still.append(u)
                     else:
                         dispatcher.add([u])  # its owner died or gave up: send it ourselves
-            self._held = still
-            if not still:
+            seen = set(watching)
+            self._held = still + [u for u in self._held if u not in seen]
+            if not self._held:
                 progress.message = ""
 
     def held_not_sent(self) -> list[Unit]:

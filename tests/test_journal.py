@@ -380,6 +380,36 @@ def test_the_first_requests_go_before_every_key_is_claimed(tmp_path, monkeypatch
     assert again.count == 0 and list(df2["output"]) == list(df["output"])
 
 
+def test_rows_another_run_holds_in_a_later_stage_are_waited_for_then_sent(tmp_path, monkeypatch):
+    """Another live run holds some keys of a later claim stage: they are not sent while it
+    holds them; once it lets go (here: it gives up its claim) they are claimed and sent."""
+    monkeypatch.setattr(_durable, "FIRST_STAGE_ITEMS", 8)
+    monkeypatch.setattr(_durable, "STAGE_ITEMS", 16)
+    folder = tmp_path / "held"
+    real = Journal.claim
+    held: list[dict] = []
+    sent_while_held: list[int] = []
+
+    def claim(self, keys, run_id):
+        if run_id != "other" and len(held) == 1:  # another run got to three of these first
+            real(self, keys[:3], "other")
+            threading.Timer(0.5, lambda: (sent_while_held.append(server.count),
+                                          open_journal(folder).release("other"))).start()
+        got = real(self, keys, run_id)
+        if run_id != "other":
+            held.append(got)
+        return got
+
+    monkeypatch.setattr(Journal, "claim", claim)
+    server = Server(echo_chat)
+    inputs = [f"held {i}" for i in range(60)]
+    df = bm.batch(inputs, base_url=BASE_URL, model="m", progress=False, concurrency=4,
+                  transport=server.transport, cache=str(folder))
+    assert len(held[1]) == 3 and sent_while_held[0] <= 57  # held, not sent meanwhile
+    assert list(df["output"]) == [f"echo:{t}" for t in inputs] and df["error"].isna().all()
+    assert server.count == 60
+
+
 def test_rows_not_claimed_when_a_run_stops_are_not_sent_errors(tmp_path, monkeypatch):
     gate = threading.Event()
     _later_claims_wait_for(gate, monkeypatch)
