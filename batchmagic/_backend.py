@@ -64,6 +64,7 @@ class Unit:
     last: Any = None  # the Outcome of its last failed attempt: what a stopped run reports
     reasks: int = 0  # answers that did not fit schema= and were asked again
     settled: bool = False  # its items have their outcome (answered, failed or not sent)
+    reserved: bool = False  # its worst cost is reserved in the run's budget
 
 
 @dataclass(slots=True)

@@ -243,10 +243,12 @@ class Dispatcher:
             await budget.changed.wait()
             if self._stop:
                 return False
+        unit.reserved = True
         return True
 
     def _unreserve(self, unit: Unit, actual: float = 0.0) -> None:
-        if self.budget is not None:
+        if self.budget is not None and unit.reserved:  # once per reservation, whatever path
+            unit.reserved = False
             self.budget.settle(unit.worst_cost, actual)
 
     def _next(self) -> Unit | None:
@@ -293,6 +295,7 @@ class Dispatcher:
         except Exception as exc:  # a bug handling an answer: the row's error, not a run that
             log.debug("handling an answer raised", exc_info=True)  # waits for it forever
             if not unit.settled and unit not in self._parked_units:
+                self._unreserve(unit, unit.worst_cost)  # answered, so billed: count the worst
                 self._fail(unit, RowError(
                     f"internal error handling the answer from {self.backend.name}: "
                     f"{type(exc).__name__}: {exc}", attempts=unit.attempts,
@@ -507,11 +510,11 @@ class Dispatcher:
         unit.settled = True
         self._outstanding -= 1
         unit.body = None  # settled, never sent again: a million chat requests hold ~200 MB
+        if self._outstanding == 0:
+            self._wake.set()  # first: the feeder must learn the run is over whatever follows
         if self.on_item is not None:
             for item in unit.items:
                 self.on_item(item)
-        if self._outstanding == 0:
-            self._wake.set()
 
     def _unsent_error(self, unit: Unit, stop: str) -> RowError:
         """A unit never sent is a NotSentError; one that was sent and waited for a retry keeps

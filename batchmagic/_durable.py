@@ -183,6 +183,12 @@ class Durable:
         self._watcher = asyncio.ensure_future(self._watch(dispatcher, progress, on_cached))
 
     async def _watch(self, dispatcher, progress, on_cached) -> None:
+        try:
+            await self._watching(dispatcher, progress, on_cached)
+        except Exception as exc:  # the journal failed: stop the run as a failed write does
+            self._failed(exc)  # (held rows would otherwise be waited for forever)
+
+    async def _watching(self, dispatcher, progress, on_cached) -> None:
         loop = asyncio.get_running_loop()
         last_renew = time.monotonic()
         while True:
@@ -201,6 +207,8 @@ class Durable:
             found = await loop.run_in_executor(
                 self._pool(), functools.partial(self.journal.lookup, keys,
                                                 scope=self.plan.endpoint))
+            if dispatcher._stop:  # stopped meanwhile: the held rows are reported not sent
+                continue
             still: list[Unit] = []
             retry: list[Unit] = []
             for u in watching:
@@ -216,7 +224,7 @@ class Durable:
                     self._pool(), self.journal.claim,
                     [key(i) for u in retry for i in u.items], self.run_id)
                 for u in retry:
-                    if any(key(i) in again for i in u.items):
+                    if dispatcher._stop or any(key(i) in again for i in u.items):
                         still.append(u)
                     else:
                         dispatcher.add([u])  # its owner died or gave up: send it ourselves
@@ -226,6 +234,11 @@ class Durable:
                 progress.message = ""
 
     def held_not_sent(self) -> list[Unit]:
+        """The rows still held by other runs when this run stopped; nothing watches or claims
+        for it any more."""
+        for task in (self._watcher, self._claimer):
+            if task is not None:
+                task.cancel()
         held, self._held = self._held, []
         return held
 

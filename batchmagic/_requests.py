@@ -234,10 +234,11 @@ class RequestTable:
         return self._keys[items]
 
     def key(self, i: int) -> str:
-        self._hash_to(i + 1)
+        self._hash_to(i + 1 if i >= 0 else len(self.texts))
         return self._keys[i].decode()
 
     def _hash_to(self, stop: int) -> None:
+        stop = min(stop, len(self.texts))  # (an index past the end fails on the array)
         if self._hashed >= stop:
             return
         with self._hashing:

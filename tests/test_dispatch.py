@@ -14,6 +14,7 @@ from virtual_time import run_virtual
 
 import batchmagic as bm
 from batchmagic._backend import OK, RATE_LIMIT, TRANSIENT, Outcome, Unit
+from batchmagic._cost import BudgetGuard, Price
 from batchmagic._dispatch import Dispatcher, RetryPolicy
 from batchmagic._errors import RateLimitError, RowError, ServerError
 from batchmagic._kinds import Parsed
@@ -348,13 +349,18 @@ def test_a_bug_handling_one_answer_is_that_rows_error_not_a_run_that_never_ends(
             raise TypeError("validator bug")
         return text
 
+    guard = BudgetGuard(1.0, Price(1.0, 1.0, "test"))
+
     async def main(clock):
         d = make_dispatcher(8, FakeBackend(clock=clock), clock=clock)
-        d.check = check
+        d.check, d.budget = check, guard
+        for u in d._ready:
+            u.worst_cost = 0.01
         return await d.run()
 
     results = run_virtual(main)
     assert all(results.done)
+    assert guard.reserved == 0  # that row's reservation is settled too (at its worst case)
     assert type(results.error[3]) is RowError
     assert "TypeError: validator bug" in str(results.error[3])
     assert [results.output[i] for i in range(8) if i != 3] == \
