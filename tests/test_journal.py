@@ -23,6 +23,7 @@ from conftest import BASE_URL, Server, echo_chat
 
 import batchmagic as bm
 from batchmagic import _durable
+from batchmagic._errors import JournalError
 from batchmagic._journal import Journal, _key_lines, open_journal
 from batchmagic.simulator import SimulatorProcess
 
@@ -408,6 +409,35 @@ def test_rows_another_run_holds_in_a_later_stage_are_waited_for_then_sent(tmp_pa
     assert len(held[1]) == 3 and sent_while_held[0] <= 57  # held, not sent meanwhile
     assert list(df["output"]) == [f"echo:{t}" for t in inputs] and df["error"].isna().all()
     assert server.count == 60
+
+
+def test_a_journal_failing_while_rows_are_held_stops_the_run(tmp_path, monkeypatch):
+    """Rows another run holds are watched in the journal; if the journal fails there, the run
+    stops as it does when a write fails (it used to wait for those rows forever)."""
+    monkeypatch.setattr(_durable, "FIRST_STAGE_ITEMS", 8)
+    monkeypatch.setattr(_durable, "STAGE_ITEMS", 16)
+    real = Journal.claim
+    claims = []
+
+    def claim(self, keys, run_id):
+        claims.append(run_id)
+        if run_id != "other" and claims.count(run_id) == 2:  # another run holds three keys
+            real(self, keys[:3], "other")
+        return real(self, keys, run_id)
+
+    def lookup(self, keys, **kw):
+        raise JournalError("the disk went away")
+
+    monkeypatch.setattr(Journal, "claim", claim)
+    monkeypatch.setattr(Journal, "lookup", lookup)
+    server = Server(echo_chat)
+    df = bm.batch([f"lost {i}" for i in range(60)], base_url=BASE_URL, model="m",
+                  progress=False, concurrency=4, transport=server.transport,
+                  cache=str(tmp_path / "failing"))
+    facts = df.attrs["batchmagic"]
+    assert facts["state"] == "aborted" and "the disk went away" in facts["stopped_by"]
+    assert len(df) == 60 and (df["output"].notna() | df["error"].notna()).all()
+    assert server.count <= 57  # the held rows were never sent
 
 
 def test_rows_not_claimed_when_a_run_stops_are_not_sent_errors(tmp_path, monkeypatch):
