@@ -498,12 +498,12 @@ class Dispatcher:
                    provider=self.backend.name, code=outcome.code,
                    possibly_billed=unit.billed_failures > 0)
 
-    def _fail(self, unit: Unit, err: RowError) -> None:
+    def _fail(self, unit: Unit, err: RowError, *, sent: bool = True) -> None:
         r = self.results
         for item in unit.items:
             if not r.done[item]:
                 r.fail(item, err, unit.attempts)
-        self.progress.finish(unit.items, err)
+        self.progress.finish(unit.items, err, sent=sent)
         self._finished(unit)
 
     def _finished(self, unit: Unit) -> None:
@@ -552,15 +552,4 @@ class Dispatcher:
             self._settle_unsent(unit, stop)
 
     def _settle_unsent(self, unit: Unit, stop: str) -> None:
-        err = self._unsent_error(unit, stop)
-        r = self.results
-        for item in unit.items:
-            if not r.done[item]:
-                r.fail(item, err, unit.attempts)
-        unit.settled = True
-        self._outstanding -= 1
-        unit.body = None
-        self.progress.finish(unit.items, err, sent=unit.attempts > 0)
-        if self.on_item is not None:  # settle per-row futures and counts, as _finished does
-            for item in unit.items:
-                self.on_item(item)
+        self._fail(unit, self._unsent_error(unit, stop), sent=unit.attempts > 0)

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -124,12 +124,9 @@ class Durable:
         """(to send now, held by another run, to claim later with ``claim_later``): the first
         ``FIRST_STAGE_ITEMS`` requests are claimed before anything is sent, the rest while
         those are."""
-        cut = n = 0
-        while cut < len(units) and n < FIRST_STAGE_ITEMS:
-            n += len(units[cut].items)
-            cut += 1
-        now, held = await self.claim(units[:cut])
-        return now, held, units[cut:]
+        first = _stage(units, FIRST_STAGE_ITEMS)
+        now, held = await self.claim(first)
+        return now, held, units[len(first):]
 
     def claim_later(self, units: list[Unit], dispatcher, progress) -> None:
         """Claim ``units`` a stage at a time while the first ones are sent, handing each
@@ -150,12 +147,7 @@ class Durable:
         size = FIRST_STAGE_ITEMS
         while rest and not dispatcher._stop:
             size = min(size * 4, STAGE_ITEMS)
-            stage, n = [], 0
-            for u in rest:  # left in ``rest`` until claimed
-                if n >= size:
-                    break
-                stage.append(u)
-                n += len(u.items)
+            stage = _stage(rest, size)  # left in ``rest`` until claimed
             try:
                 now, held = await self.claim(stage)
             except Exception as exc:  # an unwritable journal stops the run as a write would
@@ -169,8 +161,7 @@ class Durable:
             if held:
                 self._held.extend(held)
                 self._more_held.set()
-                progress.message = f"waiting for {sum(len(u.items) for u in self._held)} " \
-                                   "requests another run is answering"
+                _say_held(progress, self._held)
 
     def watch_held(self, held: list[Unit], dispatcher, progress, on_cached: Callable) -> None:
         """Wait for units another run is answering: take their answers from the journal, or send
@@ -178,8 +169,7 @@ class Durable:
         self._held = list(held)
         if held:
             dispatcher.hold(len(held))
-            progress.message = f"waiting for {sum(len(u.items) for u in held)} requests another " \
-                               "run is answering"
+            _say_held(progress, held)
         self._watcher = asyncio.ensure_future(self._watch(dispatcher, progress, on_cached))
 
     async def _watch(self, dispatcher, progress, on_cached) -> None:
@@ -402,6 +392,22 @@ class Durable:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+
+def _stage(units: Iterable[Unit], items: int) -> list[Unit]:
+    """The first units, until they hold ``items`` requests (at least one unit)."""
+    stage, n = [], 0
+    for u in units:
+        if n >= items:
+            break
+        stage.append(u)
+        n += len(u.items)
+    return stage
+
+
+def _say_held(progress: Any, held: list[Unit]) -> None:
+    progress.message = f"waiting for {sum(len(u.items) for u in held)} requests another run " \
+                       "is answering"
 
 
 def _keys_of(plan: Any, items: list[int]) -> Any:

@@ -167,16 +167,18 @@ def hash_keys(slot: Slot, parts: list[bytes]) -> list[bytes]:
     return [sha(head + part + tail).digest()[:16] for part in parts]
 
 
-def text_parts(encoded: Encoded, first: int, stop: int, picks: np.ndarray | None = None
-               ) -> list[bytes]:
-    """The encodings without quotes of texts ``first:stop`` (or of texts ``picks``): one split
-    of the buffer when they are consecutive there, as a list's texts are."""
+def text_parts(encoded: Encoded, first: int, stop: int) -> list[bytes]:
+    """The encodings without quotes of texts ``first:stop``: one split of the buffer when they
+    are consecutive there, as a list's texts are."""
     buffer, start, end = encoded.buffer, encoded.start, encoded.end
-    if picks is None and stop > first and \
-            np.array_equal(start[first + 1:stop], end[first:stop - 1] + 1):
+    if stop > first and _adjacent(start, end, first, stop):
         return _parts(buffer[start[first] + 1:end[stop - 1] - 1])
-    at = range(first, stop) if picks is None else picks.tolist()
-    return [buffer[start[j] + 1:end[j] - 1] for j in at]
+    return [buffer[start[j] + 1:end[j] - 1] for j in range(first, stop)]
+
+
+def _adjacent(start: np.ndarray, end: np.ndarray, first: int, stop: int) -> bool:
+    """Whether encodings ``first:stop`` follow each other in the buffer, a comma apart."""
+    return np.array_equal(start[first + 1:stop], end[first:stop - 1] + 1)
 
 
 def hex_keys(digests: list[bytes]) -> np.ndarray:
@@ -263,8 +265,7 @@ class RequestTable:
         """The encodings of requests ``items`` joined by commas: one slice of the buffer when
         they are consecutive there (as the rows of a list are)."""
         first, last = items[0], items[-1]
-        if last - first + 1 == len(items) and \
-                np.array_equal(self.start[first + 1:last + 1], self.end[first:last] + 1):
+        if last - first + 1 == len(items) and _adjacent(self.start, self.end, first, last + 1):
             return self.buffer[self.start[first]:self.end[last]]
         return b",".join(self.buffer[self.start[i]:self.end[i]] for i in items)
 
@@ -279,8 +280,8 @@ class RequestTable:
         """The estimated prompt tokens of requests ``items`` together."""
         if self._tokens is not None:
             return int(self._tokens[as_index(items)].sum()) + self.extra_tokens * len(items)
-        texts = self.texts[items.start:items.stop] if isinstance(items, range) and \
-            items.step == 1 else [self.texts[i] for i in items]
+        at = as_index(items)
+        texts = self.texts[at] if isinstance(at, slice) else [self.texts[i] for i in items]
         return self.slot.tokens_of(texts) + self.extra_tokens * len(items)
 
     def most_tokens(self) -> np.ndarray:
