@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import time
@@ -188,7 +189,7 @@ class Dispatcher:
         return self.results
 
     async def _feed(self) -> None:
-        window, gate = self.window, self.gate
+        window, gate, loop = self.window, self.gate, asyncio.get_running_loop()
         while not self._stop:
             unit = self._next()
             if unit is None:
@@ -206,14 +207,16 @@ class Dispatcher:
                     if not reserved:
                         self._ready.appendleft(unit)
                         return
-                await window.acquire()
+                if not window.try_acquire():
+                    await window.acquire()
             except BaseException:  # cancelled while waiting: the unit goes back, never lost
                 if reserved:
                     self._unreserve(unit)
                 self._ready.appendleft(unit)
                 raise
             try:
-                await gate.acquire(unit.tokens)
+                if not gate.free():
+                    await gate.acquire(unit.tokens)
             except BaseException:
                 window.release()
                 self._unreserve(unit)
@@ -224,10 +227,9 @@ class Dispatcher:
                 self._unreserve(unit)
                 self._ready.appendleft(unit)
                 return
-            task = asyncio.ensure_future(self._attempt(unit))
+            task = loop.create_task(self._attempt(unit))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(lambda t, unit=unit: self._cancelled_unstarted(t, unit))
+            task.add_done_callback(functools.partial(self._task_done, unit))
 
     async def _reserve(self, unit: Unit) -> bool:
         """Reserve the unit's worst case. While answers in flight may free budget, wait; when
@@ -258,9 +260,11 @@ class Dispatcher:
             return self._ready.popleft()
         return None
 
-    def _cancelled_unstarted(self, task: asyncio.Task, unit: Unit) -> None:
-        """A task cancelled before its first step never ran ``_attempt``'s own cancel handling:
-        its unit was taken from the queue but never sent, so settle it as not sent here."""
+    def _task_done(self, unit: Unit, task: asyncio.Task) -> None:
+        """A request's task ended (one callback per request: the hot path). A task cancelled
+        before its first step never ran ``_attempt``'s own cancel handling: its unit was taken
+        from the queue but never sent, so settle it as not sent here."""
+        self._tasks.discard(task)
         if not task.cancelled() or all(self.results.done[i] for i in unit.items):
             return
         self.window.release()
@@ -347,7 +351,7 @@ class Dispatcher:
         if all(why is None for _, why in checks) or self._stop \
                 or unit.reasks >= self.policy.parse_retries:
             return False
-        spent, _ = self._charge(unit, outcome)
+        spent, _, _ = self._charge(unit, outcome)
         self._unreserve(unit, spent)
         unit.reasks += 1
         progress = self.progress
@@ -357,25 +361,31 @@ class Dispatcher:
         self._park(unit, 0.0)
         return True
 
-    def _charge(self, unit: Unit, outcome: Outcome) -> tuple[float, list]:
+    def _charge(self, unit: Unit, outcome: Outcome) -> tuple[float, list, int]:
         """Count an answer's tokens and cost (paid for, whether it is kept or asked again):
-        (the total spent, each result's cost)."""
-        progress, results = self.progress, outcome.results or ()
-        costs = [self.price.cost(p.input_tokens, p.output_tokens) if self.price is not None
-                 else None for p in results]
-        spent = float(sum(c for c in costs if c is not None))
-        used = sum((p.input_tokens or 0) + (p.output_tokens or 0) for p in results)
-        progress.input_tokens += sum((p.input_tokens or 0) for p in results)
-        progress.output_tokens += sum((p.output_tokens or 0) for p in results)
-        self.gate.settle_tokens(unit.tokens, used or unit.tokens)
+        (the total spent, each result's cost, the output tokens). One pass: it runs per answer."""
+        progress, price = self.progress, self.price
+        costs: list = []
+        spent = 0.0
+        inp = out = 0
+        for p in outcome.results or ():
+            cost = price.cost(p.input_tokens, p.output_tokens) if price is not None else None
+            costs.append(cost)
+            if cost is not None:
+                spent += cost
+            inp += p.input_tokens or 0
+            out += p.output_tokens or 0
+        progress.input_tokens += inp
+        progress.output_tokens += out
+        self.gate.settle_tokens(unit.tokens, inp + out or unit.tokens)
         self.spent += spent
         progress.cost = self.spent
-        return spent, costs
+        return spent, costs, out
 
     def _succeed(self, unit: Unit, outcome: Outcome, latency: float,
                  checks: list | None = None) -> None:
         r, progress = self.results, self.progress
-        spent, costs = self._charge(unit, outcome)
+        spent, costs, out_tokens = self._charge(unit, outcome)
         failed: list[tuple[int, RowError]] = []
         answers = outcome.results or ()
         if checks is None and len(unit.items) > 1 and all(
@@ -398,16 +408,18 @@ class Dispatcher:
                 r.error[item], r.output[item] = err, None
                 failed.append((item, err))
         self._unreserve(unit, spent)
-        out_tokens = sum((p.output_tokens or 0) for p in outcome.results or ()) / max(1, len(unit.items))
         # queueing shows as latency per answer; normalise by output length so long answers are not
         # mistaken for a congested server
-        norm = latency / (1.0 + out_tokens / 32.0)
+        norm = latency / (1.0 + out_tokens / max(1, len(unit.items)) / 32.0)
         self.window.on_success(norm)
         self.window.latency_congested(self.clock() - latency)
-        bad = {item for item, _ in failed}
-        progress.finish([i for i in unit.items if i not in bad])
-        for item, err in failed:
-            progress.finish([item], err)
+        if failed:
+            bad = {item for item, _ in failed}
+            progress.finish([i for i in unit.items if i not in bad])
+            for item, err in failed:
+                progress.finish([item], err)
+        else:
+            progress.finish(unit.items)
         self._finished(unit)
 
     def _failed(self, unit: Unit, outcome: Outcome, sent_at: float) -> None:

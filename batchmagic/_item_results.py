@@ -160,11 +160,14 @@ class ItemResults:
         self.cost[i] = cost
         self.latency[i] = latency
         self.attempts[i] = attempts
-        for sparse, v in ((self.reasoning, reasoning), (self.value, value),
-                          (self.tool_calls, tool_calls), (self.logprobs, logprobs),
-                          (self.ttft, ttft)):
-            if v is not None or i in sparse:
-                sparse[i] = v
+        if reasoning is not None or value is not None or tool_calls is not None \
+                or logprobs is not None or ttft is not None or self.reasoning or self.value \
+                or self.tool_calls or self.logprobs or self.ttft:  # (most answers have none)
+            for sparse, v in ((self.reasoning, reasoning), (self.value, value),
+                              (self.tool_calls, tool_calls), (self.logprobs, logprobs),
+                              (self.ttft, ttft)):
+                if v is not None or i in sparse:
+                    sparse[i] = v
         self.cached[i] = cached
         self.done[i] = 1
 

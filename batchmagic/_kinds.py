@@ -141,6 +141,12 @@ def _choices(payload: Any) -> list[dict]:
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices:
         raise ShapeError("the answer has no choices")
+    if len(choices) == 1:  # the common answer: nothing to order
+        if not isinstance(choices[0], dict):
+            raise ShapeError("a choice is not an object")
+        if not isinstance(choices[0].get("index", 0), int):
+            raise ShapeError(f"choice index {choices[0]['index']!r} is not a number or is repeated")
+        return choices
     by_index: dict[int, dict] = {}
     for pos, choice in enumerate(choices):
         if not isinstance(choice, dict):

@@ -194,10 +194,15 @@ class RateGate:
             wait = max(wait, self.tokens.wait_time(tokens, now))
         return wait
 
+    def free(self) -> bool:
+        """No limit and no pause: a request may go now without ``acquire`` (the common case,
+        checked without making a coroutine per request)."""
+        return self.requests is None and self.tokens is None and not self._lock.locked() \
+            and self.pause_until <= self.clock()
+
     async def acquire(self, tokens: float) -> None:
-        if self.requests is None and self.tokens is None and not self._lock.locked():
-            if self.pause_until <= self.clock():
-                return  # the common unlimited case costs one comparison
+        if self.free():
+            return
         async with self._lock:  # FIFO: the head of the queue sleeps exactly as long as it must
             while True:
                 now = self.clock()
@@ -335,9 +340,15 @@ class Window:
     def current(self) -> int:
         return max(1, int(self.limit))
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now (no coroutine made per request when it is)."""
         if self.active < self.current and not self._waiters:
             self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)

@@ -261,33 +261,50 @@ async def _aiohttp_chunks(content: Any, idle: float) -> AsyncIterator[bytes]:
         yield chunk
 
 
-@contextmanager
-def _aiohttp_failures(deadline: float, idle: float | None = None) -> Iterator[None]:
-    """aiohttp's exceptions, translated (never chained: they can hold the request)."""
+class _aiohttp_failures:  # noqa: N801  (used as a function: ``with _aiohttp_failures(...)``)
+    """aiohttp's exceptions, translated (never chained: they can hold the request). A class,
+    not a generator context manager: it is entered once per request."""
+
+    __slots__ = ("deadline", "idle")
+
+    def __init__(self, deadline: float, idle: float | None = None):
+        self.deadline, self.idle = deadline, idle
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, Exception):
+            failure = _aiohttp_failure(exc, self.deadline, self.idle)
+            if failure is not None:
+                raise failure from None
+
+
+def _aiohttp_failure(exc: Exception, deadline: float, idle: float | None) -> WireFailure | None:
+    """The ``WireFailure`` an aiohttp (or timeout) exception stands for; None for any other."""
     import aiohttp
 
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError:
-        raise WireFailure("connect", "timed out connecting", False) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise WireFailure("connect", f"could not connect: {_short(exc.os_error)}", False) from None
-    except aiohttp.ServerTimeoutError:  # a read went quiet for the idle limit
-        raise WireFailure("deadline", _quiet(idle), True) from None
-    except (asyncio.TimeoutError, TimeoutError):
-        raise WireFailure("deadline", f"no complete answer within {deadline:g} s", True) from None
-    except aiohttp.ServerDisconnectedError:
-        raise WireFailure("lost", "the server closed the connection without answering", True) from None
-    except aiohttp.ClientOSError as exc:
-        raise WireFailure("lost", f"the connection failed: {_short(exc)}", True) from None
-    except aiohttp.ClientPayloadError as exc:
-        raise WireFailure("protocol", f"the answer body was cut off ({_short(exc)})", True) from None
-    except aiohttp.ClientResponseError as exc:
-        raise WireFailure("protocol", f"malformed HTTP answer: {exc.message}", True) from None
-    except aiohttp.InvalidURL:
-        raise WireFailure("connect", "invalid URL", False) from None
-    except aiohttp.ClientError as exc:
-        raise WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True) from None
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return WireFailure("connect", "timed out connecting", False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return WireFailure("connect", f"could not connect: {_short(exc.os_error)}", False)
+    if isinstance(exc, aiohttp.ServerTimeoutError):  # a read went quiet for the idle limit
+        return WireFailure("deadline", _quiet(idle), True)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return WireFailure("deadline", f"no complete answer within {deadline:g} s", True)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return WireFailure("lost", "the server closed the connection without answering", True)
+    if isinstance(exc, aiohttp.ClientOSError):
+        return WireFailure("lost", f"the connection failed: {_short(exc)}", True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return WireFailure("protocol", f"the answer body was cut off ({_short(exc)})", True)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return WireFailure("protocol", f"malformed HTTP answer: {exc.message}", True)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return WireFailure("connect", "invalid URL", False)
+    if isinstance(exc, aiohttp.ClientError):
+        return WireFailure("protocol", f"{type(exc).__name__}: {_short(exc)}", True)
+    return None
 
 
 def _quiet(idle: float | None) -> str:
