@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -107,7 +108,7 @@ class Durable:
         if not units:
             return units, []
         plan, run_id = self.plan, self.run_id
-        items = np.concatenate([np.asarray(u.items, dtype=np.int64) for u in units])
+        items = np.fromiter(itertools.chain.from_iterable(u.items for u in units), np.int64)
         # the keys are hashed on the journal's thread, as far as these units go (a table's
         # keys are made when first asked for)
         held = await asyncio.get_running_loop().run_in_executor(

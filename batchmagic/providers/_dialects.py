@@ -545,11 +545,11 @@ def classify(dialect: str, status: int, payload: object | None) -> Classified | 
     errors inside HTTP 200 (Qianfan ``error_code``, error events in a stream) are classified by the
     code inside. Unknown dialect names use the generic OpenAI rules.
     """
-    rules = DIALECTS.get((dialect or "openai").lower(), _OPENAI)
     envelope = _envelope(payload)
     ok = 200 <= status < 300
     if ok and envelope is None:
         return None
+    rules = DIALECTS.get((dialect or "openai").lower(), _OPENAI)
     if envelope is None:
         envelope = _Envelope(None, None, "", None)
     message = envelope.message or f"HTTP {status}"

@@ -115,7 +115,9 @@ class OpenAICompatible:
             if found is not None:  # an error envelope inside HTTP 200 (Qianfan style)
                 return self._error(found, status, headers, info)
             try:
-                results = await self._results(payload, len(unit.items))
+                results = self._results(payload, len(unit.items))
+                if results[0].image_url is not None:  # (a coroutine only for image answers)
+                    results[0].output = await self._download(results[0].image_url)
             except _kinds.ShapeError as exc:
                 return self._bad_answer(_shape_message(exc), status, info)
             except WireFailure as f:
@@ -227,17 +229,14 @@ class OpenAICompatible:
                                code=self._clean(found.code) if found.code else None,
                                retry_after=retry_after, overloaded=overloaded, rate_info=info)
 
-    async def _results(self, payload: Any, n: int) -> list:
+    def _results(self, payload: Any, n: int) -> list:
         if self.kind == "embedding":
             vectors, prompt_tokens = _kinds.parse_embeddings(payload, n)
             shares = _kinds.share(prompt_tokens, n)
             return [_kinds.Parsed(v, None, s, 0) for v, s in zip(vectors, shares)]
         if n > 1 and self.kind in ("chat", "completion"):  # n=K draws in one request
             return _per_item(_kinds.parse_choices(payload, self.kind), n)
-        parsed = self._parse(payload)
-        if parsed.image_url is not None:
-            parsed.output = await self._download(parsed.image_url)
-        return [parsed]
+        return [self._parse(payload)]
 
     async def _download(self, url: str):
         from .._image import GeneratedImage
