@@ -454,6 +454,8 @@ async def _read_whole(stream: Any, max_bytes: int) -> bytes | None:
     ``StreamReader.read(n)`` returns whatever has arrived, which for a chunked answer is often
     only its first chunk: reading to EOF is the only way to know the body is whole. A body that
     ends early raises ``ClientPayloadError`` (aiohttp checks Content-Length and the final chunk).
+    ``at_eof()`` says the same as an empty read without one more await per answer: aiohttp
+    marks a body's end only once its framing checked out.
     """
     chunks: list[bytes] = []
     size = 0
@@ -465,6 +467,8 @@ async def _read_whole(stream: Any, max_bytes: int) -> bytes | None:
         if size > max_bytes:
             return None
         chunks.append(chunk)
+        if stream.at_eof():
+            break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
