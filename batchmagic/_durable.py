@@ -322,11 +322,12 @@ class Durable:
     def _records(self, items: list[int]) -> tuple[AnswerBatch | None, list[tuple]]:
         """What to write for ``items``: the answers, many to one row, and a row per failure
         (rows never answered, cut off or not sent, are not written)."""
-        r = self.results
+        errors = self.results.error[np.asarray(items, dtype=np.int64)].tolist()
+        if not any(errors):  # (errors are objects, never falsy: the usual batch, all answers)
+            return (self._answers(items) if items else None), []
         ok: list[int] = []
         failed: list[tuple] = []
-        for i in items:
-            err = r.error[i]
+        for i, err in zip(items, errors):
             if err is None:
                 ok.append(i)
             elif not isinstance(err, (NotSentError, CancelledRowError)):
@@ -335,13 +336,18 @@ class Durable:
 
     def _answers(self, ok: list[int]) -> AnswerBatch:
         r = self.results
-        outputs = [r.output[i] for i in ok]
+        at = np.asarray(ok, dtype=np.int64)
+        outputs = r.output[at].tolist()
         vectors = _one_block(outputs) if self.plan.kind == "embedding" else None
         encoded = None
         if vectors is None:
-            encoded = [encode_result(out, r.finish_reason[i], r.reasoning[i],
-                                     {"tool_calls": r.tool_calls[i], "logprobs": r.logprobs[i]})
-                       for i, out in zip(ok, outputs)]
+            finish = r.finish_reason[at].tolist()
+            if r.reasoning or r.tool_calls or r.logprobs:
+                encoded = [encode_result(out, f, r.reasoning[i],
+                                         {"tool_calls": r.tool_calls[i], "logprobs": r.logprobs[i]})
+                           for i, out, f in zip(ok, outputs, finish)]
+            else:  # no answer of the run has more than its text (most runs): nothing to look up
+                encoded = [encode_result(out, f, None) for out, f in zip(outputs, finish)]
         return AnswerBatch(
             self.plan.endpoint, self.plan.kind, self.model, self.run_id,
             _keys_of(self.plan, ok), r.input_tokens.take(ok), r.output_tokens.take(ok),
