@@ -274,8 +274,7 @@ class Dispatcher:
     async def _attempt(self, unit: Unit) -> None:
         progress = self.progress
         unit.attempts += 1
-        progress.in_flight += 1
-        progress.concurrency = self.window.current
+        progress.in_flight += 1  # (the window's size is shown as _handle sets it: it changes there)
         sent_at = self.clock()
         try:
             outcome = await self.backend.call(unit)

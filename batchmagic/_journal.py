@@ -738,19 +738,22 @@ class Journal:
             _side(self.path, "-wal").unlink(missing_ok=True)
             _side(self.path, "-shm").unlink(missing_ok=True)
 
-    def _use(self, work: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
+    def _use(self, work: Callable[[sqlite3.Connection], T], *, write: bool = False,
+             one_statement: bool = False) -> T:
         """Run ``work`` under the lock (one transaction when it writes) on the file at the path.
 
         A deleted or replaced journal is reopened first; a write is checked again after its
         commit and done again on a new file if the old one went away meanwhile. A damaged journal
         is moved aside and the call done again on a new one. Any other SQLite failure is a
-        ``JournalError``: a raw sqlite3 exception never reaches the user.
+        ``JournalError``: a raw sqlite3 exception never reaches the user. A write of
+        ``one_statement`` runs as that statement's own transaction (SQLite's autocommit).
         """
         with self._lock:
             for _ in range(3):
                 self._follow_path()
                 try:
-                    result = self._transact(work) if write else work(self._conn)
+                    result = self._transact(work) if write and not one_statement \
+                        else work(self._conn)
                 except sqlite3.Error as exc:
                     if not _is_damage(exc):
                         verb = "write" if write else "read"
@@ -829,7 +832,10 @@ class Journal:
             if records:
                 conn.executemany(_UPSERT_ROW, [r + (now, now) for r in records])
 
-        self._use(work, write=True)
+        # one INSERT (the usual write) is a transaction of its own: no BEGIN and COMMIT around
+        # it, two round trips into SQLite less (each one gives up the GIL and waits to get it
+        # back from the run's loop)
+        self._use(work, write=True, one_statement=not records)
 
     def write_rows(self, records: list[tuple]) -> None:
         """One transaction. Each record matches the ``rows`` columns after ``key``."""

@@ -174,8 +174,12 @@ def _chat_choice(choice: dict) -> Parsed:
     message = choice.get("message")
     if not isinstance(message, dict):
         raise ShapeError("a choice has no message")
-    tool_calls = parse_tool_calls(message)
-    content = chat_text(message.get("content"))
+    # (the checks before the calls skip two calls for a plain text answer: this runs per answer)
+    tool_calls = parse_tool_calls(message) \
+        if "tool_calls" in message or "function_call" in message else None
+    content = message.get("content")
+    if not isinstance(content, str):
+        content = chat_text(content)
     if content is None and not tool_calls and not message.get("refusal"):
         raise ShapeError("the message has no content")
     if content is None:
