@@ -10,6 +10,7 @@ so that package is an edge too, unless it is an ancestor of the importer (alread
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "batchmagic"
@@ -312,3 +313,16 @@ def test_no_class_refuses_a_public_method_its_base_promises():
     assert refused_methods(sources) == [], (
         "a subclass that only raises in a public method its base defines breaks the base's "
         "contract: compose instead, or give the method one precondition on the base")
+
+
+def test_a_ray_worker_gate_offers_everything_the_dispatcher_asks_of_a_gate():
+    """A Ray worker's dispatcher is handed a ``ClusterGate`` in place of a ``RateGate``: a
+    method the dispatcher calls that it lacks kills the worker's feeder and hangs the run (the
+    way ``free`` once did)."""
+    from batchmagic.executors._ray_shared import ClusterGate
+
+    source = (PACKAGE_ROOT / "_dispatch.py").read_text()
+    used = set(re.findall(r"\bgate\.([a-z_]+)", source))
+    assert {"acquire", "free"} <= used
+    missing = sorted(name for name in used if not hasattr(ClusterGate(None, None), name))
+    assert not missing, f"ClusterGate lacks {missing}"

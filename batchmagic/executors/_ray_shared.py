@@ -294,6 +294,12 @@ class ClusterGate:
         self.tpm: float | None = None
         self.headers_seen = False
 
+    def free(self) -> bool:
+        """``RateGate.free``'s counterpart: a request may go now without ``acquire`` (the
+        coordinator's lease says the cluster has no limit, and no pause is on)."""
+        now = self.clock()
+        return not self._lock.locked() and self._pause_until <= now < self._lease_until
+
     async def acquire(self, tokens: float) -> None:
         async with self._lock:
             while True:
