@@ -659,6 +659,20 @@ class Journal:
         raise AssertionError("unreachable")
 
     def _set_up(self, conn: sqlite3.Connection) -> str | None:
+        """``_set_up_once``, again after a moment when the file is locked: two processes setting
+        up a new journal at once can each hold what the other needs, and SQLite then refuses
+        one at once instead of waiting its busy timeout (it would be a deadlock). Every step of
+        the set-up can be done twice."""
+        for pause in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, None):
+            try:
+                return self._set_up_once(conn)
+            except sqlite3.OperationalError as exc:
+                if pause is None or "locked" not in str(exc):
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _set_up_once(self, conn: sqlite3.Connection) -> str | None:
         """Settings, the damage check and the schema. Returns what is damaged, or None."""
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes
