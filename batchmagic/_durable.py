@@ -323,15 +323,15 @@ class Durable:
         """What to write for ``items``: the answers, many to one row, and a row per failure
         (rows never answered, cut off or not sent, are not written)."""
         errors = self.results.error[np.asarray(items, dtype=np.int64)].tolist()
-        if not any(errors):  # (errors are objects, never falsy: the usual batch, all answers)
-            return (self._answers(items) if items else None), []
-        ok: list[int] = []
+        ok: list[int] = items
         failed: list[tuple] = []
-        for i, err in zip(items, errors):
-            if err is None:
-                ok.append(i)
-            elif not isinstance(err, (NotSentError, CancelledRowError)):
-                failed.append(self._failure(i, err))
+        if any(errors):  # (errors are objects, never falsy; the usual batch has none)
+            ok = []
+            for i, err in zip(items, errors):
+                if err is None:
+                    ok.append(i)
+                elif not isinstance(err, (NotSentError, CancelledRowError)):
+                    failed.append(self._failure(i, err))
         return (self._answers(ok) if ok else None), failed
 
     def _answers(self, ok: list[int]) -> AnswerBatch:

@@ -141,12 +141,6 @@ def _choices(payload: Any) -> list[dict]:
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices:
         raise ShapeError("the answer has no choices")
-    if len(choices) == 1:  # the common answer: nothing to order
-        if not isinstance(choices[0], dict):
-            raise ShapeError("a choice is not an object")
-        if not isinstance(choices[0].get("index", 0), int):
-            raise ShapeError(f"choice index {choices[0]['index']!r} is not a number or is repeated")
-        return choices
     by_index: dict[int, dict] = {}
     for pos, choice in enumerate(choices):
         if not isinstance(choice, dict):
@@ -155,7 +149,8 @@ def _choices(payload: Any) -> list[dict]:
         if not isinstance(index, int) or index in by_index:
             raise ShapeError(f"choice index {index!r} is not a number or is repeated")
         by_index[index] = choice
-    return [by_index[i] for i in sorted(by_index)]
+    # a single choice (the common answer) has nothing to order
+    return choices if len(choices) == 1 else [by_index[i] for i in sorted(by_index)]
 
 
 def _first_choice(payload: Any) -> dict:
@@ -174,12 +169,8 @@ def _chat_choice(choice: dict) -> Parsed:
     message = choice.get("message")
     if not isinstance(message, dict):
         raise ShapeError("a choice has no message")
-    # (the checks before the calls skip two calls for a plain text answer: this runs per answer)
-    tool_calls = parse_tool_calls(message) \
-        if "tool_calls" in message or "function_call" in message else None
-    content = message.get("content")
-    if not isinstance(content, str):
-        content = chat_text(content)
+    tool_calls = parse_tool_calls(message)
+    content = chat_text(message.get("content"))
     if content is None and not tool_calls and not message.get("refusal"):
         raise ShapeError("the message has no content")
     if content is None:

@@ -466,8 +466,7 @@ def _envelope(payload: object) -> _Envelope | None:
         kind = _text(payload.get("type"))
         message = _text(payload.get("message")) or ""
         return _Envelope(code or kind, kind, message, _status_like(code))
-    code = payload.get("code")
-    code = None if code is None else _text(code)
+    code = _text(payload.get("code"))
     if code is not None and code.lower() not in _SUCCESS_CODES:
         if any(key in payload for key in _SUCCESS_KEYS):
             return None
