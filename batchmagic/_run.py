@@ -33,6 +33,7 @@ from ._display import make_display, quiet_logs, summary_line
 from ._durable import Durable
 from ._errors import ConfigError, NotSentError, RowError, SchemaError
 from ._frame import LiveFrame, build_frame
+from ._heap import frozen_heap
 from ._journal import folder_for, open_journal
 from ._planning import RunPlan, build_units
 from ._progress import Progress, Snapshot
@@ -227,7 +228,7 @@ class Run:
         t0 = time.monotonic()
         failure: BaseException | None = None
         try:
-            with quiet_logs():
+            with quiet_logs(), frozen_heap():
                 await executor.run()
         except BaseException as exc:
             failure = exc
