@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if partial:
         log(f"{args.docs} left as it is: {partial}")
     else:
-        Path(args.docs).write_text(_report.docs_page(report))
+        page = Path(args.docs)
+        page.write_text(_report.docs_page(report, _text_of(page)))
         log(f"wrote the page of record {args.docs}")
     return 0
 
@@ -159,6 +160,11 @@ def not_of_record(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _text_of(page: Path) -> str | None:
+    """The page of record a run replaces (its figures stay beside the new ones)."""
+    return page.read_text() if page.is_file() else None
+
+
 def write_docs(source: Path, page: Path) -> int:
     """The manual's page again from a saved full run (``compare.json``)."""
     from . import _report
@@ -171,7 +177,7 @@ def write_docs(source: Path, page: Path) -> int:
         print(f"{source} holds no workload tables (written by an older harness): run again",
               file=sys.stderr)
         return 2
-    page.write_text(_report.docs_page(report))
+    page.write_text(_report.docs_page(report, _text_of(page)))
     print(f"wrote {page} from {source}")
     return 0
 

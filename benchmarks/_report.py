@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import re
 from typing import Any
 
 from ._harness import CONTENDERS
@@ -141,13 +142,23 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + results_markdown(report)
 
 
-def results_markdown(report: dict[str, Any]) -> str:
-    """Targets at a glance, the contenders with their versions, one section per workload."""
-    lines = ["## Targets at a glance (batchmagic)", "", "| workload | target | measured | met |",
-             "|---|---|---|---|"]
+def results_markdown(report: dict[str, Any], previous: dict | None = None) -> str:
+    """Targets at a glance, the contenders with their versions, one section per workload.
+    ``previous`` (``previous_targets``): the figures of the full run before, shown beside."""
+    head = "| workload | target | measured | met |"
+    if previous:
+        head = f"| workload | target | measured | previous full run ({previous['date']}) | met |"
+    lines = ["## Targets at a glance (batchmagic)", "", head,
+             "|---" * head.count(" | ") + "|---|"]
+    seen: dict[str, int] = {}
     for v in report["verdicts"]:
         met = {True: "yes", False: "**no**", None: "-"}[v["met"]]
-        lines.append(f"| {v['workload']} | {v['target']} | {v['measured']} | {met} |")
+        cells = [v["workload"], v["target"], v["measured"]]
+        if previous:  # the workload's k-th target beside the k-th one of the run before
+            k = seen[v["workload"]] = seen.get(v["workload"], -1) + 1
+            before = previous["measured"].get(v["workload"], [])
+            cells.append(before[k] if k < len(before) else "")
+        lines.append("| " + " | ".join([*cells, met]) + " |")
     lines += ["", "## Contenders", "", "| contender | version | how it is driven | status |",
               "|---|---|---|---|"]
     for name in CONTENDERS:
@@ -188,9 +199,10 @@ Other measurements, each dated where it is quoted: the HTTP clients
 """
 
 
-def docs_page(report: dict[str, Any]) -> str:
+def docs_page(report: dict[str, Any], replaced: str | None = None) -> str:
     """``docs/benchmarks.md`` for a full run: the date, the machine, the peers' versions and
-    every table. Written by the run; the next full run replaces it."""
+    every table. Written by the run; the next full run replaces it, keeping the figures of the
+    page it replaces (``replaced``, its text) beside its own targets."""
     if report.get("quick"):
         raise ValueError("a --quick run is not a run of record")
     m = report["machine"]
@@ -208,7 +220,33 @@ def docs_page(report: dict[str, Any]) -> str:
     if minutes:
         lines.append(f"| run time | {minutes / 60:.0f} minutes |")
     lines += ["", "The client and the simulator share these cores.", ""]
-    return "\n".join(lines) + "\n" + results_markdown(report)
+    previous = previous_targets(replaced, when(report["date"])) if replaced else None
+    return "\n".join(lines) + "\n" + results_markdown(report, previous)
+
+
+def previous_targets(page: str, this_run: str) -> dict | None:
+    """From the page of record a run replaces: its run's date and each workload's measured
+    figures, in the order of its targets table. A page of the same run (written again from its
+    JSON) hands on the figures it kept from the run before it."""
+    date = re.search(r"\*\*The full run of (.+?)\.\*\*", page)
+    if date is None or "## Targets at a glance" not in page:
+        return None
+    table = page.split("## Targets at a glance", 1)[1].split("\n## ", 1)[0].splitlines()
+    kept = next((re.search(r"\| previous full run \((.+?)\) \|", line) for line in table
+                 if line.startswith("| workload |")), None)
+    column = 2  # measured
+    if date.group(1) == this_run:
+        if kept is None:
+            return None
+        column = 3  # the same run again: the column it showed beside its own
+    measured: dict[str, list[str]] = {}
+    for line in table:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > column + 1 and re.fullmatch(r"W\d+", cells[0]):
+            measured.setdefault(cells[0], []).append(cells[column])
+    if not measured:
+        return None
+    return {"date": kept.group(1) if column == 3 else date.group(1), "measured": measured}
 
 
 def machine() -> dict[str, Any]:

@@ -87,6 +87,31 @@ def test_the_page_of_record_from_a_saved_full_run(tmp_path):
     assert "| batchmagic bm.batch | 8.83 s |" in text
 
 
+def test_a_new_page_of_record_keeps_the_run_before_beside_its_figures(tmp_path):
+    from benchmarks import _report
+
+    old = _report.docs_page(_saved_report(date="2026-11-22T05:20:00+00:00", verdicts=[
+        {"workload": "W1", "target": "t1", "measured": "1.01× the floor", "met": True},
+        {"workload": "W3", "target": "t3a", "measured": "97%", "met": True},
+        {"workload": "W3", "target": "t3b", "measured": "99%", "met": True}]))
+    source, page = tmp_path / "compare.json", tmp_path / "benchmarks.md"
+    page.write_text(old)
+    source.write_text(json.dumps(_saved_report(verdicts=[
+        {"workload": "W1", "target": "t1", "measured": "1.03× the floor", "met": True},
+        {"workload": "W2", "target": "t2", "measured": "1.16×", "met": True},
+        {"workload": "W3", "target": "t3a", "measured": "96%", "met": True},
+        {"workload": "W3", "target": "t3b", "measured": "98%", "met": True}])))
+    for _ in range(2):  # written again from the same run: the run before stays beside it
+        proc = _bench("docs", str(source), "--docs", str(page), tmp_path=tmp_path, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        text = page.read_text()
+        assert "| workload | target | measured | previous full run (2026-11-22 05:20 UTC) | met |" \
+            in text
+        assert "| W1 | t1 | 1.03× the floor | 1.01× the floor | yes |" in text
+        assert "| W2 | t2 | 1.16× |  | yes |" in text  # a target the run before did not have
+        assert "| W3 | t3a | 96% | 97% | yes |" in text and "| W3 | t3b | 98% | 99% | yes |" in text
+
+
 def test_a_quick_runs_json_is_not_a_record(tmp_path):
     source, page = tmp_path / "compare-quick.json", tmp_path / "benchmarks.md"
     source.write_text(json.dumps(_saved_report(quick=True)))
