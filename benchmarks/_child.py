@@ -582,6 +582,15 @@ VERSIONS: dict[str, Callable[[], str | None]] = {
 }
 
 
+def _rss_now_mb() -> float | None:
+    """The process's resident memory now (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     try:
@@ -594,12 +603,14 @@ def main() -> None:
           flush=True)
     if sys.stdin.readline().strip() != "GO":
         return
+    rss_before = _rss_now_mb()
     t_cpu, t0, started_at = time.process_time(), time.perf_counter(), time.time()
     out = run()
     out["started_at"] = started_at  # with the simulator's first request: time to first request
     out["wall"] = time.perf_counter() - t0
     out["cpu"] = time.process_time() - t_cpu
     out["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["rss_before_mb"] = rss_before  # the interpreter, the libraries and the input, ready
     print("RESULT " + json.dumps(out, default=str), flush=True)
     sys.stdout.flush()
     os._exit(0)  # leftover library threads (executors, telemetry) must not hold the exit

@@ -105,8 +105,10 @@ def verdicts(workloads: dict[str, Workload]) -> list[dict]:
     if w:
         c = _bm(w, "journal on")
         x = c.median("rss_x_df") if c else None
+        growth = c.median("growth_x_df") if c else None
         add("W8", "1M rows: peak RSS ≤ 1.5× the final DataFrame",
-            f"{x:.2f}× ({c.median('rss_mb'):,.0f} MB / {c.median('df_mb'):,.0f} MB)" if x
+            (f"{x:.2f}× ({c.median('rss_mb'):,.0f} MB / {c.median('df_mb'):,.0f} MB)"
+             + (f"; grew {growth:.2f}× the frame during the call" if growth else "")) if x
             else "not measured", None if x is None else x <= 1.5)
         first = c.median("first_s") if c else None
         add("W8", "1M rows: first request < 2 s after the call",

@@ -845,7 +845,9 @@ class Scale(Workload):
         return [f"{self.n:,} embedding rows ({self.dim}-dimensional vectors) through bm.batch "
                 "with default concurrency, once with the journal on (a fresh folder) and once "
                 "with cache=False. Peak RSS is the child process's ru_maxrss (it includes the "
-                "interpreter, pandas and the input list); frame memory is "
+                "interpreter, pandas and the input list); its growth is the peak less the RSS "
+                "just before the call (what the run added to a process that held those); frame "
+                "memory is "
                 "df.memory_usage(deep=True).sum(); first request is the time from the bm.batch "
                 "call to the simulator's first request (wall clocks of one machine)."]
 
@@ -854,6 +856,8 @@ class Scale(Workload):
         m["rss_mb"] = rr.data["rss_peak_mb"]
         m["df_mb"] = rr.data.get("df_bytes", 0) / 2**20
         m["rss_x_df"] = m["rss_mb"] / m["df_mb"] if m["df_mb"] else None
+        before = rr.data.get("rss_before_mb")  # what the process held when it called bm.batch
+        m["growth_x_df"] = (m["rss_mb"] - before) / m["df_mb"] if before and m["df_mb"] else None
         m["journal_mb"] = (rr.data.get("journal_bytes") or 0) / 2**20
         m["rows_s"] = m["ok"] / m["wall"]
         first, started = (rr.server or {}).get("first_request_at"), rr.data.get("started_at")
@@ -867,19 +871,21 @@ class Scale(Workload):
     def table(self) -> list[str]:
         on, off = self.case("batchmagic", "journal on"), self.case("batchmagic", "cache=False")
         lines = ["| mode | wall | rows/s | first request | peak RSS | frame memory | RSS ÷ frame |"
-                 " journal on disk | rows failed |", "|---|---|---|---|---|---|---|---|---|"]
+                 " growth ÷ frame | journal on disk | rows failed |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
         for c in (on, off):
             if c is None:
                 continue
             if c.error and not c.runs:
-                lines.append(f"| {c.mode} | {self.failed_cell(c)} | | | | | | | |")
+                lines.append(f"| {c.mode} | {self.failed_cell(c)} | | | | | | | | |")
                 continue
-            first = c.median("first_s")
+            first, growth = c.median("first_s"), c.median("growth_x_df")
             lines.append(f"| {c.mode} | {fmt_spread(c.spread('wall'), '{:.1f}', ' s')} | "
                          f"{c.median('rows_s'):,.0f} | "
                          f"{'-' if first is None else f'{first:.2f} s'} | "
                          f"{c.median('rss_mb'):,.0f} MB | "
                          f"{c.median('df_mb'):,.0f} MB | {c.median('rss_x_df'):.2f} | "
+                         f"{'-' if growth is None else f'{growth:.2f}'} | "
                          f"{c.median('journal_mb'):,.0f} MB | {_failed(c)} |")
         if on and off and on.runs and off.runs:
             share = 1 - off.median("wall") / on.median("wall")
