@@ -178,8 +178,9 @@ def results_markdown(report: dict[str, Any], previous: dict | None = None) -> st
 DOCS_INTRO = """\
 batchmagic against the tools users would pick instead: nine workloads, ten contenders, each
 driven through its public API in a fresh subprocess against the project's simulator in its own
-process on 127.0.0.1. Runs are interleaved and repeated; cells show the median (min–max) where
-there was more than one repeat, and every ratio comes from this one run. Peers that run slowly
+process on 127.0.0.1. Runs are interleaved and repeated (batchmagic right after the raw aiohttp
+floor, so the ratios its targets check are taken side by side); cells show the median (min–max)
+where there was more than one repeat, and every ratio comes from this one run. Peers that run slowly
 get fewer requests (column n) so that a run stays under about 8 s; a peer that is not installed,
 cannot be pointed at a local server, or fails a workload is listed with the reason, never
 dropped.
