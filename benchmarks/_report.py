@@ -150,8 +150,7 @@ def results_markdown(report: dict[str, Any], previous: dict | None = None) -> st
     head = "| workload | target | measured | met |"
     if previous:
         head = f"| workload | target | measured | previous full run ({previous['date']}) | met |"
-    lines = ["## Targets at a glance (batchmagic)", "", head,
-             "|---" * head.count(" | ") + "|---|"]
+    lines = ["## Targets at a glance (batchmagic)", "", head, "|" + "---|" * (head.count("|") - 1)]
     seen: dict[str, int] = {}
     for v in report["verdicts"]:
         met = {True: "yes", False: "**no**", None: "-"}[v["met"]]
@@ -180,10 +179,10 @@ batchmagic against the tools users would pick instead: nine workloads, ten conte
 driven through its public API in a fresh subprocess against the project's simulator in its own
 process on 127.0.0.1. Runs are interleaved and repeated (batchmagic right after the raw aiohttp
 floor, so the ratios its targets check are taken side by side); cells show the median (min–max)
-where there was more than one repeat, and every ratio comes from this one run. Peers that run slowly
-get fewer requests (column n) so that a run stays under about 8 s; a peer that is not installed,
-cannot be pointed at a local server, or fails a workload is listed with the reason, never
-dropped.
+where there was more than one repeat, and every ratio comes from this one run. Peers that run
+slowly get fewer requests (column n) so that a run stays under about 8 s; a peer that is not
+installed, cannot be pointed at a local server, or fails a workload is listed with the reason,
+never dropped.
 
 ```bash
 python -m benchmarks setup          # the peers, pinned, in benchmarks/.venv-peers (+ .venv-peers-openai)
